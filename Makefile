@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11):
+#   make demo   - create .venv, install, run the main job
+#   make test   - create .venv if missing, ruff, docs build, pytest per backend
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+BACKENDS := jax torch tensorflow
+export TF_CPP_MIN_LOG_LEVEL := 3
+
+.PHONY: demo test lint docs venv clean test-%
+
+venv: $(VENV)/.installed
+
+# torch is pinned first: 2.13.0 is the CPU wheel; newer ones are CUDA builds.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[all]" "torch==2.13.0"
+	touch $@
+
+demo: venv
+	$(BIN)/python examples/demo.py
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+docs: venv
+	$(BIN)/mkdocs build --strict --site-dir .site
+
+test-%: venv
+	KERAS_BACKEND=$* $(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test: lint docs
+	@set -e; for b in $(BACKENDS); do \
+	  echo "=== pytest, KERAS_BACKEND=$$b ==="; \
+	  KERAS_BACKEND=$$b $(BIN)/python -m pytest -q -p no:cacheprovider tests; \
+	done
+
+clean:
+	rm -rf $(VENV) .site

@@ -1,0 +1,214 @@
+"""Pure math of the ∞-former long-term memory.
+
+Two kinds of functions live here, and nothing else:
+
+* NumPy float64 builders of the constant matrices (called once per layer, at
+  build time): the Gaussian basis, the design positions and the ridge
+  matrices ``G_L`` and ``G_inf``, and the uniform sample matrix ``S``.
+* Small ``keras.ops`` functions used at run time: ψ(t), the fit, the
+  closed-form expectation ``r``, the KL regulariser and the sticky-memory bin
+  masses and sample positions. They run in whatever dtype they are given; the
+  layers call them in float32.
+
+Equation numbers refer to Martins et al., "∞-former: Infinite Memory
+Transformer" (ACL 2022); ``SPEC`` sections to ``shared/SPEC.md``.
+"""
+
+import math
+
+import numpy as np
+from keras import ops
+
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+
+
+# ---------------------------------------------------------------------------
+# Build-time constants (NumPy float64)
+# ---------------------------------------------------------------------------
+
+
+def basis_parameters(num_basis, basis_widths):
+    """Centres and widths of the Gaussian basis, in the authors' order.
+
+    ``num_basis / len(basis_widths)`` centres are spread over [0, 1], both
+    ends included, and each centre is paired with every width, the width
+    index varying fastest: (c0, w0), (c0, w1), (c1, w0), ...  (SPEC §2)
+
+    Returns:
+        ``(centers, widths)``, two float64 arrays of shape ``(num_basis,)``.
+    """
+    widths = np.asarray(basis_widths, dtype=np.float64)
+    num_centers = num_basis // len(widths)
+    centers = np.linspace(0.0, 1.0, num_centers)
+    centers = np.repeat(centers, len(widths))  # (N,)
+    widths = np.tile(widths, num_centers)  # (N,)
+    return centers, widths
+
+
+def psi_numpy(positions, centers, widths):
+    """ψ(t) in float64: ``(P,)`` positions -> ``(P, N)`` basis values."""
+    t = np.asarray(positions, dtype=np.float64)[:, None]  # (P, 1)
+    z = (t - centers[None, :]) / widths[None, :]  # (P, N)
+    return np.exp(-0.5 * z**2) / (widths[None, :] * _SQRT_2PI)
+
+
+def ridge_matrix(design_positions, keep, centers, widths, ridge_penalty):
+    """Rows ``keep`` of ``G = Fᵀ (F Fᵀ + λ I)⁻¹`` (paper eq. 7), in float64.
+
+    ``F = [ψ(t_1) … ψ(t_P)] ∈ R^{N×P}``; the kept rows are the data positions
+    (the others are zero-padding pseudo-points).
+    """
+    F = psi_numpy(design_positions, centers, widths).T  # (N, P)
+    gram = F @ F.T + ridge_penalty * np.eye(F.shape[0])  # (N, N)
+    # G = Fᵀ gram⁻¹ = (gram⁻¹ F)ᵀ, gram symmetric positive definite.
+    G = np.linalg.solve(gram, F).T  # (P, N)
+    return G[keep]
+
+
+def segment_design(length):
+    """Design positions of a first write, and which of them hold data.
+
+    The ``L`` inputs sit at cell midpoints ``(i − ½)/L``; ``L // 2`` zero
+    pseudo-points continue the same grid on each side, so the regression is
+    solved on ``[−½, 1½]`` (the authors' edge padding, SPEC §2).
+    """
+    num_pad = length // 2
+    i = np.arange(1 - num_pad, length + num_pad + 1, dtype=np.float64)
+    positions = (i - 0.5) / length  # (L + 2·pad,)
+    keep = np.arange(num_pad, num_pad + length)
+    return positions, keep
+
+
+def update_design(length, num_samples, tau):
+    """Design positions of an unbounded update, and which hold data.
+
+    Old samples at ``τ·m/M`` (m = 1..M), new vectors at ``τ + (1−τ)·i/L``
+    (i = 1..L), zero pseudo-points at the points < 0 and > 1 of
+    ``linspace(−½ + δ, 1½ − δ, 2(M+L))`` with ``δ = 1/(2L+M)`` (as in the
+    authors' code, there in float32; here exact).
+    """
+    m = np.arange(1, num_samples + 1, dtype=np.float64)
+    i = np.arange(1, length + 1, dtype=np.float64)
+    data = np.concatenate(
+        [tau * m / num_samples, tau + (1.0 - tau) * i / length]
+    )  # (M + L,)
+    delta = 1.0 / (2 * length + num_samples)
+    grid = np.linspace(-0.5 + delta, 1.5 - delta, 2 * (num_samples + length))
+    left, right = grid[grid < 0.0], grid[grid > 1.0]
+    positions = np.concatenate([left, data, right])
+    keep = np.arange(len(left), len(left) + len(data))
+    return positions, keep
+
+
+def uniform_sample_positions(num_samples):
+    """Where the old signal is read without sticky memories: ``m/M``."""
+    return np.arange(1, num_samples + 1, dtype=np.float64) / num_samples
+
+
+def memory_constants(
+    length, num_basis, basis_widths, ridge_penalty, tau, num_samples
+):
+    """All constant matrices of one LTM geometry, in float64.
+
+    Returns a dict with ``centers``, ``widths`` ``(N,)``; ``G_L`` ``(L, N)``;
+    ``G_inf`` ``(M + L, N)``; ``S`` ``(M, N)``.
+    """
+    centers, widths = basis_parameters(num_basis, basis_widths)
+    pos_l, keep_l = segment_design(length)
+    pos_inf, keep_inf = update_design(length, num_samples, tau)
+    return {
+        "centers": centers,
+        "widths": widths,
+        "G_L": ridge_matrix(pos_l, keep_l, centers, widths, ridge_penalty),
+        "G_inf": ridge_matrix(
+            pos_inf, keep_inf, centers, widths, ridge_penalty
+        ),
+        "S": psi_numpy(uniform_sample_positions(num_samples), centers, widths),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Run-time math (keras.ops)
+# ---------------------------------------------------------------------------
+
+
+def psi(positions, centers, widths):
+    """ψ(t): positions ``(..., P)`` -> basis values ``(..., P, N)``."""
+    z = (ops.expand_dims(positions, -1) - centers) / widths  # (..., P, N)
+    return ops.exp(-0.5 * ops.square(z)) / (widths * _SQRT_2PI)
+
+
+def fit(design_matrix, values):
+    """Ridge fit ``B = Gᵀ X``: ``G (P, N)``, ``X (B, P, e)`` -> ``(B, N, e)``."""
+    return ops.einsum("pn,bpe->bne", design_matrix, values)
+
+
+def evaluate(basis_values, coefficients):
+    """The signal ``x̄(t) = Bᵀ ψ(t)``: ``(B|·, P, N)``, ``(B, N, e)`` -> ``(B, P, e)``."""
+    if len(basis_values.shape) == 2:
+        return ops.einsum("pn,bne->bpe", basis_values, coefficients)
+    return ops.einsum("bpn,bne->bpe", basis_values, coefficients)
+
+
+def gaussian_expectation(mu, variance, centers, widths):
+    """Closed-form ``r_j = E_{N(t; μ, σ²)}[ψ_j(t)] = N(μ; c_j, w_j² + σ²)``.
+
+    (SPEC §3.4; integrated over all of R.) ``mu``, ``variance``: ``(...)``;
+    returns ``(..., N)``.
+    """
+    total = ops.expand_dims(variance, -1) + ops.square(widths)  # (..., N)
+    diff = ops.expand_dims(mu, -1) - centers  # (..., N)
+    return ops.exp(-0.5 * ops.square(diff) / total) / ops.sqrt(
+        (2.0 * math.pi) * total
+    )
+
+
+def kl_to_prior(mu, variance, sigma_0, mu_0=None):
+    """KL(N(μ, σ²) ‖ N(μ₀, σ₀²)) up to the mean term's presence (SPEC §3.6).
+
+    Variance only (default): ``½(σ²/σ₀² − log(σ²/σ₀²) − 1)``. With ``mu_0``
+    (the released GPT-2 code's ``μ₀ = −1``) the term ``½(μ − μ₀)²/σ₀²`` is
+    added, as the authors do.
+    """
+    ratio = variance / (sigma_0**2)
+    kl = 0.5 * (ratio - ops.log(ratio) - 1.0)
+    if mu_0 is not None:
+        kl = kl + 0.5 * ops.square(mu - mu_0) / (sigma_0**2)
+    return kl
+
+
+def bin_masses(mu, variance, edges):
+    """Gaussian mass of each bin: ``Φ((b_{k+1} − μ)/σ) − Φ((b_k − μ)/σ)``.
+
+    ``mu``, ``variance``: ``(...)``; ``edges``: ``(D + 1,)``; returns
+    ``(..., D)`` (SPEC §5).
+    """
+    sigma = ops.sqrt(variance)
+    z = (edges - ops.expand_dims(mu, -1)) / ops.expand_dims(sigma, -1)
+    cdf = 0.5 * (1.0 + ops.erf(z * (1.0 / math.sqrt(2.0))))  # (..., D + 1)
+    return cdf[..., 1:] - cdf[..., :-1]
+
+
+def quantile_positions(histogram, num_samples):
+    """Deterministic inverse-CDF sample positions from a bin histogram.
+
+    Position m sits at ``CDF⁻¹((m − ½)/M)``, interpolated linearly inside
+    its bin, on ``D`` equal bins over [0, 1]. ``histogram``: ``(B, D)``,
+    normalised; returns sorted positions ``(B, M)``.
+    """
+    num_bins = histogram.shape[-1]
+    cdf = ops.cumsum(histogram, axis=-1)  # (B, D): CDF at right edges
+    u = (ops.arange(num_samples, dtype=histogram.dtype) + 0.5) / num_samples
+    # Index of the bin holding each quantile: how many right edges are ≤ u.
+    below = ops.cast(
+        ops.expand_dims(cdf, 1) <= u[None, :, None], histogram.dtype
+    )  # (B, M, D)
+    index = ops.minimum(
+        ops.cast(ops.sum(below, axis=-1), "int32"), num_bins - 1
+    )  # (B, M)
+    mass = ops.take_along_axis(histogram, index, axis=-1)  # (B, M)
+    right = ops.take_along_axis(cdf, index, axis=-1)  # (B, M)
+    fraction = (u[None, :] - (right - mass)) / ops.maximum(mass, 1e-12)
+    fraction = ops.clip(fraction, 0.0, 1.0)
+    index = ops.cast(index, histogram.dtype)
+    return (index + fraction) / num_bins

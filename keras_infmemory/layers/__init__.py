@@ -1,0 +1,4 @@
+from keras_infmemory.layers.continuous_ltm import ContinuousLTM
+from keras_infmemory.layers.sticky_memory_sampler import StickyMemorySampler
+
+__all__ = ["ContinuousLTM", "StickyMemorySampler"]

@@ -1,0 +1,624 @@
+"""ContinuousLTM: the ∞-former's unbounded long-term memory as a Keras layer."""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_infmemory import basis
+from keras_infmemory.layers.sticky_memory_sampler import (
+    StickyMemorySampler,
+    normalize,
+)
+
+_GATES = ("conv", None)
+
+
+@keras.saving.register_keras_serializable(package="keras_infmemory")
+class ContinuousLTM(keras.layers.Layer):
+    """Continuous-attention long-term memory (∞-former, Martins et al. 2022).
+
+    The memory stores no vectors: it keeps coefficients ``B ∈ R^{N×e}`` of a
+    continuous signal ``x̄(t) = Bᵀ ψ(t)``, ``t ∈ [0, 1]``, over ``N``
+    Gaussian basis functions ``ψ``. Its size and read cost stay fixed no
+    matter how many tokens it has absorbed.
+
+    * **Write** (paper §3.2, eq. 12): the old signal is sampled at ``M``
+      positions, squeezed into ``[0, τ]``, the new segment is placed in
+      ``[τ, 1]``, and ``B`` is refitted by ridge regression:
+      ``B = G_infᵀ [X_old; X_new]``. A first write into an empty row uses
+      ``B = G_Lᵀ X_new``. An optional gate ``X ⊙ σ(Conv1D(X))`` filters the
+      new segment first (on in the authors' code).
+    * **Read** (§3.1): each query of each head yields a Gaussian density
+      ``N(t; μ, σ²)`` with ``μ = sigmoid(w_μᵀ s)``, ``σ² = softplus(w_σᵀ s)``,
+      ``s = K_h q/√d``, and receives ``V_hᵀ r`` where ``r`` is the closed-form
+      expectation of ψ under that density; heads are concatenated and
+      projected by ``W_O``.
+
+    The defaults are the authors' GPT-2 settings. The memory state is
+    explicit and fixed-shape: ``write`` and ``call`` take a state and return
+    the new one, so the layer compiles under ``jax.jit``, ``tf.function``
+    and torch. All memory math runs in float32, also under mixed precision.
+
+    Shapes: B batch, L segment length, Lq query length, H heads, d key_dim,
+    e = H·d, N num_basis, M num_samples.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras_infmemory
+    >>> ltm = keras_infmemory.ContinuousLTM(
+    ...     num_heads=2, key_dim=8, num_basis=64, num_samples=32
+    ... )
+    >>> state = ltm.get_initial_state(batch_size=3)
+    >>> segment = np.random.rand(3, 32, 16).astype("float32")  # (B, L, e)
+    >>> query = np.random.rand(3, 5, 2, 8).astype("float32")  # (B, Lq, H, d)
+    >>> output, state = ltm(query, segment, state)  # write, then read
+    >>> output.shape
+    (3, 5, 16)
+    >>> output = ltm.read(query, state)  # read the memory alone
+
+    Args:
+        num_heads: int, number of attention heads ``H``.
+        key_dim: int, size ``d`` of each head; the memory width is
+            ``e = num_heads * key_dim``.
+        num_basis: int, number ``N`` of basis functions; a multiple of
+            ``len(basis_widths)``. Defaults to 512.
+        basis_widths: sequence of floats > 0, the Gaussian widths; each
+            centre carries every width. Defaults to ``(0.005, 0.01)``.
+        ridge_penalty: float ≥ 0, ridge ``λ``. Defaults to 0.5.
+        tau: float in (0, 1), the share of [0, 1] the old signal is squeezed
+            into at each write. Defaults to 0.5.
+        num_samples: int, number ``M`` of samples of the old signal per
+            write. Defaults to 512.
+        min_variance: float > 0, lower clamp on σ². Defaults to 1e-4.
+        kl_sigma: float > 0, σ₀ of the KL prior. Defaults to 0.05.
+        kl_weight: float ≥ 0, weight of the KL term added with
+            ``add_loss``. Defaults to 1e-6; 0 disables it.
+        kl_prior_mean: ``None`` or float. ``None`` (default) gives the
+            variance-only KL of the paper. The released GPT-2 configs use
+            ``μ₀ = −1``, which adds ``½(μ − μ₀)²/σ₀²``; pass ``-1.0`` to
+            reproduce them.
+        memory_gate: ``"conv"`` (the authors') or ``None``.
+        sticky: ``None`` or a `StickyMemorySampler`: where the next write
+            samples the old signal.
+        kernel_initializer: initializer of all projection kernels.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        query: ``(B, Lq, H, d)`` queries, the layout of Keras' attention
+            projections.
+        memory_input: ``(B, L, e)`` the segment to absorb.
+        state: the memory state (see `get_initial_state`).
+        training: unused, accepted for Keras' call convention.
+
+    Returns:
+        ``(output, new_state)``: ``output`` ``(B, Lq, e)`` in the layer's
+        compute dtype, and the new (stop-gradient) state.
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim,
+        num_basis=512,
+        basis_widths=(0.005, 0.01),
+        ridge_penalty=0.5,
+        tau=0.5,
+        num_samples=512,
+        min_variance=1e-4,
+        kl_sigma=0.05,
+        kl_weight=1e-6,
+        kl_prior_mean=None,
+        memory_gate="conv",
+        sticky=None,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        # The memory math runs in float32 whatever the policy: inputs and
+        # variables are not autocast; outputs are cast back.
+        kwargs.pop("autocast", None)
+        super().__init__(autocast=False, **kwargs)
+        _check_int("num_heads", num_heads)
+        _check_int("key_dim", key_dim)
+        _check_int("num_basis", num_basis)
+        _check_int("num_samples", num_samples)
+        widths = tuple(float(w) for w in np.ravel(basis_widths))
+        if not widths or min(widths) <= 0 or not np.all(np.isfinite(widths)):
+            raise ValueError(
+                "`basis_widths` must be a non-empty sequence of positive "
+                f"floats. Received: basis_widths={basis_widths}"
+            )
+        if num_basis % len(widths):
+            raise ValueError(
+                "`num_basis` must be a multiple of len(basis_widths)="
+                f"{len(widths)}. Received: num_basis={num_basis}"
+            )
+        if num_basis // len(widths) < 2:
+            raise ValueError(
+                "`num_basis` must give at least two centres per width. "
+                f"Received: num_basis={num_basis}"
+            )
+        _check_range("ridge_penalty", ridge_penalty, 0.0, None, low_ok=True)
+        _check_range("tau", tau, 0.0, 1.0)
+        _check_range("min_variance", min_variance, 0.0, None)
+        _check_range("kl_sigma", kl_sigma, 0.0, None)
+        _check_range("kl_weight", kl_weight, 0.0, None, low_ok=True)
+        if kl_prior_mean is not None and not np.isfinite(kl_prior_mean):
+            raise ValueError(
+                "`kl_prior_mean` must be None or a finite float. "
+                f"Received: kl_prior_mean={kl_prior_mean}"
+            )
+        if memory_gate not in _GATES:
+            raise ValueError(
+                f"`memory_gate` must be one of {_GATES}. "
+                f"Received: memory_gate={memory_gate!r}"
+            )
+        if isinstance(sticky, dict):
+            sticky = keras.saving.deserialize_keras_object(sticky)
+        if sticky is not None and not isinstance(sticky, StickyMemorySampler):
+            raise ValueError(
+                "`sticky` must be None or a StickyMemorySampler. "
+                f"Received: sticky={sticky!r}"
+            )
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.memory_dim = num_heads * key_dim
+        self.num_basis = num_basis
+        self.basis_widths = widths
+        self.ridge_penalty = float(ridge_penalty)
+        self.tau = float(tau)
+        self.num_samples = num_samples
+        self.min_variance = float(min_variance)
+        self.kl_sigma = float(kl_sigma)
+        self.kl_weight = float(kl_weight)
+        self.kl_prior_mean = (
+            None if kl_prior_mean is None else float(kl_prior_mean)
+        )
+        self.memory_gate = memory_gate
+        self.sticky = sticky
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        centers, basis_widths64 = basis.basis_parameters(num_basis, widths)
+        self._centers, self._widths = centers, basis_widths64  # float64
+        self._constants = {}  # segment length -> dict of float64 arrays
+        self._tensors = {}  # (length, name) -> backend tensor (torch only)
+        self.build()
+
+    # ------------------------------------------------------------------ #
+    # Weights and constants
+    # ------------------------------------------------------------------ #
+
+    def build(self, query_shape=None, memory_input_shape=None, state=None):
+        if self.built:
+            return
+        e, n = self.memory_dim, self.num_basis
+        init = self.kernel_initializer
+        # Dense kernels in Keras layout (in, out): y = x @ kernel.
+        self.key_kernel = self.add_weight(
+            name="key_kernel", shape=(e, e), initializer=init
+        )
+        self.value_kernel = self.add_weight(
+            name="value_kernel", shape=(e, e), initializer=init
+        )
+        self.output_kernel = self.add_weight(
+            name="output_kernel", shape=(e, e), initializer=init
+        )
+        # w_μ and w_σ, shared by all heads: scores over N basis -> 1 logit.
+        bound = 1.0 / math.sqrt(n)
+        density_init = keras.initializers.RandomUniform(-bound, bound)
+        self.mu_kernel = self.add_weight(
+            name="mu_kernel", shape=(n,), initializer=density_init
+        )
+        self.sigma_kernel = self.add_weight(
+            name="sigma_kernel", shape=(n,), initializer=density_init
+        )
+        if self.memory_gate == "conv":
+            self.gate_kernel = self.add_weight(
+                name="gate_kernel", shape=(3, e, e), initializer=init
+            )
+            self.gate_bias = self.add_weight(
+                name="gate_bias", shape=(e,), initializer="zeros"
+            )
+        self.built = True
+
+    def constants(self, length):
+        """The float32 constant matrices for segments of ``length`` tokens.
+
+        Built once per length in float64 NumPy (SPEC §2), cast at use:
+        ``G_L`` ``(L, N)``, ``G_old`` ``(M, N)`` and ``G_new`` ``(L, N)`` (the
+        two row blocks of ``G_inf``), ``S`` ``(M, N)``, and
+        ``transition = G_oldᵀ S`` ``(N, N)``, which turns a uniform-sample
+        update into one matmul.
+        """
+        if length not in self._constants:
+            c = basis.memory_constants(
+                length,
+                self.num_basis,
+                self.basis_widths,
+                self.ridge_penalty,
+                self.tau,
+                self.num_samples,
+            )
+            self._set_constants(length, c["G_L"], c["G_inf"], c["S"])
+        return self._constants[length]
+
+    def _set_constants(self, length, G_L, G_inf, S):
+        """Installs constant matrices (float64) for ``length``."""
+        m = self.num_samples
+        G_old, G_new = G_inf[:m], G_inf[m:]
+        self._constants[length] = {
+            name: np.asarray(value, dtype="float64")
+            for name, value in {
+                "G_L": G_L,
+                "G_old": G_old,
+                "G_new": G_new,
+                "S": S,
+                "transition": G_old.T @ S,
+            }.items()
+        }
+        self._tensors = {
+            k: v for k, v in self._tensors.items() if k[0] != length
+        }
+
+    @property
+    def math_dtype(self):
+        """float64 under a float64 policy, else float32 (also when mixed)."""
+        return "float64" if self.compute_dtype == "float64" else "float32"
+
+    def _tensor(self, array, key=None):
+        """A constant as a tensor of ``math_dtype``."""
+        dtype = self.math_dtype
+        if key is None or keras.backend.backend() != "torch":
+            # Converted per call: under jit / tf.function this is a folded
+            # constant; caching it would leak a tracer or a graph tensor.
+            return ops.convert_to_tensor(array.astype(dtype))
+        key = key + (dtype,)
+        if key not in self._tensors:
+            self._tensors[key] = ops.convert_to_tensor(array.astype(dtype))
+        return self._tensors[key]
+
+    def _constant(self, length, name):
+        return self._tensor(self.constants(length)[name], (length, name))
+
+    def _basis(self):
+        centers = self._tensor(self._centers, ("basis", "centers"))
+        return centers, self._tensor(self._widths, ("basis", "widths"))
+
+    # ------------------------------------------------------------------ #
+    # State
+    # ------------------------------------------------------------------ #
+
+    def get_initial_state(self, batch_size):
+        """An empty memory for ``batch_size`` rows.
+
+        Returns a dict: ``"coefficients"`` ``(B, N, e)`` float32 zeros,
+        ``"has_memory"`` ``(B,)`` bool False, and, with sticky memories,
+        ``"histogram"`` ``(B, num_bins)`` float32 zeros (bin masses summed
+        over the reads since the last write).
+        """
+        state = {
+            "coefficients": ops.zeros(
+                (batch_size, self.num_basis, self.memory_dim), self.math_dtype
+            ),
+            "has_memory": ops.zeros((batch_size,), "bool"),
+        }
+        if self.sticky is not None:
+            state["histogram"] = ops.zeros(
+                (batch_size, self.sticky.num_bins), self.math_dtype
+            )
+        return state
+
+    def reset_state(self, state, reset_mask):
+        """Empties the rows where ``reset_mask`` ``(B,)`` is True."""
+        keep = ops.logical_not(ops.cast(reset_mask, "bool"))  # (B,)
+        new_state = {}
+        for name, value in state.items():
+            if name == "has_memory":
+                new_state[name] = ops.logical_and(value, keep)
+            else:
+                shape = (-1,) + (1,) * (len(value.shape) - 1)
+                mask = ops.reshape(ops.cast(keep, value.dtype), shape)
+                new_state[name] = value * mask
+        return new_state
+
+    def _check_state(self, state):
+        expected = {"coefficients", "has_memory"}
+        if self.sticky is not None:
+            expected.add("histogram")
+        if not isinstance(state, dict) or set(state) != expected:
+            got = sorted(state) if isinstance(state, dict) else type(state)
+            raise ValueError(
+                f"`state` must be a dict with keys {sorted(expected)}, as "
+                f"returned by get_initial_state(). Received: state={got}"
+            )
+        shape = tuple(state["coefficients"].shape)
+        if shape[1:] != (self.num_basis, self.memory_dim):
+            raise ValueError(
+                "`state['coefficients']` must have shape "
+                f"(batch, {self.num_basis}, {self.memory_dim}). "
+                f"Received: shape={shape}"
+            )
+
+    # ------------------------------------------------------------------ #
+    # Write
+    # ------------------------------------------------------------------ #
+
+    def gate(self, memory_input):
+        """``X ⊙ sigmoid(Conv1D_k3(X))`` along time (authors' CNN mask)."""
+        if self.memory_gate is None:
+            return memory_input
+        logits = ops.conv(
+            memory_input, self.gate_kernel, strides=1, padding="same"
+        )  # (B, L, e)
+        return memory_input * ops.sigmoid(logits + self.gate_bias)
+
+    def write(self, memory_input, state, sample_positions=None):
+        """Absorbs ``memory_input`` ``(B, L, e)`` and returns the new state.
+
+        Rows without memory get ``B = G_Lᵀ X``; the others the unbounded
+        update ``B = G_oldᵀ X_old + G_newᵀ X`` with ``X_old`` the old signal
+        sampled at ``sample_positions`` ``(B, M)`` if given, else at the
+        sticky positions, else at ``m/M``. The returned coefficients carry
+        gradients to this segment; the incoming ones are stop-gradient.
+        """
+        self._check_state(state)
+        x = ops.cast(memory_input, self.math_dtype)
+        if len(x.shape) != 3 or x.shape[-1] != self.memory_dim:
+            raise ValueError(
+                "`memory_input` must have shape (batch, length, "
+                f"{self.memory_dim}) (num_heads * key_dim). "
+                f"Received: memory_input.shape={tuple(x.shape)}"
+            )
+        length = x.shape[1]
+        if length is None or length < 1:
+            raise ValueError(
+                "`memory_input` needs a static length ≥ 1. "
+                f"Received: memory_input.shape={tuple(x.shape)}"
+            )
+        x = self.gate(x)  # (B, L, e)
+        previous = ops.stop_gradient(state["coefficients"])  # (B, N, e)
+        constant = lambda name: self._constant(length, name)  # noqa: E731
+
+        first = basis.fit(constant("G_L"), x)  # B = G_Lᵀ X  (B, N, e)
+        new_part = basis.fit(constant("G_new"), x)  # (B, N, e)
+        positions = sample_positions
+        if positions is None and self.sticky is not None:
+            positions = self._sticky_positions(state["histogram"])
+        if positions is None:
+            # G_oldᵀ S B_prev with G_oldᵀ S precomputed: one N×N matmul.
+            old_part = ops.einsum(
+                "nk,bke->bne", constant("transition"), previous
+            )
+        else:
+            positions = ops.cast(positions, self.math_dtype)  # (B, M)
+            if tuple(positions.shape)[1:] != (self.num_samples,):
+                raise ValueError(
+                    "`sample_positions` must have shape (batch, "
+                    f"{self.num_samples}). "
+                    f"Received: shape={tuple(positions.shape)}"
+                )
+            psi = basis.psi(positions, *self._basis())  # (B, M, N)
+            old = basis.evaluate(psi, previous)  # X_old  (B, M, e)
+            old_part = basis.fit(constant("G_old"), old)
+        update = old_part + new_part  # B = G_infᵀ [X_old; X]  (eq. 12)
+        has_memory = state["has_memory"]
+        coefficients = ops.where(
+            has_memory[:, None, None], update, first
+        )  # (B, N, e)
+        new_state = {
+            "coefficients": coefficients,
+            "has_memory": ops.ones_like(has_memory),
+        }
+        if self.sticky is not None:
+            new_state["histogram"] = ops.zeros_like(state["histogram"])
+        return new_state
+
+    def _sticky_positions(self, histogram):
+        """Sticky positions; rows with no reads since the last write fall
+        back to the uniform ``m/M``."""
+        sticky = self.sticky.sample_positions(
+            normalize(histogram), self.num_samples
+        )  # (B, M)
+        uniform = self._tensor(basis.uniform_sample_positions(self.num_samples))
+        seen = ops.sum(histogram, axis=-1, keepdims=True) > 0  # (B, 1)
+        return ops.where(seen, sticky, uniform[None, :])
+
+    # ------------------------------------------------------------------ #
+    # Read
+    # ------------------------------------------------------------------ #
+
+    def density(self, query, state):
+        """The read densities: ``(mu, variance)``, each ``(B, H, Lq)``."""
+        self._check_state(state)
+        query = self._check_query(query)
+        return self._density(query, state["coefficients"])
+
+    def _density(self, query, coefficients):
+        # w_μᵀ s = w_μᵀ K_h q/√d = ((w_μᵀ B) W_K)_h · q/√d: the keys K and
+        # the scores s over N are never formed.
+        weights = ops.stack(
+            [self.mu_kernel.value, self.sigma_kernel.value], axis=0
+        )  # (2, N)
+        summary = ops.einsum("kn,bne->bke", weights, coefficients)
+        summary = ops.matmul(summary, self.key_kernel)  # (B, 2, e)
+        summary = ops.reshape(
+            summary, (-1, 2, self.num_heads, self.key_dim)
+        )  # (B, 2, H, d)
+        logits = ops.einsum("bqhd,bkhd->kbhq", query, summary)
+        logits = logits / math.sqrt(self.key_dim)  # (2, B, H, Lq)
+        mu = ops.sigmoid(logits[0])  # (B, H, Lq)
+        variance = ops.maximum(ops.softplus(logits[1]), self.min_variance)
+        return mu, variance
+
+    def _check_query(self, query):
+        query = ops.cast(query, self.math_dtype)
+        expected = (self.num_heads, self.key_dim)
+        if len(query.shape) != 4 or tuple(query.shape[2:]) != expected:
+            raise ValueError(
+                "`query` must have shape (batch, query_length, "
+                f"{self.num_heads}, {self.key_dim}) (num_heads, key_dim). "
+                f"Received: query.shape={tuple(query.shape)}"
+            )
+        return query
+
+    def read(self, query, state, query_mask=None, return_state=False):
+        """Continuous attention over the memory.
+
+        Args:
+            query: ``(B, Lq, H, d)``.
+            state: the memory state.
+            query_mask: optional ``(B, Lq)`` bool; masked queries add
+                nothing to the KL term or the sticky histogram.
+            return_state: also return the state, with this read's bin
+                masses added to the sticky histogram.
+
+        Returns:
+            ``output`` ``(B, Lq, e)``, or ``(output, state)``.
+        """
+        self._check_state(state)
+        query = self._check_query(query)
+        coefficients = state["coefficients"]
+        has_memory = ops.cast(state["has_memory"], self.math_dtype)  # (B,)
+        mu, variance = self._density(query, coefficients)  # (B, H, Lq)
+        r = basis.gaussian_expectation(
+            mu, variance, *self._basis()
+        )  # (B, H, Lq, N)
+        output = self._attend(r, coefficients)  # (B, Lq, e)
+
+        weight = has_memory[:, None, None]  # (B, 1, 1)
+        if query_mask is not None:
+            mask = ops.cast(query_mask, self.math_dtype)  # (B, Lq)
+            weight = weight * mask[:, None, :]
+        weight = ops.broadcast_to(weight, ops.shape(mu))  # (B, H, Lq)
+        if self.kl_weight > 0:
+            kl = basis.kl_to_prior(
+                mu, variance, self.kl_sigma, self.kl_prior_mean
+            )  # (B, H, Lq)
+            kl = ops.sum(kl * weight) / ops.maximum(ops.sum(weight), 1.0)
+            self.add_loss(self.kl_weight * kl)
+        output = ops.cast(output, self.compute_dtype)
+        if not return_state:
+            return output
+        state = dict(state)
+        if self.sticky is not None:
+            flat = lambda t: ops.reshape(t, (ops.shape(t)[0], -1))  # noqa
+            masses = self.sticky.bin_masses(
+                flat(mu), flat(variance), flat(weight)
+            )  # (B, D)
+            state["histogram"] = state["histogram"] + masses
+        return output, state
+
+    def _attend(self, r, coefficients):
+        """``W_O concat_h(V_hᵀ r)`` with ``V = B W_V``, the cheaper way round.
+
+        ``r`` ``(B, H, Lq, N)``, ``coefficients`` ``(B, N, e)``.
+        """
+        h, d, e, n = (
+            self.num_heads,
+            self.key_dim,
+            self.memory_dim,
+            self.num_basis,
+        )
+        lq = r.shape[2]
+        if (
+            lq is not None
+            and h * lq * n * e + lq * e * e < n * e * e + lq * n * e
+        ):
+            # Few queries (decoding): (rᵀ B) W_V per head, V never formed.
+            rb = ops.einsum("bhqn,bne->bhqe", r, coefficients)  # (B,H,Lq,e)
+            w_v = ops.reshape(self.value_kernel, (e, h, d))
+            z = ops.einsum("bhqe,ehd->bqhd", rb, w_v)  # (B, Lq, H, d)
+        else:
+            values = ops.matmul(coefficients, self.value_kernel)  # V (B,N,e)
+            values = ops.reshape(values, (-1, n, h, d))  # (B, N, H, d)
+            z = ops.einsum("bhqn,bnhd->bqhd", r, values)  # (B, Lq, H, d)
+        z = ops.reshape(z, (-1, ops.shape(z)[1], e))  # (B, Lq, e)
+        return ops.matmul(z, self.output_kernel)  # (B, Lq, e)
+
+    # ------------------------------------------------------------------ #
+    # Keras call
+    # ------------------------------------------------------------------ #
+
+    def call(self, query, memory_input, state, query_mask=None, training=None):
+        state = self.write(memory_input, state)
+        output, state = self.read(
+            query, state, query_mask=query_mask, return_state=True
+        )
+        return output, {k: ops.stop_gradient(v) for k, v in state.items()}
+
+    def compute_output_spec(
+        self, query, memory_input, state, query_mask=None, training=None
+    ):
+        output = keras.KerasTensor(
+            (query.shape[0], query.shape[1], self.memory_dim),
+            dtype=self.compute_dtype,
+        )
+        new_state = {
+            name: keras.KerasTensor(value.shape, dtype=value.dtype)
+            for name, value in state.items()
+        }
+        return output, new_state
+
+    def compute_output_shape(
+        self, query_shape, memory_input_shape=None, state=None
+    ):
+        return (query_shape[0], query_shape[1], self.memory_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("autocast", None)
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "num_basis": self.num_basis,
+                "basis_widths": list(self.basis_widths),
+                "ridge_penalty": self.ridge_penalty,
+                "tau": self.tau,
+                "num_samples": self.num_samples,
+                "min_variance": self.min_variance,
+                "kl_sigma": self.kl_sigma,
+                "kl_weight": self.kl_weight,
+                "kl_prior_mean": self.kl_prior_mean,
+                "memory_gate": self.memory_gate,
+                "sticky": (
+                    None
+                    if self.sticky is None
+                    else keras.saving.serialize_keras_object(self.sticky)
+                ),
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+            }
+        )
+        return config
+
+
+def _check_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    if value < 1:
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value}"
+        )
+
+
+def _check_range(name, value, low, high, low_ok=False):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`{name}` must be a float. Received: {name}={value!r}"
+        ) from None
+    ok = np.isfinite(value) and (value >= low if low_ok else value > low)
+    if high is not None:
+        ok = ok and value < high
+    if not ok:
+        bounds = f"[{low}" if low_ok else f"({low}"
+        bounds += f", {high})" if high is not None else ", inf)"
+        raise ValueError(
+            f"`{name}` must be in {bounds}. Received: {name}={value}"
+        )

@@ -1,0 +1,168 @@
+"""StickyMemorySampler: where the next write samples the old signal."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_infmemory import basis
+
+_MODES = ("categorical", "quantile")
+
+
+@keras.saving.register_keras_serializable(package="keras_infmemory")
+class StickyMemorySampler(keras.layers.Layer):
+    """Sticky memories: sample the old signal where past queries attended.
+
+    After each read of a `ContinuousLTM`, every query of every head leaves a
+    Gaussian density ``N(t; μ, σ²)`` over the memory's time axis. The sampler
+    turns those into a histogram over ``num_bins`` equal bins of [0, 1]
+    (exact Gaussian mass per bin, via erf):
+
+    ``p(bin_k) ∝ Σ_{h,i} [Φ((b_{k+1} − μ)/σ) − Φ((b_k − μ)/σ)]``
+
+    and, at the next write, places the ``M`` sample positions of the old
+    signal according to ``p`` (∞-former §3.3, SPEC §5). Heavily attended
+    regions get more of the ``M`` slots and keep their resolution.
+
+    Two placements are offered:
+
+    * ``"categorical"`` (the authors'): draw ``M`` bins from Categorical(p),
+      take each bin's left edge, sort. Stochastic; duplicates are common.
+      Seeded through a `keras.random.SeedGenerator`.
+    * ``"quantile"``: position ``m`` at ``CDF⁻¹((m − ½)/M)`` with linear
+      interpolation inside the bin: the same expected number of points per
+      bin, with no variance and no duplicates.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras_infmemory
+    >>> sampler = keras_infmemory.StickyMemorySampler(mode="quantile")
+    >>> mu = np.full((2, 6), 0.25, "float32")
+    >>> variance = np.full((2, 6), 1e-3, "float32")
+    >>> hist = sampler.histogram(mu, variance)  # (2, 128), rows sum to 1
+    >>> positions = sampler.sample_positions(hist, num_samples=16)  # (2, 16)
+
+    Args:
+        num_bins: int, number ``D`` of equal bins on [0, 1]. Defaults to 128
+            (the authors').
+        mode: ``"categorical"`` or ``"quantile"``, how sample positions are
+            placed. Defaults to ``"categorical"`` (the authors').
+        seed: int or `keras.random.SeedGenerator`, seeds the categorical
+            draws.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        mu: ``(B, K)`` means of the read densities (K = heads × queries).
+        variance: ``(B, K)`` variances σ².
+        mask: optional ``(B, K)`` boolean, which densities count.
+
+    Returns:
+        The normalised histogram, ``(B, num_bins)``.
+    """
+
+    def __init__(self, num_bins=128, mode="categorical", seed=None, **kwargs):
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        if not isinstance(num_bins, int) or num_bins < 1:
+            raise ValueError(
+                "`num_bins` must be a positive integer. "
+                f"Received: num_bins={num_bins}"
+            )
+        if mode not in _MODES:
+            raise ValueError(
+                f"`mode` must be one of {_MODES}. Received: mode={mode!r}"
+            )
+        self.num_bins = num_bins
+        self.mode = mode
+        self.seed = seed
+        if isinstance(seed, keras.random.SeedGenerator):
+            self.seed_generator = seed
+        else:
+            self.seed_generator = keras.random.SeedGenerator(seed)
+        # Positions use the plain edges; the CDF uses edges nudged outwards
+        # by 1e-6, as the authors do, so 0 and 1 fall inside the end bins.
+        edges = np.linspace(0.0, 1.0, num_bins + 1)
+        cdf_edges = edges.copy()
+        cdf_edges[0], cdf_edges[-1] = -1e-6, 1.0 + 1e-6
+        self._left_edges = edges[:-1]  # float64, cast at use
+        self._cdf_edges = cdf_edges
+        self.built = True
+
+    def bin_masses(self, mu, variance, mask=None):
+        """Unnormalised histogram: summed bin masses ``(B, num_bins)``."""
+        dtype = _math_dtype(mu)
+        mu = ops.cast(mu, dtype)
+        variance = ops.cast(variance, dtype)
+        _check_rank("mu", mu, 2)
+        _check_rank("variance", variance, 2)
+        masses = basis.bin_masses(
+            mu, variance, ops.convert_to_tensor(self._cdf_edges.astype(dtype))
+        )  # (B, K, D)
+        if mask is not None:
+            masses = masses * ops.cast(mask, dtype)[..., None]
+        return ops.sum(masses, axis=1)  # (B, D)
+
+    def histogram(self, mu, variance, mask=None):
+        """Normalised histogram ``(B, num_bins)`` from ``(B, K)`` μ and σ²."""
+        return normalize(self.bin_masses(mu, variance, mask))
+
+    def call(self, mu, variance, mask=None):
+        return self.histogram(mu, variance, mask)
+
+    def sample_positions(self, histogram, num_samples):
+        """Sorted sample positions ``(B, num_samples)`` in [0, 1]."""
+        dtype = _math_dtype(histogram)
+        histogram = ops.cast(histogram, dtype)
+        _check_rank("histogram", histogram, 2)
+        if self.mode == "quantile":
+            return basis.quantile_positions(histogram, num_samples)
+        logits = ops.log(ops.maximum(histogram, 1e-30))  # (B, D)
+        index = keras.random.categorical(
+            logits, num_samples, dtype="int32", seed=self.seed_generator
+        )  # (B, M)
+        left = ops.take(
+            ops.convert_to_tensor(self._left_edges.astype(dtype)), index
+        )
+        return ops.sort(left, axis=-1)
+
+    def compute_output_shape(self, mu_shape, variance_shape=None, mask=None):
+        return (mu_shape[0], self.num_bins)
+
+    def get_config(self):
+        config = super().get_config()
+        seed = self.seed
+        if isinstance(seed, keras.random.SeedGenerator):
+            seed = keras.saving.serialize_keras_object(seed)
+        config.update(
+            {"num_bins": self.num_bins, "mode": self.mode, "seed": seed}
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("seed"), dict):
+            config["seed"] = keras.saving.deserialize_keras_object(
+                config["seed"]
+            )
+        return cls(**config)
+
+
+def normalize(masses):
+    """Rows of ``masses`` scaled to sum to 1 (all-zero rows stay zero)."""
+    total = ops.sum(masses, axis=-1, keepdims=True)
+    return masses / ops.maximum(total, 1e-30)
+
+
+def _math_dtype(x):
+    """float64 stays float64; anything else is computed in float32."""
+    dtype = keras.backend.standardize_dtype(getattr(x, "dtype", "float32"))
+    return "float64" if dtype == "float64" else "float32"
+
+
+def _check_rank(name, x, rank):
+    if len(x.shape) != rank:
+        raise ValueError(
+            f"`{name}` must have rank {rank}. Received: {name}.shape={x.shape}"
+        )
