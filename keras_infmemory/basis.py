@@ -139,12 +139,16 @@ def psi(positions, centers, widths):
 
 
 def fit(design_matrix, values):
-    """Ridge fit ``B = Gᵀ X``: ``G (P, N)``, ``X (B, P, e)`` -> ``(B, N, e)``."""
+    """Ridge fit ``B = Gᵀ X``: G ``(P, N)``, X ``(B, P, e)`` -> ``(B, N, e)``."""
     return ops.einsum("pn,bpe->bne", design_matrix, values)
 
 
 def evaluate(basis_values, coefficients):
-    """The signal ``x̄(t) = Bᵀ ψ(t)``: ``(B|·, P, N)``, ``(B, N, e)`` -> ``(B, P, e)``."""
+    """The signal ``x̄(t) = Bᵀ ψ(t)`` at P positions.
+
+    ``basis_values`` ``(P, N)`` or ``(B, P, N)``, ``coefficients``
+    ``(B, N, e)`` -> ``(B, P, e)``.
+    """
     if len(basis_values.shape) == 2:
         return ops.einsum("pn,bne->bpe", basis_values, coefficients)
     return ops.einsum("bpn,bne->bpe", basis_values, coefficients)
