@@ -139,7 +139,7 @@ def psi(positions, centers, widths):
 
 
 def fit(design_matrix, values):
-    """Ridge fit ``B = Gᵀ X``: G ``(P, N)``, X ``(B, P, e)`` -> ``(B, N, e)``."""
+    """Ridge fit ``B = Gᵀ X``: G (P, N), X (B, P, e) -> (B, N, e)."""
     return ops.einsum("pn,bpe->bne", design_matrix, values)
 
 
