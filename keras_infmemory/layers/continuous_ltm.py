@@ -441,7 +441,7 @@ class ContinuousLTM(keras.layers.Layer):
             [self.mu_kernel.value, self.sigma_kernel.value], axis=0
         )  # (2, N)
         summary = ops.einsum("kn,bne->bke", weights, coefficients)
-        summary = ops.matmul(summary, self.key_kernel)  # (B, 2, e)
+        summary = ops.einsum("bke,ef->bkf", summary, self.key_kernel)
         summary = ops.reshape(
             summary, (-1, 2, self.num_heads, self.key_dim)
         )  # (B, 2, H, d)
@@ -530,11 +530,14 @@ class ContinuousLTM(keras.layers.Layer):
             w_v = ops.reshape(self.value_kernel, (e, h, d))
             z = ops.einsum("bhqe,ehd->bqhd", rb, w_v)  # (B, Lq, H, d)
         else:
-            values = ops.matmul(coefficients, self.value_kernel)  # V (B,N,e)
+            values = ops.einsum(
+                "bne,ef->bnf", coefficients, self.value_kernel
+            )  # V (B, N, e)
             values = ops.reshape(values, (-1, n, h, d))  # (B, N, H, d)
             z = ops.einsum("bhqn,bnhd->bqhd", r, values)  # (B, Lq, H, d)
         z = ops.reshape(z, (-1, ops.shape(z)[1], e))  # (B, Lq, e)
-        return ops.matmul(z, self.output_kernel)  # (B, Lq, e)
+        # einsum, not matmul: Keras-torch matmul returns float32 for float64.
+        return ops.einsum("bqe,ef->bqf", z, self.output_kernel)  # (B, Lq, e)
 
     # ------------------------------------------------------------------ #
     # Keras call
