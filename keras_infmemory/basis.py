@@ -134,8 +134,27 @@ def memory_constants(
 
 def psi(positions, centers, widths):
     """ψ(t): positions ``(..., P)`` -> basis values ``(..., P, N)``."""
+    positions, centers, widths = _tensors(positions, centers, widths)
     z = (ops.expand_dims(positions, -1) - centers) / widths  # (..., P, N)
     return ops.exp(-0.5 * ops.square(z)) / (widths * _SQRT_2PI)
+
+
+def _tensors(*values):
+    """Converts NumPy inputs, casting them to the first one's float dtype."""
+    first = ops.convert_to_tensor(values[0])
+    dtype = first.dtype
+    return [first] + [
+        ops.cast(ops.convert_to_tensor(v), dtype) for v in values[1:]
+    ]
+
+
+def floor(x, value):
+    """``max(x, value)``, keeping ``x``'s dtype.
+
+    Keras' dtype promotion sends float64 to float32 in ``ops.maximum`` (and
+    ``matmul``); ``where`` keeps float64, so the float64 mode stays exact.
+    """
+    return ops.where(x < value, ops.full_like(x, value), x)
 
 
 def fit(design_matrix, values):
@@ -160,6 +179,7 @@ def gaussian_expectation(mu, variance, centers, widths):
     (SPEC §3.4; integrated over all of R.) ``mu``, ``variance``: ``(...)``;
     returns ``(..., N)``.
     """
+    mu, variance, centers, widths = _tensors(mu, variance, centers, widths)
     total = ops.expand_dims(variance, -1) + ops.square(widths)  # (..., N)
     diff = ops.expand_dims(mu, -1) - centers  # (..., N)
     return ops.exp(-0.5 * ops.square(diff) / total) / ops.sqrt(
@@ -174,6 +194,7 @@ def kl_to_prior(mu, variance, sigma_0, mu_0=None):
     (the released GPT-2 code's ``μ₀ = −1``) the term ``½(μ − μ₀)²/σ₀²`` is
     added, as the authors do.
     """
+    mu, variance = _tensors(mu, variance)
     ratio = variance / (sigma_0**2)
     kl = 0.5 * (ratio - ops.log(ratio) - 1.0)
     if mu_0 is not None:
@@ -187,6 +208,7 @@ def bin_masses(mu, variance, edges):
     ``mu``, ``variance``: ``(...)``; ``edges``: ``(D + 1,)``; returns
     ``(..., D)`` (SPEC §5).
     """
+    mu, variance, edges = _tensors(mu, variance, edges)
     sigma = ops.sqrt(variance)
     z = (edges - ops.expand_dims(mu, -1)) / ops.expand_dims(sigma, -1)
     cdf = 0.5 * (1.0 + ops.erf(z * (1.0 / math.sqrt(2.0))))  # (..., D + 1)
@@ -200,6 +222,7 @@ def quantile_positions(histogram, num_samples):
     its bin, on ``D`` equal bins over [0, 1]. ``histogram``: ``(B, D)``,
     normalised; returns sorted positions ``(B, M)``.
     """
+    (histogram,) = _tensors(histogram)
     num_bins = histogram.shape[-1]
     cdf = ops.cumsum(histogram, axis=-1)  # (B, D): CDF at right edges
     u = (ops.arange(num_samples, dtype=histogram.dtype) + 0.5) / num_samples
@@ -212,7 +235,7 @@ def quantile_positions(histogram, num_samples):
     )  # (B, M)
     mass = ops.take_along_axis(histogram, index, axis=-1)  # (B, M)
     right = ops.take_along_axis(cdf, index, axis=-1)  # (B, M)
-    fraction = (u[None, :] - (right - mass)) / ops.maximum(mass, 1e-12)
+    fraction = (u[None, :] - (right - mass)) / floor(mass, 1e-12)
     fraction = ops.clip(fraction, 0.0, 1.0)
     index = ops.cast(index, histogram.dtype)
     return (index + fraction) / num_bins

@@ -22,3 +22,54 @@ def float64_available():
     """JAX computes float64 only with x64 enabled; the others always."""
     x = keras.ops.convert_to_tensor(np.zeros(1, np.float64), dtype="float64")
     return keras.backend.standardize_dtype(x.dtype) == "float64"
+
+
+def value_and_grad(fn, *args):
+    """``fn(*args)`` (a scalar) and its gradients w.r.t. ``args``.
+
+    Tests may use the backends directly; library code never does.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.value_and_grad(fn, argnums=tuple(range(len(args))))(*args)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        args = [tf.convert_to_tensor(a) for a in args]
+        with tf.GradientTape() as tape:
+            tape.watch(args)
+            value = fn(*args)
+        return value, tape.gradient(value, args)
+    import torch
+
+    args = [torch.tensor(np.asarray(a), requires_grad=True) for a in args]
+    value = fn(*args)
+    value.backward()
+    return value, [a.grad for a in args]
+
+
+def variable_grads(fn, variables):
+    """Gradients of the scalar ``fn()`` w.r.t. Keras variables."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            value = fn()
+        return tape.gradient(value, [v.value for v in variables])
+    if backend == "torch":
+        for v in variables:
+            v.value.grad = None
+        fn().backward()
+        return [v.value.grad for v in variables]
+    import jax
+
+    def stateless(values):
+        with keras.StatelessScope(
+            state_mapping=list(zip(variables, values, strict=True))
+        ):
+            return fn()
+
+    return jax.grad(stateless)([v.value for v in variables])

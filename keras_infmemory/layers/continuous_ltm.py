@@ -55,7 +55,7 @@ class ContinuousLTM(keras.layers.Layer):
     >>> segment = np.random.rand(3, 32, 16).astype("float32")  # (B, L, e)
     >>> query = np.random.rand(3, 5, 2, 8).astype("float32")  # (B, Lq, H, d)
     >>> output, state = ltm(query, segment, state)  # write, then read
-    >>> output.shape
+    >>> tuple(output.shape)
     (3, 5, 16)
     >>> output = ltm.read(query, state)  # read the memory alone
 
@@ -194,31 +194,44 @@ class ContinuousLTM(keras.layers.Layer):
             return
         e, n = self.memory_dim, self.num_basis
         init = self.kernel_initializer
-        # Dense kernels in Keras layout (in, out): y = x @ kernel.
+        # Dense kernels in Keras layout (in, out): y = x @ kernel. Never
+        # autocast: read/write math stays float32 under mixed precision.
         self.key_kernel = self.add_weight(
-            name="key_kernel", shape=(e, e), initializer=init
+            name="key_kernel", shape=(e, e), initializer=init, autocast=False
         )
         self.value_kernel = self.add_weight(
-            name="value_kernel", shape=(e, e), initializer=init
+            name="value_kernel", shape=(e, e), initializer=init, autocast=False
         )
         self.output_kernel = self.add_weight(
-            name="output_kernel", shape=(e, e), initializer=init
+            name="output_kernel", shape=(e, e), initializer=init, autocast=False
         )
         # w_μ and w_σ, shared by all heads: scores over N basis -> 1 logit.
         bound = 1.0 / math.sqrt(n)
         density_init = keras.initializers.RandomUniform(-bound, bound)
         self.mu_kernel = self.add_weight(
-            name="mu_kernel", shape=(n,), initializer=density_init
+            name="mu_kernel",
+            shape=(n,),
+            initializer=density_init,
+            autocast=False,
         )
         self.sigma_kernel = self.add_weight(
-            name="sigma_kernel", shape=(n,), initializer=density_init
+            name="sigma_kernel",
+            shape=(n,),
+            initializer=density_init,
+            autocast=False,
         )
         if self.memory_gate == "conv":
             self.gate_kernel = self.add_weight(
-                name="gate_kernel", shape=(3, e, e), initializer=init
+                name="gate_kernel",
+                shape=(3, e, e),
+                initializer=init,
+                autocast=False,
             )
             self.gate_bias = self.add_weight(
-                name="gate_bias", shape=(e,), initializer="zeros"
+                name="gate_bias",
+                shape=(e,),
+                initializer="zeros",
+                autocast=False,
             )
         self.built = True
 
@@ -275,7 +288,10 @@ class ContinuousLTM(keras.layers.Layer):
             return ops.convert_to_tensor(array.astype(dtype))
         key = key + (dtype,)
         if key not in self._tensors:
-            self._tensors[key] = ops.convert_to_tensor(array.astype(dtype))
+            tensor = ops.convert_to_tensor(array.astype(dtype))
+            if getattr(tensor, "is_meta", False):
+                return tensor  # symbolic build: a shape, not the values
+            self._tensors[key] = tensor
         return self._tensors[key]
 
     def _constant(self, length, name):
@@ -448,7 +464,7 @@ class ContinuousLTM(keras.layers.Layer):
         logits = ops.einsum("bqhd,bkhd->kbhq", query, summary)
         logits = logits / math.sqrt(self.key_dim)  # (2, B, H, Lq)
         mu = ops.sigmoid(logits[0])  # (B, H, Lq)
-        variance = ops.maximum(ops.softplus(logits[1]), self.min_variance)
+        variance = basis.floor(ops.softplus(logits[1]), self.min_variance)
         return mu, variance
 
     def _check_query(self, query):
@@ -495,7 +511,7 @@ class ContinuousLTM(keras.layers.Layer):
             kl = basis.kl_to_prior(
                 mu, variance, self.kl_sigma, self.kl_prior_mean
             )  # (B, H, Lq)
-            kl = ops.sum(kl * weight) / ops.maximum(ops.sum(weight), 1.0)
+            kl = ops.sum(kl * weight) / basis.floor(ops.sum(weight), 1.0)
             self.add_loss(self.kl_weight * kl)
         output = ops.cast(output, self.compute_dtype)
         if not return_state:

@@ -117,7 +117,7 @@ class StickyMemorySampler(keras.layers.Layer):
         _check_rank("histogram", histogram, 2)
         if self.mode == "quantile":
             return basis.quantile_positions(histogram, num_samples)
-        logits = ops.log(ops.maximum(histogram, 1e-30))  # (B, D)
+        logits = ops.log(basis.floor(histogram, 1e-30))  # (B, D)
         index = keras.random.categorical(
             logits, num_samples, dtype="int32", seed=self.seed_generator
         )  # (B, M)
@@ -152,7 +152,7 @@ class StickyMemorySampler(keras.layers.Layer):
 def normalize(masses):
     """Rows of ``masses`` scaled to sum to 1 (all-zero rows stay zero)."""
     total = ops.sum(masses, axis=-1, keepdims=True)
-    return masses / ops.maximum(total, 1e-30)
+    return masses / basis.floor(total, 1e-30)
 
 
 def _math_dtype(x):
