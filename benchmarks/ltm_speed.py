@@ -1,0 +1,280 @@
+"""ContinuousLTM speed: every backend, eager and compiled, vs the literal
+PyTorch implementation of the authors' algorithm.
+
+    python benchmarks/ltm_speed.py            # GPT-2 and sorting configs
+    python benchmarks/ltm_speed.py --quick    # tiny, for the smoke test
+
+Each backend runs in its own process. One call = write a segment into a
+memory that already holds one, then read it with Lq queries (the authors'
+module does exactly this per block). Prints a table of median times and of
+ratios to the literal torch module measured in the same run, and writes
+``benchmarks/results/ltm_speed.{json,md,png}``.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
+CONFIGS = {
+    # name: batch, heads, key_dim, L, Lq, N, widths, ridge, tau, M
+    "gpt2": (1, 12, 64, 512, 512, 512, (0.005, 0.01), 0.5, 0.5, 512),
+    "sorting": (8, 6, 50, 1024, 1024, 512, (0.01, 0.05), 1.0, 0.75, 512),
+    "quick": (2, 2, 8, 32, 32, 32, (0.02, 0.05), 0.5, 0.5, 16),
+}
+
+
+def worker(names, repeats, out):
+    import keras
+    import numpy as np
+
+    import keras_infmemory as ki
+
+    backend = keras.backend.backend()
+    results = {}
+    for name in names:
+        batch, h, d, length, lq, n, widths, ridge, tau, m = CONFIGS[name]
+        e = h * d
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(batch, length, e)).astype("float32")
+        q = rng.normal(size=(batch, lq, h, d)).astype("float32")
+        layer = ki.ContinuousLTM(
+            h,
+            d,
+            num_basis=n,
+            basis_widths=widths,
+            ridge_penalty=ridge,
+            tau=tau,
+            num_samples=m,
+        )
+        state = layer.write(x, layer.get_initial_state(batch))
+        timings = {}
+        timings.update(_time_ours(backend, layer, q, x, state, repeats))
+        if backend == "torch":
+            timings.update(
+                _time_literal(
+                    h, d, length, n, widths, ridge, tau, m, q, x, repeats
+                )
+            )
+        results[name] = timings
+        print(
+            name,
+            backend,
+            {k: f"{v * 1e3:.1f} ms" for k, v in timings.items()},
+            flush=True,
+        )
+    with open(out, "w") as f:
+        json.dump(results, f)
+
+
+def _time_ours(backend, layer, q, x, state, repeats):
+    import keras
+    from keras import ops
+
+    q, x = ops.convert_to_tensor(q), ops.convert_to_tensor(x)
+    timings = {}
+    if backend == "torch":
+        import torch
+
+        def forward():
+            with torch.no_grad():
+                return layer(q, x, state)[0]
+
+        def backward():
+            out, _ = layer(q, x, state)
+            ops.sum(out).backward()
+
+        timings["eager fwd"] = common.measure(forward, repeats)
+        timings["eager fwd+bwd"] = common.measure(backward, repeats)
+    elif backend == "jax":
+        import jax
+
+        trainable = [v.value for v in layer.trainable_variables]
+        fixed = [v.value for v in layer.non_trainable_variables]
+
+        def loss(trainable, q, x, state):
+            (out, _), _ = layer.stateless_call(trainable, fixed, q, x, state)
+            return out.sum()
+
+        def forward_fn(trainable, q, x, state):
+            (out, _), _ = layer.stateless_call(trainable, fixed, q, x, state)
+            return out
+
+        jit_forward = jax.jit(forward_fn)
+        jit_backward = jax.jit(jax.grad(loss))
+        timings["eager fwd"] = common.measure(
+            lambda: common.block(layer(q, x, state)[0]), repeats
+        )
+        timings["jit fwd"] = common.measure(
+            lambda: common.block(jit_forward(trainable, q, x, state)), repeats
+        )
+        timings["jit fwd+bwd"] = common.measure(
+            lambda: common.block(jit_backward(trainable, q, x, state)),
+            repeats,
+        )
+    else:
+        import tensorflow as tf
+
+        variables = [v.value for v in layer.trainable_variables]
+
+        def backward():
+            with tf.GradientTape() as tape:
+                out, _ = layer(q, x, state)
+                value = tf.reduce_sum(out)
+            return tape.gradient(value, variables)
+
+        forward_xla = tf.function(
+            lambda: layer(q, x, state)[0], jit_compile=True
+        )
+        backward_xla = tf.function(backward, jit_compile=True)
+        timings["eager fwd"] = common.measure(
+            lambda: layer(q, x, state)[0].numpy(), repeats
+        )
+        timings["xla fwd"] = common.measure(
+            lambda: forward_xla().numpy(), repeats
+        )
+        timings["xla fwd+bwd"] = common.measure(
+            lambda: [g.numpy() for g in backward_xla()], repeats
+        )
+    keras.backend.clear_session()
+    return timings
+
+
+def _time_literal(h, d, length, n, widths, ridge, tau, m, q, x, repeats):
+    import torch
+
+    from benchmarks.literal_ltm_torch import LiteralLTM
+
+    module = LiteralLTM(h, d, length, n, widths, ridge, tau, m)
+    qt = torch.tensor(q).transpose(1, 2).contiguous()  # (B, H, Lq, d)
+    xt = torch.tensor(x)
+    with torch.no_grad():
+        _, memory = module(qt, xt, None)
+
+    def forward():
+        with torch.no_grad():
+            return module(qt, xt, memory)[0]
+
+    def backward():
+        out, _ = module(qt, xt, memory)
+        out.sum().backward()
+
+    return {
+        "literal fwd": common.measure(forward, repeats),
+        "literal fwd+bwd": common.measure(backward, repeats),
+    }
+
+
+def report(results, names, quick):
+    rows = []
+    baseline = results["torch"]
+    for name in names:
+        base_f = baseline[name]["literal fwd"]
+        base_b = baseline[name]["literal fwd+bwd"]
+        rows.append(
+            [
+                name,
+                "torch",
+                "literal (authors' algorithm)",
+                f"{base_f * 1e3:.1f}",
+                "1.00",
+                f"{base_b * 1e3:.1f}",
+                "1.00",
+            ]
+        )
+        for backend, timings in results.items():
+            for mode in ("eager", "jit", "xla"):
+                fwd = timings[name].get(f"{mode} fwd")
+                bwd = timings[name].get(f"{mode} fwd+bwd")
+                if fwd is None:
+                    continue
+                rows.append(
+                    [
+                        name,
+                        backend,
+                        f"keras-infmemory, {mode}",
+                        f"{fwd * 1e3:.1f}",
+                        f"{fwd / base_f:.2f}",
+                        "-" if bwd is None else f"{bwd * 1e3:.1f}",
+                        "-" if bwd is None else f"{bwd / base_b:.2f}",
+                    ]
+                )
+    header = [
+        "config",
+        "backend",
+        "implementation",
+        "fwd ms",
+        "fwd ratio",
+        "fwd+bwd ms",
+        "fwd+bwd ratio",
+    ]
+    table = common.markdown_table(header, rows)
+    print(table)
+    if quick:
+        return
+    with open(os.path.join(common.RESULTS, "ltm_speed.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(common.RESULTS, "ltm_speed.md"), "w") as f:
+        f.write("# ContinuousLTM speed\n\n")
+        f.write(
+            f"Command: `python benchmarks/ltm_speed.py` on "
+            f"{common.machine()}, float32, medians.\n"
+        )
+        f.write(
+            "Ratios are to the literal PyTorch implementation of the "
+            "authors' algorithm (`benchmarks/literal_ltm_torch.py`), "
+            "measured in the same run.\n\n"
+        )
+        f.write(table + "\n")
+    _plot(rows)
+
+
+def _plot(rows):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, column, title in (
+        (axes[0], 4, "forward"),
+        (axes[1], 6, "forward + backward"),
+    ):
+        labels = [
+            f"{r[0]}\n{r[1]}\n{r[2].split(', ')[-1]}"
+            for r in rows
+            if r[column] != "-"
+        ]
+        values = [float(r[column]) for r in rows if r[column] != "-"]
+        ax.bar(range(len(values)), values)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(range(len(values)), labels, fontsize=6)
+        ax.set_title(f"{title}: time / literal torch")
+    fig.tight_layout()
+    fig.savefig(os.path.join(common.RESULTS, "ltm_speed.png"), dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--configs", default="gpt2,sorting")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--worker", action="store_true")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    names = ["quick"] if args.quick else args.configs.split(",")
+    repeats = 2 if args.quick else args.repeats
+    if args.worker:
+        worker(names, repeats, args.out)
+        return
+    extra = ["--repeats", str(repeats), "--configs", ",".join(names)]
+    results = common.run_workers(os.path.abspath(__file__), extra)
+    report(results, names, args.quick)
+
+
+if __name__ == "__main__":
+    main()
