@@ -127,6 +127,27 @@ def memory_constants(
     }
 
 
+def update_growth(transition, steps=300, seed=0):
+    """Spectral radius of the uniform update ``B ← G_oldᵀ S B`` (NumPy).
+
+    A memory fed forever is bounded only if old content shrinks at every
+    write: the radius must be < 1. Estimated by power iteration: the mean
+    log-growth of a random start over the last half of ``steps``.
+    """
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(transition.shape[0], 4))
+    logs = []
+    for step in range(steps):
+        v = transition @ v
+        norm = np.linalg.norm(v)
+        if norm == 0.0:
+            return 0.0
+        if step >= steps // 2:
+            logs.append(np.log(norm))
+        v /= norm
+    return float(np.exp(np.mean(logs)))
+
+
 # ---------------------------------------------------------------------------
 # Run-time math (keras.ops)
 # ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """ContinuousLTM: the ∞-former's unbounded long-term memory as a Keras layer."""
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -183,6 +184,9 @@ class ContinuousLTM(keras.layers.Layer):
         self._centers, self._widths = centers, basis_widths64  # float64
         self._constants = {}  # segment length -> dict of float64 arrays
         self._tensors = {}  # (length, name) -> backend tensor (torch only)
+        # Per segment length: how much a uniform write scales old content
+        # (spectral radius of G_oldᵀ S); < 1 keeps endless streams bounded.
+        self.update_growth = {}
         self.build()
 
     # ------------------------------------------------------------------ #
@@ -273,6 +277,19 @@ class ContinuousLTM(keras.layers.Layer):
         self._tensors = {
             k: v for k, v in self._tensors.items() if k[0] != length
         }
+        growth = basis.update_growth(self._constants[length]["transition"])
+        self.update_growth[length] = growth
+        if growth > 1.0:
+            warnings.warn(
+                f"ContinuousLTM '{self.name}': with num_basis="
+                f"{self.num_basis}, basis_widths={self.basis_widths}, "
+                f"num_samples={self.num_samples}, tau={self.tau} and "
+                f"segments of {length} tokens, each write amplifies old "
+                f"memory content by about {growth:.2f}x (spectral radius "
+                "of the update), so a long stream overflows. Use more "
+                "num_samples, wider basis_widths or a smaller tau.",
+                stacklevel=3,
+            )
 
     @property
     def math_dtype(self):

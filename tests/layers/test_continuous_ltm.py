@@ -409,3 +409,35 @@ def test_bad_call_inputs():
         layer.write(x, {"coefficients": state["coefficients"]})
     with pytest.raises(ValueError, match="Received: shape="):
         layer.write(x, state, sample_positions=np.zeros((2, 3), "float32"))
+
+
+def test_unstable_configuration_warns_and_stable_one_stays_bounded():
+    """A configuration whose uniform update amplifies old content overflows
+    in a long stream; the layer says so when it builds its constants."""
+    unstable = ki.ContinuousLTM(
+        2,
+        4,
+        num_basis=64,
+        basis_widths=(0.01, 0.05),
+        ridge_penalty=1.0,
+        tau=0.75,
+        num_samples=32,
+    )
+    with pytest.warns(UserWarning, match="amplifies old memory content"):
+        unstable.constants(64)
+    assert unstable.update_growth[64] > 1.0
+    stable = ki.ContinuousLTM(
+        2,
+        4,
+        num_basis=64,
+        basis_widths=(0.01, 0.05),
+        ridge_penalty=1.0,
+        tau=0.75,
+        num_samples=64,
+    )
+    stable.constants(64)
+    assert stable.update_growth[64] < 1.0
+    # The estimate is the NumPy spectral radius of G_oldᵀ S.
+    transition = stable.constants(64)["transition"]
+    radius = np.abs(np.linalg.eigvals(transition)).max()
+    np.testing.assert_allclose(stable.update_growth[64], radius, rtol=1e-3)
