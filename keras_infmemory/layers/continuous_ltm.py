@@ -68,7 +68,8 @@ class ContinuousLTM(keras.layers.Layer):
             ``len(basis_widths)``. Defaults to 512.
         basis_widths: sequence of floats > 0, the Gaussian widths; each
             centre carries every width. Defaults to ``(0.005, 0.01)``.
-        ridge_penalty: float ≥ 0, ridge ``λ``. Defaults to 0.5.
+        ridge_penalty: float > 0, ridge ``λ`` (0 would leave the fit
+            singular for short segments). Defaults to 0.5.
         tau: float in (0, 1), the share of [0, 1] the old signal is squeezed
             into at each write. Defaults to 0.5.
         num_samples: int, number ``M`` of samples of the old signal per
@@ -141,7 +142,7 @@ class ContinuousLTM(keras.layers.Layer):
                 "`num_basis` must give at least two centres per width. "
                 f"Received: num_basis={num_basis}"
             )
-        _check_range("ridge_penalty", ridge_penalty, 0.0, None, low_ok=True)
+        _check_range("ridge_penalty", ridge_penalty, 0.0, None)
         _check_range("tau", tau, 0.0, 1.0)
         _check_range("min_variance", min_variance, 0.0, None)
         _check_range("kl_sigma", kl_sigma, 0.0, None)

@@ -380,6 +380,7 @@ def test_mixed_precision_keeps_memory_math_in_float32(policy):
         (dict(basis_widths=(0.1, -0.1)), "basis_widths"),
         (dict(basis_widths=()), "basis_widths"),
         (dict(ridge_penalty=-1.0), "ridge_penalty"),
+        (dict(ridge_penalty=0.0), "ridge_penalty"),
         (dict(min_variance=0.0), "min_variance"),
         (dict(kl_sigma=0.0), "kl_sigma"),
         (dict(kl_weight=-1.0), "kl_weight"),
