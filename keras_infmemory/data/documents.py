@@ -1,0 +1,166 @@
+"""Long documents → blocks, in document order, with per-row resets.
+
+The paper fine-tunes GPT-2 on long documents cut into 512-token blocks fed
+in order, the memory carried from block to block and reset at document
+boundaries (SPEC §6–§7). `DocumentBlocks` lays tokenized documents out for
+``model.fit(..., shuffle=False)``: each batch row is a stream of whole
+documents, and step ``k`` of the epoch holds the ``k``-th block of every
+stream. Every document starts with ``start_token_id`` (GPT-2's
+``<|endoftext|>``), so the first block of a document starts with it: that
+is the model's reset signal (``reset_token_id``).
+"""
+
+import os
+
+import numpy as np
+
+
+def read_documents(paths):
+    """Reads text documents: files, or folders of ``.txt`` files (sorted).
+
+    Returns a list of ``(name, text)``; one document per file.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    documents = []
+    for path in paths:
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            names = sorted(
+                os.path.join(path, n)
+                for n in os.listdir(path)
+                if not n.startswith(".")
+                and os.path.isfile(os.path.join(path, n))
+            )
+        elif os.path.isfile(path):
+            names = [path]
+        else:
+            raise ValueError(
+                f"`paths` must name files or folders. Received: {path!r}"
+            )
+        for name in names:
+            with open(name, encoding="utf-8", errors="replace") as f:
+                documents.append((os.path.basename(name), f.read()))
+    return documents
+
+
+def cut_blocks(token_ids, block_size, start_token_id, pad_id=0):
+    """One document's tokens as LM blocks.
+
+    The document ``[start] + token_ids`` is cut into consecutive blocks of
+    ``block_size`` inputs; block ``k``'s targets are the next tokens (the
+    first target of block ``k+1`` is the last input's successor).
+
+    Returns ``(inputs, targets, weights)``, each ``(K, block_size)``; the
+    last block is padded with ``pad_id`` and weight 0.
+    """
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(
+            f"`block_size` must be a positive int. Received: {block_size!r}"
+        )
+    tokens = np.concatenate(
+        [[start_token_id], np.asarray(token_ids, "int64").ravel()]
+    )
+    count = len(tokens) - 1  # prediction targets
+    num_blocks = max(1, -(-count // block_size))
+    size = num_blocks * block_size
+    inputs = np.full(size, pad_id, "int32")
+    targets = np.full(size, pad_id, "int32")
+    weights = np.zeros(size, "float32")
+    inputs[:count] = tokens[:-1]
+    targets[:count] = tokens[1:]
+    weights[:count] = 1.0
+    shape = (num_blocks, block_size)
+    return inputs.reshape(shape), targets.reshape(shape), weights.reshape(shape)
+
+
+class DocumentBlocks:
+    """Tokenized documents laid out as in-order blocks for ``fit``.
+
+    Documents are assigned to ``batch_size`` streams (longest first, each
+    to the currently shortest stream); each stream is its documents' blocks
+    one after another, padded at the end with empty blocks (weight 0). Row
+    ``i`` of step ``k`` is block ``k`` of stream ``i``, so with
+    ``fit(..., batch_size=batch_size, shuffle=False)`` a model that carries
+    its memory across batches (``carry_batch_size=batch_size``) sees every
+    document in order, its memory emptied where a document starts.
+
+    Example:
+
+    >>> from keras_infmemory.data.documents import DocumentBlocks
+    >>> docs = [list(range(1, 30)), list(range(1, 12))]
+    >>> data = DocumentBlocks(docs, block_size=8, batch_size=2,
+    ...                       start_token_id=0)
+    >>> x, y, w = data.arrays()
+    >>> x["token_ids"].shape  # 4 steps × 2 rows
+    (8, 8)
+    >>> int(x["token_ids"][0, 0]), int(x["token_ids"][1, 0])  # doc starts
+    (0, 0)
+
+    Args:
+        documents: list of token-id sequences, one per document.
+        block_size: int, tokens per block.
+        batch_size: int, number of parallel streams (rows).
+        start_token_id: int, prepended to every document.
+        pad_id: int, the padding id. Defaults to 0.
+    """
+
+    def __init__(
+        self, documents, block_size, batch_size, start_token_id, pad_id=0
+    ):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(
+                f"`batch_size` must be a positive int. Received: {batch_size!r}"
+            )
+        if len(documents) == 0:
+            raise ValueError("`documents` must not be empty. Received: []")
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.start_token_id = start_token_id
+        self.pad_id = pad_id
+        blocks = [
+            cut_blocks(doc, block_size, start_token_id, pad_id)
+            for doc in documents
+        ]
+        streams = [[] for _ in range(batch_size)]
+        lengths = [0] * batch_size
+        order = sorted(range(len(blocks)), key=lambda i: -len(blocks[i][0]))
+        for i in order:
+            row = int(np.argmin(lengths))
+            streams[row].append(blocks[i])
+            lengths[row] += len(blocks[i][0])
+        self.num_steps = max(lengths)
+        shape = (self.num_steps, batch_size, block_size)
+        self._inputs = np.full(shape, pad_id, "int32")
+        self._targets = np.full(shape, pad_id, "int32")
+        self._weights = np.zeros(shape, "float32")
+        for row, stream in enumerate(streams):
+            step = 0
+            for inputs, targets, weights in stream:
+                k = len(inputs)
+                self._inputs[step : step + k, row] = inputs
+                self._targets[step : step + k, row] = targets
+                self._weights[step : step + k, row] = weights
+                step += k
+        self.num_tokens = int(self._weights.sum())
+
+    def arrays(self):
+        """``(x, y, sample_weight)`` for ``fit(shuffle=False)``: ``x`` a dict
+        of ``token_ids`` and ``padding_mask``, each ``(steps·B, L)``."""
+        flat = lambda a: a.reshape(-1, self.block_size)  # noqa: E731
+        mask = np.zeros_like(self._inputs)
+        mask[self._weights > 0] = 1
+        x = {"token_ids": flat(self._inputs), "padding_mask": flat(mask)}
+        return x, flat(self._targets), flat(self._weights)
+
+    def steps(self):
+        """Yields ``(x, y, sample_weight)`` per step, ``(B, L)`` each."""
+        x, y, w = self.arrays()
+        b = self.batch_size
+        for k in range(self.num_steps):
+            rows = slice(k * b, (k + 1) * b)
+            yield (
+                {name: value[rows] for name, value in x.items()},
+                y[rows],
+                w[rows],
+            )

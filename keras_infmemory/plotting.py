@@ -1,0 +1,146 @@
+"""Plots: where the memory is read (the paper's Fig. 4/5 idea), curves.
+
+Needs ``matplotlib`` (imported on use, with the non-interactive Agg
+backend).
+"""
+
+import numpy as np
+
+
+def density_map(mu, variance, num_points=200):
+    """Read densities on a grid of the memory's time axis.
+
+    Args:
+        mu: ``(H, Lq)`` means of the read densities (one row, one layer).
+        variance: ``(H, Lq)`` their variances σ².
+        num_points: grid points on [0, 1].
+
+    Returns:
+        ``(t, density)``: the grid ``(num_points,)`` and the density
+        ``N(t; μ, σ²)`` averaged over heads, ``(Lq, num_points)``.
+    """
+    mu = np.asarray(mu, "float64")
+    variance = np.asarray(variance, "float64")
+    if mu.ndim != 2 or mu.shape != variance.shape:
+        raise ValueError(
+            "`mu` and `variance` must have the same shape (heads, queries). "
+            f"Received: mu.shape={mu.shape}, variance.shape={variance.shape}"
+        )
+    t = np.linspace(0.0, 1.0, num_points)
+    z = (t[None, None, :] - mu[..., None]) ** 2 / variance[..., None]
+    density = np.exp(-0.5 * z) / np.sqrt(2 * np.pi * variance[..., None])
+    return t, density.mean(axis=0)  # (Lq, T)
+
+
+def plot_memory_attention(
+    densities,
+    histogram=None,
+    path=None,
+    title="Where the memory is read",
+    num_points=200,
+):
+    """Per layer, the read density over the memory's time axis.
+
+    One panel per memory layer: rows are the query positions of a block,
+    columns the memory's time axis ``t ∈ [0, 1]`` (0 oldest, 1 the latest
+    block), colour the read density averaged over heads. An optional last
+    panel shows a sticky-memory histogram (where the next write samples).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_infmemory.plotting import plot_memory_attention
+    >>> mu = np.random.rand(2, 8)  # (heads, queries)
+    >>> figure = plot_memory_attention([(mu, np.full((2, 8), 1e-3))])
+    >>> len(figure.axes) >= 1
+    True
+
+    Args:
+        densities: list over layers of ``(mu, variance)`` ``(H, Lq)``
+            arrays, e.g. one row of `InfMemoryGPT2CausalLM.memory_densities`.
+        histogram: optional ``(num_bins,)`` sticky histogram.
+        path: optional file to save the figure to (PNG).
+        title: figure title.
+        num_points: grid points on [0, 1].
+
+    Returns:
+        The `matplotlib.figure.Figure`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    panels = len(densities) + (histogram is not None)
+    if panels == 0:
+        raise ValueError("Nothing to plot. Received: densities=[]")
+    figure, axes = plt.subplots(
+        1, panels, figsize=(3.2 * panels, 3.0), squeeze=False
+    )
+    axes = axes[0]
+    for i, (mu, variance) in enumerate(densities):
+        t, density = density_map(
+            np.asarray(mu), np.asarray(variance), num_points
+        )
+        axes[i].imshow(
+            density,
+            aspect="auto",
+            origin="lower",
+            extent=(t[0], t[-1], 0, density.shape[0]),
+            cmap="viridis",
+        )
+        axes[i].set_title(f"layer {i}")
+        axes[i].set_xlabel("memory time t (0 = oldest)")
+        if i == 0:
+            axes[i].set_ylabel("query position in block")
+    if histogram is not None:
+        histogram = np.asarray(histogram, "float64")
+        edges = np.linspace(0, 1, len(histogram) + 1)
+        axes[-1].bar(edges[:-1], histogram, width=np.diff(edges), align="edge")
+        axes[-1].set_title("sticky histogram")
+        axes[-1].set_xlabel("memory time t")
+    figure.suptitle(title)
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path, dpi=120)
+    return figure
+
+
+def plot_training(losses, perplexities, path=None, title="Fine-tuning"):
+    """Training loss per step and held-out perplexities as bars.
+
+    Args:
+        losses: sequence of training losses per step (Keras logs the
+            running mean over the epoch).
+        perplexities: dict ``label -> perplexity``.
+        path: optional PNG file.
+        title: figure title.
+
+    Returns:
+        The `matplotlib.figure.Figure`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    left.plot(np.arange(1, len(losses) + 1), losses)
+    left.set_xlabel("step")
+    left.set_ylabel("training loss (running mean)")
+    labels = list(perplexities)
+    values = [perplexities[k] for k in labels]
+    bars = right.bar(labels, values)
+    for bar, value in zip(bars, values, strict=True):
+        right.annotate(
+            f"{value:.2f}",
+            (bar.get_x() + bar.get_width() / 2, value),
+            ha="center",
+            va="bottom",
+        )
+    right.set_ylabel("held-out perplexity")
+    figure.suptitle(title)
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path, dpi=120)
+    return figure

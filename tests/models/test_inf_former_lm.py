@@ -1,0 +1,376 @@
+"""InfFormerLM: whole sequence = streaming, stateful, fit, gradients, I/O."""
+
+import doctest
+import os
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from keras_infmemory import InfFormerBlock
+from keras_infmemory.models import ARMS, InfFormerLM
+from tests.testing import to_numpy
+
+VOCAB, SEGMENT = 10, 8
+LTM_CONFIG = {
+    "num_basis": 16,
+    "num_samples": 16,
+    "basis_widths": (0.05, 0.1),
+}
+
+
+def make_model(arm="inf_former", **kwargs):
+    arguments = dict(
+        vocabulary_size=VOCAB,
+        num_layers=2,
+        hidden_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        segment_length=SEGMENT,
+        ltm_config=LTM_CONFIG,
+    )
+    arguments.update(kwargs)
+    return InfFormerLM.arm(arm, **arguments)
+
+
+def random_tokens(batch=2, length=4 * SEGMENT, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(1, VOCAB, size=(batch, length)).astype("int32")
+
+
+def stream(model, tokens, state=None):
+    if state is None:
+        state = model.get_initial_state(tokens.shape[0])
+    outputs = []
+    for s in range(tokens.shape[1] // SEGMENT):
+        logits, state = model(tokens[:, s * SEGMENT : (s + 1) * SEGMENT], state)
+        outputs.append(to_numpy(logits))
+    return np.concatenate(outputs, axis=1), state
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_whole_sequence_equals_streaming(arm):
+    model = make_model(arm)
+    tokens = random_tokens()
+    whole = to_numpy(model(tokens))
+    streamed, _ = stream(model, tokens)
+    assert whole.shape == (2, 4 * SEGMENT, VOCAB)
+    np.testing.assert_allclose(whole, streamed, atol=1e-5)
+
+
+def test_scan_equals_python_loop():
+    scan = make_model("sticky", dropout=0.2, segment_loop="scan")
+    loop = make_model("sticky", dropout=0.2)
+    tokens = random_tokens()
+    scan.build(tokens.shape)
+    loop.build(tokens.shape)
+    copy_weights(scan, loop)
+    np.testing.assert_allclose(
+        to_numpy(scan(tokens)), to_numpy(loop(tokens)), atol=1e-5
+    )
+    # The KL terms of every LTM read reach `losses` either way.
+    scan_kl = sum(float(to_numpy(x)) for x in scan.losses)
+    loop_kl = sum(float(to_numpy(x)) for x in loop.losses)
+    assert scan_kl > 0
+    np.testing.assert_allclose(scan_kl, loop_kl, rtol=1e-4)
+    # Dropout seeds advance through the scan: two calls differ.
+    first = to_numpy(scan(tokens, training=True))
+    second = to_numpy(scan(tokens, training=True))
+    assert np.max(np.abs(first - second)) > 1e-3
+
+
+def test_arms_are_configurations():
+    window, xl = make_model("window"), make_model("transformer_xl")
+    inf, sticky = make_model("inf_former"), make_model("sticky")
+    assert window.blocks[0].stm_length == 0 and window.blocks[0].ltm is None
+    assert xl.blocks[0].stm_length == SEGMENT and xl.blocks[0].ltm is None
+    assert inf.blocks[1].ltm is not None and inf.blocks[1].ltm.sticky is None
+    assert sticky.blocks[1].ltm.sticky.mode == "quantile"
+    # Each block owns its memory.
+    assert sticky.blocks[0].ltm is not sticky.blocks[1].ltm
+
+
+def test_causal():
+    model = make_model()
+    tokens = random_tokens()
+    base = to_numpy(model(tokens))
+    changed = tokens.copy()
+    changed[:, 2 * SEGMENT + 3] = (changed[:, 2 * SEGMENT + 3] % 9) + 1
+    out = to_numpy(model(changed))
+    t = 2 * SEGMENT + 3
+    np.testing.assert_allclose(out[:, :t], base[:, :t], atol=1e-6)
+
+
+def test_streaming_reset_and_padding_dict():
+    model = make_model()
+    tokens = random_tokens()
+    _, state = stream(model, tokens)
+    segment = tokens[:, :SEGMENT]
+    reset = np.array([True, False])
+    logits, _ = model(segment, state, reset_mask=reset)
+    fresh, _ = model(segment[:1], model.get_initial_state(1))
+    np.testing.assert_allclose(to_numpy(logits)[:1], to_numpy(fresh), atol=1e-5)
+    mask = np.ones_like(tokens, bool)
+    mask[:, -3:] = False
+    by_dict = model({"token_ids": tokens, "padding_mask": mask})
+    by_arg = model(tokens, padding_mask=mask)
+    np.testing.assert_allclose(to_numpy(by_dict), to_numpy(by_arg))
+
+
+def test_stateful():
+    model = make_model(stateful=True, batch_size=2)
+    reference = make_model()
+    tokens = random_tokens()
+    reference.build(tokens.shape)
+    model.build(tokens.shape)
+    copy_weights(reference, model)
+    whole = to_numpy(reference(tokens))
+    first = to_numpy(model(tokens[:, :SEGMENT]))
+    rest = to_numpy(model(tokens[:, SEGMENT:]))
+    np.testing.assert_allclose(
+        np.concatenate([first, rest], 1), whole, atol=1e-5
+    )
+    model.reset_state()
+    again = to_numpy(model(tokens[:, :SEGMENT]))
+    np.testing.assert_allclose(again, first, atol=1e-6)
+    with pytest.raises(ValueError, match="state"):
+        model(tokens, model.get_initial_state(2))
+
+
+def copy_weights(source, target):
+    for name in ("embedding", "final_norm", "head"):
+        getattr(target, name).set_weights(getattr(source, name).get_weights())
+    for mine, theirs in zip(target.blocks, source.blocks, strict=True):
+        mine.set_weights(theirs.get_weights())
+
+
+def copy_task(num_examples=32, seed=0):
+    """Three repeats of a random segment; predict the next token."""
+    rng = np.random.default_rng(seed)
+    pattern = rng.integers(1, VOCAB, size=(num_examples, SEGMENT))
+    sequence = np.tile(pattern, (1, 4))  # (B, 4L)
+    return sequence[:, : 3 * SEGMENT], sequence[:, 1 : 3 * SEGMENT + 1]
+
+
+@pytest.mark.parametrize("segment_loop", ["python", "scan"])
+def test_fit_truncated_bptt_reaches_ltm(segment_loop):
+    model = make_model(bptt_segments=1, segment_loop=segment_loop)
+    x, y = copy_task()
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.build(x.shape)
+    ltm = model.blocks[0].ltm
+    before = {w.path: to_numpy(w) for w in ltm.trainable_weights}
+    history = model.fit(x, y, batch_size=8, epochs=4, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0] - 0.1, losses
+    for w in ltm.trainable_weights:
+        assert np.max(np.abs(to_numpy(w) - before[w.path])) > 0, w.path
+
+
+def gradients(loss_fn, variables):
+    """d loss / d variables on the current backend, as NumPy."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        def f(values):
+            mapping = list(zip(variables, values, strict=True))
+            with keras.StatelessScope(state_mapping=mapping):
+                return loss_fn()
+
+        grads = jax.grad(f)([v.value for v in variables])
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        grads = tape.gradient(loss, variables)
+    else:
+        import torch
+
+        loss = loss_fn()
+        grads = torch.autograd.grad(
+            loss, [v.value for v in variables], allow_unused=True
+        )
+    return [
+        np.zeros(v.shape) if g is None else to_numpy(g)
+        for v, g in zip(variables, grads, strict=True)
+    ]
+
+
+def test_no_gradient_crosses_the_memory():
+    model = make_model()
+    # Token ids 1-3 only in segment 0, 4-6 only in 1, 7-9 only in 2.
+    rng = np.random.default_rng(0)
+    tokens = np.concatenate(
+        [rng.integers(1 + 3 * s, 4 + 3 * s, (2, SEGMENT)) for s in range(3)],
+        axis=1,
+    ).astype("int32")
+    model.build(tokens.shape)
+    ltm = model.blocks[0].ltm
+    variables = [model.embedding.embeddings] + list(ltm.trainable_weights)
+
+    def last_segment_loss():
+        logits = model(tokens)
+        return keras.ops.mean(keras.ops.square(logits[:, 2 * SEGMENT :]))
+
+    grads = gradients(last_segment_loss, variables)
+    embedding = np.abs(grads[0]).sum(axis=1)
+    assert np.all(embedding[1:7] == 0.0), embedding  # segments 0 and 1
+    assert np.all(embedding[7:] > 0.0), embedding
+    # The LTM read segment 0 at segment 2: its parameters get gradients.
+    for w, g in zip(ltm.trainable_weights, grads[1:], strict=True):
+        assert np.max(np.abs(g)) > 0, w.path
+
+    model.bptt_segments = 1
+
+    def all_segments_loss():
+        return keras.ops.mean(keras.ops.square(model(tokens)))
+
+    embedding = np.abs(gradients(all_segments_loss, variables[:1])[0])
+    assert np.all(embedding.sum(axis=1)[1:7] == 0.0)
+
+
+def test_sequential_composition_long_sequences():
+    """5b: Embedding → 2 blocks (sequence mode) → head, on 2k tokens, trains
+    with fit and equals the streaming model."""
+    length, segment = 2048, 512
+    vocab, hidden = VOCAB, 16
+
+    def block():
+        from keras_infmemory import ContinuousLTM
+
+        return InfFormerBlock(
+            num_heads=2,
+            intermediate_dim=32,
+            stm_length=segment,
+            ltm=ContinuousLTM(num_heads=2, key_dim=8, **LTM_CONFIG),
+            normalize_first=True,
+            segment_loop="scan",  # traced once inside `fit`
+        )
+
+    sequential = keras.Sequential(
+        [
+            keras.Input((length,), dtype="int32"),
+            keras.layers.Embedding(vocab, hidden),
+            block(),
+            block(),
+            keras.layers.LayerNormalization(epsilon=1e-5),
+            keras.layers.Dense(vocab),
+        ]
+    )
+    x = random_tokens(batch=2, length=length)
+    y = np.roll(x, -1, axis=1)
+    sequential.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    history = sequential.fit(x, y, batch_size=1, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+    model = make_model(
+        segment_length=segment, vocabulary_size=vocab, hidden_dim=hidden
+    )
+    model.build(x.shape)
+    ours = [model.embedding, *model.blocks, model.final_norm, model.head]
+    for mine, theirs in zip(ours, sequential.layers, strict=True):
+        mine.set_weights(theirs.get_weights())
+    expected = to_numpy(sequential(x))
+    state = model.get_initial_state(2)
+    outputs = []
+    for s in range(length // segment):
+        logits, state = model(x[:, s * segment : (s + 1) * segment], state)
+        outputs.append(to_numpy(logits))
+    np.testing.assert_allclose(np.concatenate(outputs, 1), expected, atol=1e-4)
+
+
+def test_save_and_load(tmp_path):
+    model = make_model("sticky", dropout=0.1)
+    tokens = random_tokens()
+    expected = to_numpy(model(tokens))
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, InfFormerLM)
+    np.testing.assert_allclose(to_numpy(loaded(tokens)), expected, atol=1e-6)
+    assert loaded.get_config() == model.get_config()
+
+
+def test_mixed_precision():
+    keras.config.set_dtype_policy("mixed_float16")
+    model = make_model()
+    tokens = random_tokens()
+    logits = model(tokens)
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    assert np.all(np.isfinite(to_numpy(logits)))
+    state = model.get_initial_state(2)
+    assert keras.backend.standardize_dtype(state[0]["stm"].dtype) == "float16"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_layers": 0}, "num_layers=0"),
+        ({"segment_length": -8}, "segment_length=-8"),
+        ({"hidden_dim": 15}, "hidden_dim=15"),
+        ({"bptt_segments": 0}, "bptt_segments=0"),
+        ({"ltm_config": {"key_dim": 4}}, "key_dim"),
+        ({"ltm_config": [1]}, "ltm_config"),
+        ({"stm_length": 12}, "stm_length=12"),
+        ({"segment_loop": "while"}, "segment_loop='while'"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    arguments = dict(
+        vocabulary_size=VOCAB,
+        num_layers=2,
+        hidden_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        segment_length=SEGMENT,
+        ltm_config=LTM_CONFIG,
+    )
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        InfFormerLM(**arguments)
+    with pytest.raises(ValueError, match="arm"):
+        InfFormerLM.arm("compressive", segment_length=8)
+
+
+_SHAPE = re.compile(r"(?:torch\.Size|TensorShape)\(\[([^\]]*)\]\)")
+
+
+class _ShapeChecker(doctest.OutputChecker):
+    def check_output(self, want, got, optionflags):
+        got = _SHAPE.sub(lambda m: f"({m.group(1)})", got)
+        return super().check_output(want, got, optionflags)
+
+
+@pytest.mark.parametrize(
+    "obj", [InfFormerBlock, InfFormerLM], ids=["block", "model"]
+)
+def test_docstring_example(obj):
+    test = doctest.DocTestFinder().find(obj, obj.__name__, globs={})[0]
+    runner = doctest.DocTestRunner(
+        checker=_ShapeChecker(),
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+    )
+    report = []
+    runner.run(test, out=report.append)
+    assert runner.summarize(verbose=False).failed == 0, "".join(report)
+
+
+def test_tutorial_runs():
+    path = os.path.join(
+        os.path.dirname(__file__), "..", "..", "docs", "tutorial_compose.md"
+    )
+    with open(path, encoding="utf-8") as f:
+        blocks = re.findall(r"^```python\n(.*?)^```", f.read(), re.S | re.M)
+    assert len(blocks) == 3
+    namespace = {"__name__": "tutorial"}
+    for index, block in enumerate(blocks):
+        exec(compile(block, f"tutorial block {index + 1}", "exec"), namespace)
