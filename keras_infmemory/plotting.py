@@ -144,3 +144,41 @@ def plot_training(losses, perplexities, path=None, title="Fine-tuning"):
     if path is not None:
         figure.savefig(path, dpi=120)
     return figure
+
+
+def plot_accuracy_by_length(results, path=None, title="Sorting"):
+    """Answer accuracy per arm against sequence length (the paper's Fig. 2).
+
+    Args:
+        results: iterable of dicts with ``"arm"``, ``"length"`` and
+            ``"accuracy"`` (as written by ``examples/sorting.py``).
+        path: optional PNG file.
+        title: figure title.
+
+    Returns:
+        The `matplotlib.figure.Figure`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    by_arm = {}
+    for row in results:
+        by_arm.setdefault(row["arm"], []).append(
+            (row["length"], row["accuracy"])
+        )
+    figure, axis = plt.subplots(figsize=(5, 3.4))
+    for arm, points in by_arm.items():
+        lengths, accuracies = zip(*sorted(points), strict=True)
+        axis.plot(lengths, accuracies, marker="o", label=arm)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("sequence length (tokens)")
+    axis.set_ylabel("answer accuracy")
+    axis.set_ylim(0.0, 1.0)
+    axis.legend()
+    axis.set_title(title)
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path, dpi=120)
+    return figure
