@@ -16,6 +16,10 @@ answer accuracy on held-out batches, prints a table and writes
     KERAS_BACKEND=jax python examples/sorting.py --preset cpu \\
         --arms inf_former transformer_xl --lengths 1024
 
+``--data-parallel`` splits every batch over the devices with
+``keras.distribution.DataParallel`` (JAX; see
+``keras_infmemory.distribution``).
+
 ``--preset paper`` is the paper's model and recipe (20k steps of batch 8 at
 4k/8k/16k tokens: a GPU job). ``--quick`` is a few steps for the tests.
 """
@@ -62,6 +66,15 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--output", default="results/sorting", help="folder for JSON + PNG"
+    )
+    parser.add_argument(
+        "--data-parallel",
+        nargs="?",
+        const=0,
+        type=int,
+        metavar="NUM_DEVICES",
+        help="split each batch over NUM_DEVICES devices (default: all) "
+        "with keras.distribution.DataParallel; JAX only",
     )
     parser.add_argument(
         "--name", default="sorting", help="file name of the JSON and PNG"
@@ -203,13 +216,47 @@ def table(results):
     return "\n".join(lines)
 
 
+def baselines(length, segment_length, stm_length):
+    """Yardsticks for one length: the accuracy of an ideal counter that
+    sees what each bounded memory holds at the first answer token."""
+    in_segment = segment_length - sorting_data.ANSWER_LENGTH
+    visible = {
+        "elimination only": 0,
+        "counter over the last segment": in_segment,
+        "counter over segment + STM": in_segment + stm_length,
+    }
+    return {
+        name: sorting_data.counting_baseline(
+            length, min(count, length), num_examples=256, seed=7
+        )
+        for name, count in visible.items()
+    }
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.data_parallel is not None:
+        from keras_infmemory import distribution
+
+        setup = distribution.data_parallel(args.data_parallel or None)
+        devices = setup.device_mesh.devices.size
+        if args.batch_size % devices:
+            raise ValueError(
+                f"--batch-size must be a multiple of the {devices} devices. "
+                f"Received: batch_size={args.batch_size}"
+            )
+        print(f"Data parallel over {devices} devices.")
     results = []
     start = time.perf_counter()
+    yardsticks = {}
     for length in args.lengths:
         for arm in args.arms:
             results.append(run_one(arm, length, args))
+        yardsticks[length] = baselines(
+            length,
+            results[-1]["segment_length"],
+            max(r["stm_length"] for r in results if r["length"] == length),
+        )
     os.makedirs(args.output, exist_ok=True)
     record = {
         "backend": keras.backend.backend(),
@@ -217,6 +264,7 @@ def main(argv=None):
         "config": sorting_models.get_preset(args.preset),
         "args": {k: v for k, v in vars(args).items()},
         "chance_accuracy": 1.0 / sorting_data.NUM_SYMBOLS,
+        "counting_baselines": yardsticks,
         "results": results,
         "total_seconds": round(time.perf_counter() - start, 1),
     }
@@ -234,6 +282,11 @@ def main(argv=None):
     except ImportError:  # matplotlib is optional
         print("(matplotlib not installed: no plot)")
     print(f"\n{table(results)}\n")
+    for length, values in yardsticks.items():
+        print(
+            f"{length} symbols, ideal counters: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in values.items())
+        )
     print(
         f"chance: {1 / sorting_data.NUM_SYMBOLS:.3f}; total "
         f"{record['total_seconds']:.0f} s; wrote {path}"

@@ -173,7 +173,7 @@ def plot_accuracy_by_length(results, path=None, title="Sorting"):
         lengths, accuracies = zip(*sorted(points), strict=True)
         axis.plot(lengths, accuracies, marker="o", label=arm)
     axis.set_xscale("log", base=2)
-    axis.set_xlabel("sequence length (tokens)")
+    axis.set_xlabel("symbols before the separator")
     axis.set_ylabel("answer accuracy")
     axis.set_ylim(0.0, 1.0)
     axis.legend()

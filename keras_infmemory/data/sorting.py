@@ -153,8 +153,8 @@ def sorting_target(sequence):
 
     Example:
 
-    >>> sorting_target([3, 1, 1, 3, 5]).tolist()[:5]
-    [3, 1, 5, 0, 2]
+    >>> tuple(sorting_target((3, 1, 1, 3, 5)).tolist()[:5])
+    (3, 1, 5, 0, 2)
 
     Args:
         sequence: 1-D int array-like with values in `[0, NUM_SYMBOLS)`.
@@ -315,6 +315,55 @@ def answer_accuracy(logits_or_predictions, labels, weights):
             f"Received: weights.sum()={total}"
         )
     return float(np.sum(weights * (predictions == labels)) / total)
+
+
+def counting_baseline(length, visible, num_examples=256, seed=0):
+    """Answer accuracy of an ideal counter that sees only the last
+    ``visible`` symbols: a yardstick for models with a bounded memory.
+
+    It ranks the symbols by `sorting_target` of its window (frequency, then
+    first occurrence, unseen symbols by index) and at each answer position
+    names the best-ranked symbol the (teacher-forced) answer has not listed
+    yet. ``visible=0`` only eliminates listed symbols, which already gets
+    the last answer tokens right: that floor is well above chance (1/20).
+    ``visible=length`` sees everything: 1.0.
+
+    Example:
+
+    >>> counting_baseline(100, 100, num_examples=4)
+    1.0
+
+    Args:
+        length: int, symbols before the separator.
+        visible: int in ``[0, length]``, how many of the last symbols the
+            counter sees.
+        num_examples: int, examples to average over.
+        seed: seed of `np.random.default_rng`.
+
+    Returns:
+        Python float in ``[0, 1]``.
+    """
+    _check_positive_int("length", length)
+    _check_positive_int("num_examples", num_examples)
+    if (
+        isinstance(visible, bool)
+        or not isinstance(visible, (int, np.integer))
+        or not 0 <= visible <= length
+    ):
+        raise ValueError(
+            f"`visible` must be an integer in [0, length={length}]. "
+            f"Received: visible={visible!r}"
+        )
+    rng = np.random.default_rng(seed)
+    correct = 0
+    for _ in range(num_examples):
+        sequence = sample_sequence(length, *sample_distributions(rng), rng)
+        target = sorting_target(sequence)
+        ranking = list(sorting_target(sequence[length - visible :]))
+        for symbol in target:  # (20,), teacher-forced
+            correct += ranking[0] == symbol
+            ranking.remove(symbol)  # listed: never named again
+    return float(correct / (num_examples * ANSWER_LENGTH))
 
 
 class SortingDataset(keras.utils.PyDataset):

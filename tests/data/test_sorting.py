@@ -1,6 +1,7 @@
 """Tests for the sorting task generator (pure NumPy; any backend)."""
 
 import doctest
+import re
 
 import keras
 import numpy as np
@@ -347,3 +348,33 @@ def test_answer_accuracy_errors():
 def test_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_counting_baseline_brackets():
+    """Seeing everything is exact; seeing more never hurts on average; even
+    seeing nothing beats chance (teacher forcing eliminates symbols)."""
+    full = sorting.counting_baseline(200, 200, num_examples=16)
+    assert full == 1.0
+    floor = sorting.counting_baseline(200, 0, num_examples=64, seed=1)
+    some = sorting.counting_baseline(200, 50, num_examples=64, seed=1)
+    assert 1 / sorting.NUM_SYMBOLS < floor < some < 1.0
+    # The last answer token is always right by elimination.
+    assert floor >= 1 / sorting.ANSWER_LENGTH
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"length": 10, "visible": 11}, "Received: visible=11"),
+        ({"length": 10, "visible": -1}, "Received: visible=-1"),
+        ({"length": 10, "visible": True}, "Received: visible=True"),
+        ({"length": 0, "visible": 0}, "Received: length=0"),
+        (
+            {"length": 10, "visible": 1, "num_examples": 0},
+            "Received: num_examples=0",
+        ),
+    ],
+)
+def test_counting_baseline_errors(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        sorting.counting_baseline(**kwargs)
