@@ -198,38 +198,51 @@ class ContinuousLTM(keras.layers.Layer):
         if self.built:
             return
         e, n = self.memory_dim, self.num_basis
-        init = self.kernel_initializer
+
+        # A fresh initializer per weight: an unseeded Keras initializer
+        # instance draws the same values at every call, which would make
+        # W_K = W_V = W_O and w_μ = w_σ at initialisation.
+        def init():
+            return keras.initializers.get(
+                keras.initializers.serialize(self.kernel_initializer)
+            )
+
         # Dense kernels in Keras layout (in, out): y = x @ kernel. Never
         # autocast: read/write math stays float32 under mixed precision.
         self.key_kernel = self.add_weight(
-            name="key_kernel", shape=(e, e), initializer=init, autocast=False
+            name="key_kernel", shape=(e, e), initializer=init(), autocast=False
         )
         self.value_kernel = self.add_weight(
-            name="value_kernel", shape=(e, e), initializer=init, autocast=False
+            name="value_kernel",
+            shape=(e, e),
+            initializer=init(),
+            autocast=False,
         )
         self.output_kernel = self.add_weight(
-            name="output_kernel", shape=(e, e), initializer=init, autocast=False
+            name="output_kernel",
+            shape=(e, e),
+            initializer=init(),
+            autocast=False,
         )
         # w_μ and w_σ, shared by all heads: scores over N basis -> 1 logit.
         bound = 1.0 / math.sqrt(n)
-        density_init = keras.initializers.RandomUniform(-bound, bound)
         self.mu_kernel = self.add_weight(
             name="mu_kernel",
             shape=(n,),
-            initializer=density_init,
+            initializer=keras.initializers.RandomUniform(-bound, bound),
             autocast=False,
         )
         self.sigma_kernel = self.add_weight(
             name="sigma_kernel",
             shape=(n,),
-            initializer=density_init,
+            initializer=keras.initializers.RandomUniform(-bound, bound),
             autocast=False,
         )
         if self.memory_gate == "conv":
             self.gate_kernel = self.add_weight(
                 name="gate_kernel",
                 shape=(3, e, e),
-                initializer=init,
+                initializer=init(),
                 autocast=False,
             )
             self.gate_bias = self.add_weight(

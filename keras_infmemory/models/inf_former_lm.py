@@ -128,7 +128,11 @@ class InfFormerLM(keras.Model):
         segment_loop="python",
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        # No input autocast: under mixed precision Keras would cast the
+        # float32 LTM coefficients of an explicit state to the compute dtype
+        # at every call. The sublayers cast what they need themselves.
+        kwargs.pop("autocast", None)
+        super().__init__(autocast=False, **kwargs)
         if segment_loop not in _LOOPS:
             raise ValueError(
                 f"`segment_loop` must be one of {_LOOPS}. "
@@ -498,6 +502,7 @@ class InfFormerLM(keras.Model):
 
     def get_config(self):
         config = super().get_config()
+        config.pop("autocast", None)
         config.update(
             {
                 "vocabulary_size": self.vocabulary_size,
