@@ -408,7 +408,7 @@ def test_bad_call_inputs():
         layer.write(x[:, :0], state)  # empty segment
     with pytest.raises(ValueError, match="Received: state="):
         layer.write(x, {"coefficients": state["coefficients"]})
-    with pytest.raises(ValueError, match="Received: shape="):
+    with pytest.raises(ValueError, match="Received: sample_positions.shape="):
         layer.write(x, state, sample_positions=np.zeros((2, 3), "float32"))
 
 
