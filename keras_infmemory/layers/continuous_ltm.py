@@ -101,6 +101,18 @@ class ContinuousLTM(keras.layers.Layer):
         compute dtype, and the new (stop-gradient) state.
     """
 
+    # The names of the layer's weights, in the order `build` creates them
+    # (the gate's two only with ``memory_gate="conv"``).
+    WEIGHT_NAMES = (
+        "key_kernel",
+        "value_kernel",
+        "output_kernel",
+        "mu_kernel",
+        "sigma_kernel",
+        "gate_kernel",
+        "gate_bias",
+    )
+
     def __init__(
         self,
         num_heads,
