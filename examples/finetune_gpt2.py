@@ -44,6 +44,7 @@ from keras_infmemory.data.documents import (  # noqa: E402
     DocumentBlocks,
     read_documents,
 )
+from keras_infmemory.distribution import data_parallel  # noqa: E402
 from keras_infmemory.models.gpt2 import (  # noqa: E402
     InfMemoryGPT2CausalLM,
     MemoryAdamW,
@@ -92,6 +93,13 @@ def parse_args(argv=None):
         "(default: OUTPUT/shakespeare_gpt2)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--data-parallel",
+        action="store_true",
+        help="JAX only: split each batch over every visible device "
+        "(keras.distribution.DataParallel); the batch size must be a "
+        "multiple of the number of devices",
+    )
     # Offline mode: the small GPT-2 trained from scratch.
     p.add_argument("--vocab-size", type=int, default=2048)
     p.add_argument("--pretrain-steps", type=int, default=600)
@@ -258,6 +266,14 @@ class StepLosses(keras.callbacks.Callback):
 def main(argv=None):
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
+    if args.data_parallel:
+        devices = int(np.prod(data_parallel().device_mesh.shape))
+        if args.batch_size % devices:
+            raise SystemExit(
+                f"--data-parallel over {devices} devices needs a batch size "
+                f"that is a multiple of {devices}; got {args.batch_size}"
+            )
+        print(f"data parallel over {devices} devices")
     os.makedirs(args.output, exist_ok=True)
     start = time.time()
     name = "gpt2_shakespeare" if args.offline else "finetune_gpt2"

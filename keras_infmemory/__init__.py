@@ -1,6 +1,12 @@
 """keras-infmemory: unbounded long-term memory for Keras 3 transformers."""
 
-from keras_infmemory import basis, checkpoint, interop, models
+from keras_infmemory import (
+    basis,
+    checkpoint,
+    distribution,
+    interop,
+    models,
+)
 from keras_infmemory.layers import (
     ContinuousLTM,
     InfFormerBlock,
@@ -15,6 +21,7 @@ __all__ = [
     "StickyMemorySampler",
     "basis",
     "checkpoint",
+    "distribution",
     "interop",
     "models",
 ]

@@ -5,10 +5,14 @@ A memory state is a (nested) dict of fixed-shape tensors, as returned by
 as a NumPy ``.npz`` file, keys joined with ``/``, values bit for bit.
 """
 
+import os
+
+import keras
 import numpy as np
 from keras import ops
 
 _SEPARATOR = "/"
+_BFLOAT16 = "__bfloat16__"
 
 
 def state_to_numpy(state):
@@ -28,7 +32,8 @@ def state_to_numpy(state):
                 )
         elif isinstance(value, (list, tuple)):
             for index, item in enumerate(value):
-                visit(f"{prefix}{_SEPARATOR}#{index}", item)
+                key = f"#{index}"  # a top-level list has no prefix
+                visit(f"{prefix}{_SEPARATOR}{key}" if prefix else key, item)
         else:
             flat[prefix] = ops.convert_to_numpy(value)
 
@@ -48,7 +53,7 @@ def state_from_numpy(flat):
         node = root
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = ops.convert_to_tensor(np.asarray(value))
+        node[parts[-1]] = ops.convert_to_tensor(value)
     return _lists(root)
 
 
@@ -72,14 +77,66 @@ def save_state(path, state):
     >>> state = ltm.get_initial_state(batch_size=2)
     >>> path = os.path.join(tempfile.mkdtemp(), "memory.npz")
     >>> keras_infmemory.checkpoint.save_state(path, state)
-    >>> restored = keras_infmemory.checkpoint.load_state(path)
+    >>> restored = keras_infmemory.checkpoint.load_state(path, like=state)
     >>> sorted(restored)
     ['coefficients', 'has_memory']
     """
-    np.savez(path, **state_to_numpy(state))
+    _check_path(path)
+    flat = state_to_numpy(state)
+    # NumPy files cannot hold bfloat16: store its bits as uint16 and list
+    # those entries under _BFLOAT16.
+    bfloat16 = sorted(k for k, v in flat.items() if _dtype(v) == "bfloat16")
+    for key in bfloat16:
+        flat[key] = flat[key].view(np.uint16)
+    np.savez(path, **flat, **{_BFLOAT16: np.array(bfloat16, dtype=str)})
 
 
-def load_state(path):
-    """Reads a state written by `save_state`."""
+def load_state(path, like=None):
+    """Reads a state written by `save_state`.
+
+    Args:
+        path: the ``.npz`` file.
+        like: optional template state (e.g. ``get_initial_state(batch)`` of
+            the layer or model that will continue the stream): the file
+            must hold the same entries with the same shapes and dtypes,
+            else a ``ValueError`` names the first difference.
+    """
+    _check_path(path)
+    if not os.path.exists(path):
+        raise ValueError(f"No state file at `path`. Received: path={path!r}")
     with np.load(path) as data:
-        return state_from_numpy({k: data[k] for k in data.files})
+        flat = {k: data[k] for k in data.files if k != _BFLOAT16}
+        bfloat16 = data[_BFLOAT16].tolist() if _BFLOAT16 in data else []
+    for key in bfloat16:
+        # bfloat16 bits are the top half of a float32's: exact round trip.
+        bits = flat[key].astype(np.uint32) << 16
+        flat[key] = ops.cast(bits.view(np.float32), "bfloat16")
+    if like is not None:
+        expected = state_to_numpy(like)
+        if set(flat) != set(expected):
+            raise ValueError(
+                f"The state in {path!r} does not match `like`: entries "
+                f"{sorted(set(expected) - set(flat))} are missing and "
+                f"{sorted(set(flat) - set(expected))} unexpected. "
+                f"Received: entries={sorted(flat)}"
+            )
+        for key, value in expected.items():
+            got = flat[key]
+            if tuple(got.shape) != value.shape or _dtype(got) != _dtype(value):
+                raise ValueError(
+                    f"The state entry {key!r} in {path!r} does not match "
+                    f"`like` (shape {value.shape}, dtype {_dtype(value)}). "
+                    f"Received: shape={tuple(got.shape)}, dtype={_dtype(got)}"
+                )
+    return state_from_numpy(flat)
+
+
+def _dtype(array):
+    return keras.backend.standardize_dtype(array.dtype)
+
+
+def _check_path(path):
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(
+            f"`path` must be a str or os.PathLike. Received: path={path!r}"
+        )

@@ -2,11 +2,13 @@
 
 import os
 
+import keras
 import numpy as np
 import pytest
 
 import keras_infmemory as ki
 from keras_infmemory import checkpoint
+from keras_infmemory.models import InfFormerLM
 from tests.testing import to_numpy
 
 
@@ -77,3 +79,88 @@ def test_bad_state():
         checkpoint.state_to_numpy(3)
     with pytest.raises(ValueError, match="Received: key="):
         checkpoint.state_to_numpy({"a/b": np.zeros(1)})
+
+
+def small_lm(**kwargs):
+    return InfFormerLM.arm(
+        "sticky",
+        vocabulary_size=10,
+        num_layers=2,
+        hidden_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        segment_length=8,
+        ltm_config={
+            "num_basis": 16,
+            "num_samples": 16,
+            "basis_widths": (0.05, 0.1),
+        },
+        **kwargs,
+    )
+
+
+def token_segments(count=6, batch=2):
+    rng = np.random.default_rng(5)
+    return [
+        rng.integers(0, 10, (batch, 8)).astype("int32") for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_model_and_explicit_state_resume_bit_identically(tmp_path, policy):
+    """A .keras model saved mid-stream with its state (.npz) continues as if
+    it had never stopped."""
+    keras.config.set_dtype_policy(policy)
+    model = small_lm()
+    segments = token_segments()
+    state = model.get_initial_state(2)
+    straight = []
+    for index, tokens in enumerate(segments):
+        if index == 3:
+            model.save(os.path.join(tmp_path, "model.keras"))
+            checkpoint.save_state(os.path.join(tmp_path, "state.npz"), state)
+        logits, state = model(tokens, state)
+        straight.append(to_numpy(logits))
+    loaded = keras.saving.load_model(os.path.join(tmp_path, "model.keras"))
+    state = checkpoint.load_state(
+        os.path.join(tmp_path, "state.npz"), like=loaded.get_initial_state(2)
+    )
+    assert (
+        keras.backend.standardize_dtype(state[0]["ltm"]["coefficients"].dtype)
+        == "float32"
+    )
+    for tokens, expected in zip(segments[3:], straight[3:], strict=True):
+        logits, state = loaded(tokens, state)
+        np.testing.assert_array_equal(to_numpy(logits), expected)
+
+
+def test_stateful_model_resumes_bit_identically(tmp_path):
+    """A stateful model keeps its memory in variables: the .keras file alone
+    carries it."""
+    model = small_lm(stateful=True, batch_size=2)
+    segments = token_segments()
+    outputs = []
+    for index, tokens in enumerate(segments):
+        if index == 3:
+            model.save(os.path.join(tmp_path, "stateful.keras"))
+        outputs.append(to_numpy(model(tokens)))
+    loaded = keras.saving.load_model(os.path.join(tmp_path, "stateful.keras"))
+    for tokens, expected in zip(segments[3:], outputs[3:], strict=True):
+        np.testing.assert_array_equal(to_numpy(loaded(tokens)), expected)
+
+
+def test_load_state_checks_the_file_against_a_template(tmp_path):
+    layer = ki.ContinuousLTM(2, 4, num_basis=16, num_samples=8)
+    path = os.path.join(tmp_path, "memory.npz")
+    checkpoint.save_state(path, layer.get_initial_state(2))
+    with pytest.raises(ValueError, match=r"Received: shape=\(2, 16, 8\)"):
+        checkpoint.load_state(path, like=layer.get_initial_state(3))
+    other = ki.ContinuousLTM(
+        2, 4, num_basis=16, num_samples=8, sticky=ki.StickyMemorySampler(8)
+    )
+    with pytest.raises(ValueError, match="Received: entries="):
+        checkpoint.load_state(path, like=other.get_initial_state(2))
+    with pytest.raises(ValueError, match="Received: path="):
+        checkpoint.load_state(os.path.join(tmp_path, "missing.npz"))
+    with pytest.raises(ValueError, match="Received: path=3"):
+        checkpoint.save_state(3, layer.get_initial_state(2))

@@ -8,6 +8,7 @@ import numpy as np
 from keras import ops
 
 from keras_infmemory import basis
+from keras_infmemory import validation as check
 from keras_infmemory.layers.sticky_memory_sampler import (
     StickyMemorySampler,
     normalize,
@@ -100,6 +101,18 @@ class ContinuousLTM(keras.layers.Layer):
         compute dtype, and the new (stop-gradient) state.
     """
 
+    # The names of the layer's weights, in the order `build` creates them
+    # (the gate's two only with ``memory_gate="conv"``).
+    WEIGHT_NAMES = (
+        "key_kernel",
+        "value_kernel",
+        "output_kernel",
+        "mu_kernel",
+        "sigma_kernel",
+        "gate_kernel",
+        "gate_bias",
+    )
+
     def __init__(
         self,
         num_heads,
@@ -122,11 +135,14 @@ class ContinuousLTM(keras.layers.Layer):
         # variables are not autocast; outputs are cast back.
         kwargs.pop("autocast", None)
         super().__init__(autocast=False, **kwargs)
-        _check_int("num_heads", num_heads)
-        _check_int("key_dim", key_dim)
-        _check_int("num_basis", num_basis)
-        _check_int("num_samples", num_samples)
-        widths = tuple(float(w) for w in np.ravel(basis_widths))
+        check.check_int("num_heads", num_heads)
+        check.check_int("key_dim", key_dim)
+        check.check_int("num_basis", num_basis)
+        check.check_int("num_samples", num_samples)
+        try:
+            widths = tuple(float(w) for w in np.ravel(basis_widths))
+        except (TypeError, ValueError):
+            widths = ()
         if not widths or min(widths) <= 0 or not np.all(np.isfinite(widths)):
             raise ValueError(
                 "`basis_widths` must be a non-empty sequence of positive "
@@ -142,11 +158,11 @@ class ContinuousLTM(keras.layers.Layer):
                 "`num_basis` must give at least two centres per width. "
                 f"Received: num_basis={num_basis}"
             )
-        _check_range("ridge_penalty", ridge_penalty, 0.0, None)
-        _check_range("tau", tau, 0.0, 1.0)
-        _check_range("min_variance", min_variance, 0.0, None)
-        _check_range("kl_sigma", kl_sigma, 0.0, None)
-        _check_range("kl_weight", kl_weight, 0.0, None, low_ok=True)
+        check.check_range("ridge_penalty", ridge_penalty, 0.0, None)
+        check.check_range("tau", tau, 0.0, 1.0)
+        check.check_range("min_variance", min_variance, 0.0, None)
+        check.check_range("kl_sigma", kl_sigma, 0.0, None)
+        check.check_range("kl_weight", kl_weight, 0.0, None, low_ok=True)
         if kl_prior_mean is not None and not np.isfinite(kl_prior_mean):
             raise ValueError(
                 "`kl_prior_mean` must be None or a finite float. "
@@ -344,6 +360,7 @@ class ContinuousLTM(keras.layers.Layer):
         ``"histogram"`` ``(B, num_bins)`` float32 zeros (bin masses summed
         over the reads since the last write).
         """
+        batch_size = check.check_batch_size(batch_size)
         state = {
             "coefficients": ops.zeros(
                 (batch_size, self.num_basis, self.memory_dim), self.math_dtype
@@ -358,6 +375,8 @@ class ContinuousLTM(keras.layers.Layer):
 
     def reset_state(self, state, reset_mask):
         """Empties the rows where ``reset_mask`` ``(B,)`` is True."""
+        batch = self._check_state(state)
+        check.check_shape("reset_mask", reset_mask, (batch,), "(batch,)")
         keep = ops.logical_not(ops.cast(reset_mask, "bool"))  # (B,)
         new_state = {}
         for name, value in state.items():
@@ -379,13 +398,25 @@ class ContinuousLTM(keras.layers.Layer):
                 f"`state` must be a dict with keys {sorted(expected)}, as "
                 f"returned by get_initial_state(). Received: state={got}"
             )
-        shape = tuple(state["coefficients"].shape)
-        if shape[1:] != (self.num_basis, self.memory_dim):
+        shape = check.shape_of(state["coefficients"])
+        if len(shape) != 3 or shape[1:] != (self.num_basis, self.memory_dim):
             raise ValueError(
                 "`state['coefficients']` must have shape "
                 f"(batch, {self.num_basis}, {self.memory_dim}). "
                 f"Received: shape={shape}"
             )
+        batch = shape[0]
+        check.check_shape(
+            "state['has_memory']", state["has_memory"], (batch,), "(batch,)"
+        )
+        if self.sticky is not None:
+            check.check_shape(
+                "state['histogram']",
+                state["histogram"],
+                (batch, self.sticky.num_bins),
+                f"(batch, {self.sticky.num_bins})",
+            )
+        return batch
 
     # ------------------------------------------------------------------ #
     # Write
@@ -409,20 +440,30 @@ class ContinuousLTM(keras.layers.Layer):
         sticky positions, else at ``m/M``. The returned coefficients carry
         gradients to this segment; the incoming ones are stop-gradient.
         """
-        self._check_state(state)
-        x = ops.cast(memory_input, self.math_dtype)
-        if len(x.shape) != 3 or x.shape[-1] != self.memory_dim:
-            raise ValueError(
-                "`memory_input` must have shape (batch, length, "
-                f"{self.memory_dim}) (num_heads * key_dim). "
-                f"Received: memory_input.shape={tuple(x.shape)}"
-            )
-        length = x.shape[1]
+        batch = self._check_state(state)
+        check.check_shape(
+            "memory_input",
+            memory_input,
+            (None, None, self.memory_dim),
+            f"(batch, length, {self.memory_dim}) (num_heads * key_dim)",
+        )
+        length = check.shape_of(memory_input)[1]
         if length is None or length < 1:
             raise ValueError(
                 "`memory_input` needs a static length ≥ 1. "
-                f"Received: memory_input.shape={tuple(x.shape)}"
+                f"Received: memory_input.shape={check.shape_of(memory_input)}"
             )
+        check.check_batch("memory_input", memory_input, batch, "`state`")
+        check.check_finite("memory_input", memory_input)
+        if sample_positions is not None:
+            check.check_shape(
+                "sample_positions",
+                sample_positions,
+                (batch, self.num_samples),
+                f"(batch, {self.num_samples})",
+            )
+            check.check_finite("sample_positions", sample_positions)
+        x = ops.cast(memory_input, self.math_dtype)
         x = self.gate(x)  # (B, L, e)
         previous = ops.stop_gradient(state["coefficients"])  # (B, N, e)
         constant = lambda name: self._constant(length, name)  # noqa: E731
@@ -439,12 +480,6 @@ class ContinuousLTM(keras.layers.Layer):
             )
         else:
             positions = ops.cast(positions, self.math_dtype)  # (B, M)
-            if tuple(positions.shape)[1:] != (self.num_samples,):
-                raise ValueError(
-                    "`sample_positions` must have shape (batch, "
-                    f"{self.num_samples}). "
-                    f"Received: shape={tuple(positions.shape)}"
-                )
             psi = basis.psi(positions, *self._basis())  # (B, M, N)
             old = basis.evaluate(psi, previous)  # X_old  (B, M, e)
             old_part = basis.fit(constant("G_old"), old)
@@ -477,8 +512,8 @@ class ContinuousLTM(keras.layers.Layer):
 
     def density(self, query, state):
         """The read densities: ``(mu, variance)``, each ``(B, H, Lq)``."""
-        self._check_state(state)
-        query = self._check_query(query)
+        batch = self._check_state(state)
+        query = self._check_query(query, batch)
         return self._density(query, state["coefficients"])
 
     def _density(self, query, coefficients):
@@ -498,16 +533,18 @@ class ContinuousLTM(keras.layers.Layer):
         variance = basis.floor(ops.softplus(logits[1]), self.min_variance)
         return mu, variance
 
-    def _check_query(self, query):
-        query = ops.cast(query, self.math_dtype)
-        expected = (self.num_heads, self.key_dim)
-        if len(query.shape) != 4 or tuple(query.shape[2:]) != expected:
-            raise ValueError(
-                "`query` must have shape (batch, query_length, "
-                f"{self.num_heads}, {self.key_dim}) (num_heads, key_dim). "
-                f"Received: query.shape={tuple(query.shape)}"
-            )
-        return query
+    def _check_query(self, query, batch):
+        check.check_shape(
+            "query",
+            query,
+            (None, None, self.num_heads, self.key_dim),
+            f"(batch, query_length, {self.num_heads}, {self.key_dim}) "
+            "(num_heads, key_dim)",
+        )
+        check.check_not_empty("query", query, 1, "query")
+        check.check_batch("query", query, batch, "`state`")
+        check.check_finite("query", query)
+        return ops.cast(query, self.math_dtype)
 
     def read(self, query, state, query_mask=None, return_state=False):
         """Continuous attention over the memory.
@@ -523,8 +560,15 @@ class ContinuousLTM(keras.layers.Layer):
         Returns:
             ``output`` ``(B, Lq, e)``, or ``(output, state)``.
         """
-        self._check_state(state)
-        query = self._check_query(query)
+        batch = self._check_state(state)
+        query = self._check_query(query, batch)
+        if query_mask is not None:
+            check.check_shape(
+                "query_mask",
+                query_mask,
+                (batch, check.shape_of(query)[1]),
+                "(batch, query_length)",
+            )
         coefficients = state["coefficients"]
         has_memory = ops.cast(state["has_memory"], self.math_dtype)  # (B,)
         mu, variance = self._density(query, coefficients)  # (B, H, Lq)
@@ -643,32 +687,3 @@ class ContinuousLTM(keras.layers.Layer):
             }
         )
         return config
-
-
-def _check_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    if value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value}"
-        )
-
-
-def _check_range(name, value, low, high, low_ok=False):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"`{name}` must be a float. Received: {name}={value!r}"
-        ) from None
-    ok = np.isfinite(value) and (value >= low if low_ok else value > low)
-    if high is not None:
-        ok = ok and value < high
-    if not ok:
-        bounds = f"[{low}" if low_ok else f"({low}"
-        bounds += f", {high})" if high is not None else ", inf)"
-        raise ValueError(
-            f"`{name}` must be in {bounds}. Received: {name}={value}"
-        )

@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from keras_infmemory import validation as check
 from keras_infmemory.layers.continuous_ltm import ContinuousLTM
 
 _MAX_WAVELENGTH = 10000.0
@@ -148,18 +149,9 @@ class InfFormerBlock(keras.layers.Layer):
         # not: the LTM state stays float32 under mixed precision.
         kwargs.pop("autocast", None)
         super().__init__(autocast=False, **kwargs)
-        _check_int("num_heads", num_heads)
-        _check_int("intermediate_dim", intermediate_dim)
-        if isinstance(stm_length, bool) or not isinstance(stm_length, int):
-            raise ValueError(
-                "`stm_length` must be an integer ≥ 0. "
-                f"Received: stm_length={stm_length!r}"
-            )
-        if stm_length < 0:
-            raise ValueError(
-                "`stm_length` must be an integer ≥ 0. "
-                f"Received: stm_length={stm_length}"
-            )
+        num_heads = check.check_int("num_heads", num_heads)
+        intermediate_dim = check.check_int("intermediate_dim", intermediate_dim)
+        stm_length = check.check_int("stm_length", stm_length, minimum=0)
         if isinstance(ltm, dict):
             ltm = keras.saving.deserialize_keras_object(ltm)
         if ltm is not None and not isinstance(ltm, ContinuousLTM):
@@ -174,7 +166,7 @@ class InfFormerBlock(keras.layers.Layer):
                 f"`ltm` is given. Received: segment_length={segment_length}"
             )
         if segment_length is not None:
-            _check_int("segment_length", segment_length)
+            segment_length = check.check_int("segment_length", segment_length)
             if stm_length % segment_length:
                 raise ValueError(
                     "`stm_length` must be 0 or a multiple of "
@@ -186,10 +178,8 @@ class InfFormerBlock(keras.layers.Layer):
                 '`segment_loop` must be "scan" or "python". '
                 f"Received: segment_loop={segment_loop!r}"
             )
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(
-                f"`dropout` must be in [0, 1). Received: dropout={dropout}"
-            )
+        check.check_range("dropout", dropout, 0.0, 1.0, low_ok=True)
+        check.check_range("layer_norm_epsilon", layer_norm_epsilon, 0.0, None)
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.stm_length = stm_length
@@ -212,6 +202,11 @@ class InfFormerBlock(keras.layers.Layer):
     # ------------------------------------------------------------------ #
 
     def build(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(
+                "The input must have shape (batch, length, hidden). "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
         hidden = input_shape[-1]
         if hidden is None or hidden % self.num_heads:
             raise ValueError(
@@ -327,6 +322,7 @@ class InfFormerBlock(keras.layers.Layer):
                 "before `get_initial_state`: the hidden size comes from "
                 "the input."
             )
+        batch_size = check.check_batch_size(batch_size)
         dtype = self.compute_dtype
         state = {}
         if self.stm_length:
@@ -345,6 +341,8 @@ class InfFormerBlock(keras.layers.Layer):
 
     def reset_state(self, state, reset_mask):
         """Empties the STM and LTM of the rows where ``reset_mask`` is True."""
+        batch = self._check_state(state)
+        check.check_shape("reset_mask", reset_mask, (batch,), "(batch,)")
         reset = ops.cast(reset_mask, "bool")  # (B,)
         keep = ops.logical_not(reset)
         new_state = {}
@@ -360,6 +358,7 @@ class InfFormerBlock(keras.layers.Layer):
         return new_state
 
     def _check_state(self, state):
+        """Checks the keys and shapes of ``state``; returns its batch size."""
         expected = set()
         if self.stm_length:
             expected |= {"stm", "stm_mask"}
@@ -371,6 +370,35 @@ class InfFormerBlock(keras.layers.Layer):
                 f"`state` must be a dict with keys {sorted(expected)}, as "
                 f"returned by get_initial_state(). Received: state={got}"
             )
+        batch = None
+        for name, length in (
+            ("stm", self.stm_length),
+            ("pending", self.segment_length),
+        ):
+            if name not in state:
+                continue
+            batch = check.shape_of(state[name])[0] if batch is None else batch
+            check.check_shape(
+                f"state['{name}']",
+                state[name],
+                (batch, length, self.hidden_dim),
+                f"(batch, {length}, {self.hidden_dim})",
+            )
+            check.check_shape(
+                f"state['{name}_mask']",
+                state[f"{name}_mask"],
+                (batch, length),
+                f"(batch, {length})",
+            )
+        if self.ltm is not None:
+            self.ltm._check_state(state["ltm"])
+            check.check_batch(
+                "state['ltm']['coefficients']",
+                state["ltm"]["coefficients"],
+                batch,
+                "state['pending']",
+            )
+        return batch
 
     # ------------------------------------------------------------------ #
     # Call
@@ -387,6 +415,21 @@ class InfFormerBlock(keras.layers.Layer):
     ):
         if padding_mask is None:
             padding_mask = mask
+        check.check_shape(
+            "inputs",
+            inputs,
+            (None, None, self.hidden_dim),
+            f"(batch, length, {self.hidden_dim})",
+        )
+        check.check_not_empty("inputs", inputs, 1, "token")
+        check.check_finite("inputs", inputs)
+        if padding_mask is not None:
+            check.check_shape(
+                "padding_mask",
+                padding_mask,
+                check.shape_of(inputs)[:2],
+                "(batch, length), as `inputs`",
+            )
         if state is None:
             if reset_mask is not None:
                 raise ValueError(
@@ -394,7 +437,8 @@ class InfFormerBlock(keras.layers.Layer):
                     "Received: state=None"
                 )
             return self._call_sequence(inputs, padding_mask, training)
-        self._check_state(state)
+        batch = self._check_state(state)
+        check.check_batch("inputs", inputs, batch, "`state`")
         length = inputs.shape[1]
         if self.segment_length is not None and length != self.segment_length:
             raise ValueError(
@@ -763,10 +807,3 @@ def _where_rows(rows, a, b):
     """``a`` where ``rows`` ``(B,)`` is True, else ``b``, for any rank."""
     rows = ops.reshape(rows, (-1,) + (1,) * (len(a.shape) - 1))
     return ops.where(rows, a, b)
-
-
-def _check_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )

@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_infmemory import basis
+from keras_infmemory import validation as check
 
 _MODES = ("categorical", "quantile")
 
@@ -64,14 +65,17 @@ class StickyMemorySampler(keras.layers.Layer):
     def __init__(self, num_bins=128, mode="categorical", seed=None, **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        if not isinstance(num_bins, int) or num_bins < 1:
-            raise ValueError(
-                "`num_bins` must be a positive integer. "
-                f"Received: num_bins={num_bins}"
-            )
+        num_bins = check.check_int("num_bins", num_bins)
         if mode not in _MODES:
             raise ValueError(
                 f"`mode` must be one of {_MODES}. Received: mode={mode!r}"
+            )
+        if seed is not None and not isinstance(
+            seed, (int, np.integer, keras.random.SeedGenerator)
+        ):
+            raise ValueError(
+                "`seed` must be None, an int or a keras.random.SeedGenerator. "
+                f"Received: seed={seed!r}"
             )
         self.num_bins = num_bins
         self.mode = mode
@@ -91,11 +95,17 @@ class StickyMemorySampler(keras.layers.Layer):
 
     def bin_masses(self, mu, variance, mask=None):
         """Unnormalised histogram: summed bin masses ``(B, num_bins)``."""
+        check.check_shape("mu", mu, (None, None), "(batch, K)")
+        batch, size = check.shape_of(mu)
+        like_mu = "(batch, K), the shape of `mu`"
+        check.check_shape("variance", variance, (batch, size), like_mu)
+        if mask is not None:
+            check.check_shape("mask", mask, (batch, size), like_mu)
+        check.check_finite("mu", mu)
+        check.check_finite("variance", variance)
         dtype = _math_dtype(mu)
         mu = ops.cast(mu, dtype)
         variance = ops.cast(variance, dtype)
-        _check_rank("mu", mu, 2)
-        _check_rank("variance", variance, 2)
         masses = basis.bin_masses(
             mu, variance, ops.convert_to_tensor(self._cdf_edges.astype(dtype))
         )  # (B, K, D)
@@ -112,9 +122,16 @@ class StickyMemorySampler(keras.layers.Layer):
 
     def sample_positions(self, histogram, num_samples):
         """Sorted sample positions ``(B, num_samples)`` in [0, 1]."""
+        check.check_shape(
+            "histogram",
+            histogram,
+            (None, self.num_bins),
+            f"(batch, {self.num_bins})",
+        )
+        check.check_finite("histogram", histogram)
+        check.check_int("num_samples", num_samples)
         dtype = _math_dtype(histogram)
         histogram = ops.cast(histogram, dtype)
-        _check_rank("histogram", histogram, 2)
         if self.mode == "quantile":
             return basis.quantile_positions(histogram, num_samples)
         logits = ops.log(basis.floor(histogram, 1e-30))  # (B, D)
@@ -159,10 +176,3 @@ def _math_dtype(x):
     """float64 stays float64; anything else is computed in float32."""
     dtype = keras.backend.standardize_dtype(getattr(x, "dtype", "float32"))
     return "float64" if dtype == "float64" else "float32"
-
-
-def _check_rank(name, x, rank):
-    if len(x.shape) != rank:
-        raise ValueError(
-            f"`{name}` must have rank {rank}. Received: {name}.shape={x.shape}"
-        )

@@ -20,15 +20,7 @@ from keras_infmemory.layers.continuous_ltm import ContinuousLTM
 from keras_infmemory.layers.sticky_memory_sampler import StickyMemorySampler
 
 # Names of the ContinuousLTM weights: the optimizer's "memory" variables.
-MEMORY_VARIABLE_NAMES = (
-    "key_kernel",
-    "value_kernel",
-    "output_kernel",
-    "mu_kernel",
-    "sigma_kernel",
-    "gate_kernel",
-    "gate_bias",
-)
+MEMORY_VARIABLE_NAMES = ContinuousLTM.WEIGHT_NAMES
 # Keyword arguments of `attach_memory` that are not ContinuousLTM options.
 _MODEL_OPTIONS = (
     "block_size",

@@ -6,6 +6,7 @@ import json
 import keras
 from keras import ops
 
+from keras_infmemory import validation as check
 from keras_infmemory.layers.continuous_ltm import ContinuousLTM
 from keras_infmemory.layers.inf_former_block import (
     InfFormerBlock,
@@ -128,7 +129,11 @@ class InfFormerLM(keras.Model):
         segment_loop="python",
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        # No input autocast: under mixed precision Keras would cast the
+        # float32 LTM coefficients of an explicit state to the compute dtype
+        # at every call. The sublayers cast what they need themselves.
+        kwargs.pop("autocast", None)
+        super().__init__(autocast=False, **kwargs)
         if segment_loop not in _LOOPS:
             raise ValueError(
                 f"`segment_loop` must be one of {_LOOPS}. "
@@ -138,15 +143,20 @@ class InfFormerLM(keras.Model):
             ("vocabulary_size", vocabulary_size),
             ("num_layers", num_layers),
             ("hidden_dim", hidden_dim),
+            ("num_heads", num_heads),
+            ("intermediate_dim", intermediate_dim),
             ("segment_length", segment_length),
         ):
-            _check_int(name, value)
+            check.check_int(name, value)
         if bptt_segments is not None:
-            _check_int("bptt_segments", bptt_segments)
+            check.check_int("bptt_segments", bptt_segments)
         if batch_size is not None:
-            _check_int("batch_size", batch_size)
+            check.check_int("batch_size", batch_size)
         if stm_length is None:
             stm_length = segment_length
+        check.check_int("stm_length", stm_length, minimum=0)
+        check.check_range("dropout", dropout, 0.0, 1.0, low_ok=True)
+        check.check_bool("stateful", stateful)
         if hidden_dim % num_heads:
             raise ValueError(
                 "`hidden_dim` must be a multiple of `num_heads`="
@@ -306,6 +316,12 @@ class InfFormerLM(keras.Model):
         state = self._stored_state()
         if reset_mask is None:
             reset_mask = ops.ones((self.batch_size,), "bool")
+        check.check_shape(
+            "reset_mask",
+            reset_mask,
+            (self.batch_size,),
+            f"(batch_size,) = ({self.batch_size},)",
+        )
         state = [
             block.reset_state(s, reset_mask)
             for block, s in zip(self.blocks, state, strict=True)
@@ -339,6 +355,7 @@ class InfFormerLM(keras.Model):
         if isinstance(token_ids, dict):
             padding_mask = token_ids.get("padding_mask", padding_mask)
             token_ids = token_ids["token_ids"]
+        self._check_inputs(token_ids, state, reset_mask, padding_mask)
         if self.stateful:
             if state is not None:
                 raise ValueError(
@@ -370,6 +387,43 @@ class InfFormerLM(keras.Model):
             )
             return logits
         return self._run(token_ids, state, reset_mask, padding_mask, training)
+
+    def _check_inputs(self, token_ids, state, reset_mask, padding_mask):
+        """Static shapes always; token values in eager mode."""
+        check.check_shape(
+            "token_ids", token_ids, (None, None), "(batch, length)"
+        )
+        check.check_not_empty("token_ids", token_ids, 1, "token")
+        check.check_token_ids("token_ids", token_ids, self.vocabulary_size)
+        shape = check.shape_of(token_ids)
+        if padding_mask is not None:
+            check.check_shape(
+                "padding_mask", padding_mask, shape, f"{shape}, as `token_ids`"
+            )
+        if self.stateful:
+            check.check_batch(
+                "token_ids",
+                token_ids,
+                self.batch_size,
+                "this stateful model (`batch_size`; use a new model or the "
+                "explicit-state mode for another batch size)",
+            )
+            batch = self.batch_size
+        elif state is not None:
+            if not isinstance(state, (list, tuple)) or len(state) != len(
+                self.blocks
+            ):
+                raise ValueError(
+                    f"`state` must be a list of {len(self.blocks)} block "
+                    "states, as returned by get_initial_state(). "
+                    f"Received: state of type {type(state).__name__}"
+                )
+            batch = self.blocks[0]._check_state(state[0])
+            check.check_batch("token_ids", token_ids, batch, "`state`")
+        else:
+            batch = shape[0]
+        if reset_mask is not None:
+            check.check_shape("reset_mask", reset_mask, (batch,), "(batch,)")
 
     def _run(self, token_ids, state, reset_mask, padding_mask, training):
         """Runs ``(B, T)`` tokens segment by segment, carrying ``state``."""
@@ -498,6 +552,7 @@ class InfFormerLM(keras.Model):
 
     def get_config(self):
         config = super().get_config()
+        config.pop("autocast", None)
         config.update(
             {
                 "vocabulary_size": self.vocabulary_size,
@@ -518,10 +573,3 @@ class InfFormerLM(keras.Model):
             }
         )
         return config
-
-
-def _check_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )

@@ -29,15 +29,7 @@ def small_layer(**overrides):
 def layer_weights(layer):
     return {
         name: to_numpy(getattr(layer, name))
-        for name in (
-            "key_kernel",
-            "value_kernel",
-            "output_kernel",
-            "mu_kernel",
-            "sigma_kernel",
-            "gate_kernel",
-            "gate_bias",
-        )
+        for name in ki.ContinuousLTM.WEIGHT_NAMES
         if hasattr(layer, name)
     }
 
@@ -408,7 +400,7 @@ def test_bad_call_inputs():
         layer.write(x[:, :0], state)  # empty segment
     with pytest.raises(ValueError, match="Received: state="):
         layer.write(x, {"coefficients": state["coefficients"]})
-    with pytest.raises(ValueError, match="Received: shape="):
+    with pytest.raises(ValueError, match="Received: sample_positions.shape="):
         layer.write(x, state, sample_positions=np.zeros((2, 3), "float32"))
 
 
@@ -442,3 +434,18 @@ def test_unstable_configuration_warns_and_stable_one_stays_bounded():
     transition = stable.constants(64)["transition"]
     radius = np.abs(np.linalg.eigvals(transition)).max()
     np.testing.assert_allclose(stable.update_growth[64], radius, rtol=1e-3)
+
+
+@pytest.mark.parametrize("gate", ["conv", None])
+def test_weight_names_and_distinct_initial_values(gate):
+    layer = small_layer(memory_gate=gate)
+    names = [w.path.split("/")[-1] for w in layer.weights]
+    expected = ki.ContinuousLTM.WEIGHT_NAMES[: 7 if gate else 5]
+    assert tuple(names) == expected
+    # One unseeded initializer instance would draw equal values each time.
+    square = [to_numpy(getattr(layer, n)) for n in expected[:3]]
+    assert not np.array_equal(square[0], square[1])
+    assert not np.array_equal(square[1], square[2])
+    assert not np.array_equal(
+        to_numpy(layer.mu_kernel), to_numpy(layer.sigma_kernel)
+    )

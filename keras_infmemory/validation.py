@@ -1,0 +1,172 @@
+"""Argument checks shared by the layers and models.
+
+Every check raises a ``ValueError`` that names the argument and echoes the
+value received, Keras style: ``Received: num_basis=0``. Tensor checks look
+at static shapes only, so they also run while a function is traced;
+value checks (finiteness, token ranges) run in eager mode only, where they
+are cheap, and are skipped while tracing.
+"""
+
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def check_int(name, value, minimum=1):
+    """An integer ``≥ minimum``; Python and NumPy integers, never bool."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, np.integer)
+    ):
+        raise ValueError(
+            f"`{name}` must be an integer ≥ {minimum}. "
+            f"Received: {name}={value!r}"
+        )
+    if value < minimum:
+        raise ValueError(
+            f"`{name}` must be an integer ≥ {minimum}. Received: {name}={value}"
+        )
+    return int(value)
+
+
+def check_batch_size(batch_size):
+    """A positive integer, or a (traced) scalar tensor such as
+    ``ops.shape(x)[0]``, whose value is not known yet."""
+    if isinstance(batch_size, (int, np.integer)) and not isinstance(
+        batch_size, (bool, np.bool_)
+    ):
+        return check_int("batch_size", batch_size)
+    if batch_size is None or isinstance(
+        batch_size, (bool, np.bool_, numbers.Number, str)
+    ):
+        raise ValueError(
+            "`batch_size` must be a positive integer. "
+            f"Received: batch_size={batch_size!r}"
+        )
+    return batch_size
+
+
+def check_range(name, value, low, high, low_ok=False):
+    """A finite float in ``(low, high)`` (``[low, …`` with ``low_ok``);
+    ``high=None`` leaves it unbounded above."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(
+            f"`{name}` must be a float. Received: {name}={value!r}"
+        )
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`{name}` must be a float. Received: {name}={value!r}"
+        ) from None
+    ok = np.isfinite(number) and (number >= low if low_ok else number > low)
+    if high is not None:
+        ok = ok and number < high
+    if not ok:
+        bounds = f"[{low}" if low_ok else f"({low}"
+        bounds += f", {high})" if high is not None else ", inf)"
+        raise ValueError(
+            f"`{name}` must be in {bounds}. Received: {name}={value}"
+        )
+    return number
+
+
+def check_bool(name, value):
+    """A Python or NumPy bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
+    return bool(value)
+
+
+def shape_of(x):
+    """The static shape of a tensor or array as a tuple (None: unknown)."""
+    return tuple(getattr(x, "shape", np.shape(x)))
+
+
+def check_shape(name, x, expected, description):
+    """``x`` has ``len(expected)`` axes and matches ``expected`` where an
+    entry is an int (``None`` entries and unknown dimensions match all).
+
+    ``description`` spells the expected shape, e.g. ``"(batch, length, 16)"``.
+    """
+    shape = shape_of(x)
+    ok = len(shape) == len(expected) and all(
+        want is None or got is None or got == want
+        for got, want in zip(shape, expected, strict=True)
+    )
+    if not ok:
+        raise ValueError(
+            f"`{name}` must have shape {description}. "
+            f"Received: {name}.shape={shape}"
+        )
+
+
+def check_not_empty(name, x, axis, what):
+    """Dimension ``axis`` of ``x`` is not statically 0."""
+    size = shape_of(x)[axis]
+    if size is not None and size == 0:
+        raise ValueError(
+            f"`{name}` must hold at least one {what}. "
+            f"Received: {name}.shape={shape_of(x)}"
+        )
+
+
+def check_batch(name, x, batch, source):
+    """``x``'s leading dimension equals ``batch`` when both are static."""
+    size = shape_of(x)[0] if shape_of(x) else None
+    if isinstance(batch, (int, np.integer)) and size is not None:
+        if size != batch:
+            raise ValueError(
+                f"`{name}` has batch size {size} but {source} has batch "
+                f"size {batch}. Received: {name}.shape={shape_of(x)}"
+            )
+
+
+def _eager_value(condition):
+    """``bool(condition)`` in eager mode, ``None`` while tracing."""
+    try:
+        return bool(condition)
+    except Exception:  # a tracer or graph tensor has no value yet
+        return None
+
+
+def dtype_of(x):
+    """The standardized dtype name of a tensor or array."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(x).dtype
+    return keras.backend.standardize_dtype(dtype)
+
+
+def check_finite(name, x):
+    """No NaN or inf in ``x`` (float tensors, eager mode only)."""
+    if "float" not in dtype_of(x):
+        return
+    if _eager_value(ops.all(ops.isfinite(x))) is False:
+        raise ValueError(
+            f"`{name}` must be finite (it holds NaN or inf). "
+            f"Received: {name} with shape {shape_of(x)}"
+        )
+
+
+def check_token_ids(name, token_ids, vocabulary_size):
+    """Integer ids in ``[0, vocabulary_size)`` (values: eager mode only)."""
+    dtype = dtype_of(token_ids)
+    if "int" not in dtype:
+        raise ValueError(
+            f"`{name}` must be integer token ids. "
+            f"Received: {name}.dtype={dtype}"
+        )
+    if 0 in shape_of(token_ids):
+        return
+    low, high = ops.min(token_ids), ops.max(token_ids)
+    if (
+        _eager_value(low >= 0) is False
+        or _eager_value(high < vocabulary_size) is False
+    ):
+        raise ValueError(
+            f"`{name}` must be in [0, vocabulary_size={vocabulary_size}). "
+            f"Received: {name} with values in "
+            f"[{ops.convert_to_numpy(low)}, {ops.convert_to_numpy(high)}]"
+        )
