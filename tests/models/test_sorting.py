@@ -140,14 +140,18 @@ def test_docstring_example():
 
 
 def test_example_quick(tmp_path):
-    """`examples/sorting.py --quick` trains and evaluates every arm on this
-    backend and writes the JSON and the plot."""
+    """`examples/sorting.py --quick` trains and evaluates on this backend
+    and writes the JSON and the plot (two arms: every arm trains in
+    `test_each_arm_trains`)."""
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
     result = subprocess.run(
         [
             sys.executable,
             os.path.join("examples", "sorting.py"),
             "--quick",
+            "--arms",
+            "window",
+            "sticky",
             "--verbose",
             "0",
             "--output",
@@ -162,12 +166,16 @@ def test_example_quick(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / "sorting.json").read_text())
     assert record["backend"] == keras.backend.backend()
-    assert [r["arm"] for r in record["results"]] == list(ARMS)
+    assert [r["arm"] for r in record["results"]] == ["window", "sticky"]
     for row in record["results"]:
         assert 0.0 <= row["accuracy"] <= 1.0
         assert np.isfinite(row["eval_loss"])
+    assert record["results"][0]["accuracy_without_ltm_read"] is None
+    assert 0.0 <= record["results"][1]["accuracy_without_ltm_read"] <= 1.0
+    baselines = record["counting_baselines"]["100"]
+    assert 0.05 < baselines["elimination only"] < 1.0
     assert (tmp_path / "sorting.png").stat().st_size > 0
-    assert "| inf_former | 100 |" in result.stdout
+    assert "| sticky | 100 |" in result.stdout
 
 
 def test_make_demo_command():
@@ -194,3 +202,41 @@ def test_make_demo_command():
     for length in args.lengths:
         tokens = sorting_data.total_length(length, model.segment_length)
         assert 8 * model.stm_length <= tokens
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="keras.distribution trains on several devices on JAX only",
+)
+def test_example_data_parallel(tmp_path):
+    """`--data-parallel` splits each batch over (here two simulated CPU)
+    devices and trains the ∞-former arm to the end."""
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="jax",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join("examples", "sorting.py"),
+            "--quick",
+            "--arms",
+            "inf_former",
+            "--data-parallel",
+            "--verbose",
+            "0",
+            "--output",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Data parallel over 2 devices." in result.stdout
+    record = json.loads((tmp_path / "sorting.json").read_text())
+    assert record["args"]["data_parallel"] == 0  # all devices
+    assert np.isfinite(record["results"][0]["eval_loss"])
