@@ -216,8 +216,7 @@ def report(results, names, repeats, load, command, quick):
                     )
     table = common.markdown_table(header, rows)
     print(table)
-    if quick:
-        return
+    out_dir = common.output_dir(quick)
     payload = {
         "configs": {n: CONFIGS[n] for n in names},
         "machine": common.machine(),
@@ -226,16 +225,16 @@ def report(results, names, repeats, load, command, quick):
         "command": command,
         "results": results,
     }
-    with open(os.path.join(common.RESULTS, "backends.json"), "w") as f:
+    with open(os.path.join(out_dir, "backends.json"), "w") as f:
         json.dump(payload, f, indent=1)
-    _plot(results, names, os.path.join(common.RESULTS, "backends.png"))
+    _plot(results, names, os.path.join(out_dir, "backends.png"))
     errors = [
         f"- {backend} {key}: {row['error']}"
         for backend, rows_ in results.items()
         for key, row in rows_.items()
         if "error" in row
     ]
-    with open(os.path.join(common.RESULTS, "backends.md"), "w") as f:
+    with open(os.path.join(out_dir, "backends.md"), "w") as f:
         f.write(
             "# Backends\n\n"
             f"Command: `{command}` on {common.machine()}, float32, medians "

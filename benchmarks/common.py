@@ -12,6 +12,18 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 BACKENDS = ("torch", "jax", "tensorflow")
 
 
+def output_dir(quick):
+    """Where a run writes its JSON/PNG/Markdown: ``benchmarks/results``, or
+    a scratch folder for ``--quick`` runs (which only check the plumbing)."""
+    if not quick:
+        return RESULTS
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), "keras_infmemory_benchmarks")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def measure(fn, repeats=10, warmup=2, min_time=0.0):
     """Median wall time of ``fn()`` in seconds (``fn`` must block)."""
     for _ in range(warmup):

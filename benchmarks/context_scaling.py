@@ -318,8 +318,7 @@ def report(config, cfg, stream, full, load, command, quick):
     print(table)
     if full["stopped"]:
         print("Full attention:", full["stopped"])
-    if quick:
-        return
+    out_dir = common.output_dir(quick)
     payload = {
         "config": {k: v for k, v in cfg.items()},
         "config_name": config,
@@ -332,10 +331,10 @@ def report(config, cfg, stream, full, load, command, quick):
         "state_bytes": {n: r[0]["state_bytes"] for n, r in models.items()},
     }
     name = "context_scaling"
-    with open(os.path.join(common.RESULTS, f"{name}.json"), "w") as f:
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump(payload, f, indent=1)
-    _plot(models, os.path.join(common.RESULTS, f"{name}.png"))
-    with open(os.path.join(common.RESULTS, f"{name}.md"), "w") as f:
+    _plot(models, os.path.join(out_dir, f"{name}.png"))
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(_markdown(cfg, stream, full, load, command, table, models))
 
 

@@ -169,7 +169,7 @@ def _time_literal(h, d, length, n, widths, ridge, tau, m, q, x, repeats):
     }
 
 
-def report(results, names, quick):
+def report(results, names, repeats, load, command, quick):
     rows = []
     baseline = results["torch"]
     for name in names:
@@ -214,26 +214,46 @@ def report(results, names, quick):
     ]
     table = common.markdown_table(header, rows)
     print(table)
-    if quick:
-        return
-    with open(os.path.join(common.RESULTS, "ltm_speed.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(common.RESULTS, "ltm_speed.md"), "w") as f:
+    out_dir = common.output_dir(quick)
+    payload = {
+        "machine": common.machine(),
+        "command": command,
+        "repeats": repeats,
+        "load_start": load[0],
+        "load_end": load[1],
+        "configs": {n: CONFIGS[n] for n in names},
+        "results": results,
+    }
+    with open(os.path.join(out_dir, "ltm_speed.json"), "w") as f:
+        json.dump(payload, f, indent=1)
+    with open(os.path.join(out_dir, "ltm_speed.md"), "w") as f:
         f.write("# ContinuousLTM speed\n\n")
         f.write(
-            f"Command: `python benchmarks/ltm_speed.py` on "
-            f"{common.machine()}, float32, medians.\n"
+            f"Command: `{command}` on {common.machine()}, float32, medians "
+            f"of {repeats} repeats. Load average (1/5/15 min) at start "
+            f"{load[0]}, at end {load[1]}.\n\n"
+        )
+        f.write(
+            "One call = write a segment into a memory that holds one, then "
+            "read it with one query per token (what the authors' module "
+            "does per block). Configs (batch, heads, key_dim, L, Lq, N, "
+            "widths, λ, τ, M): "
+            + "; ".join(f"`{n}` {CONFIGS[n]}" for n in names)
+            + ".\n\n"
         )
         f.write(
             "Ratios are to the literal PyTorch implementation of the "
-            "authors' algorithm (`benchmarks/literal_ltm_torch.py`), "
-            "measured in the same run.\n\n"
+            "authors' algorithm (`benchmarks/literal_ltm_torch.py`), timed "
+            "in the torch process of the same run (the other backends run "
+            "in their own processes just before or after it). Targets: "
+            "torch ≤ 1.0× forward, ≤ 0.8× forward+backward; JAX jit ≤ 0.8× "
+            "/ ≤ 0.6×.\n\n"
         )
-        f.write(table + "\n")
-    _plot(rows)
+        f.write(table + "\n\n![ltm speed](ltm_speed.png)\n")
+    _plot(rows, os.path.join(out_dir, "ltm_speed.png"))
 
 
-def _plot(rows):
+def _plot(rows, path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -255,7 +275,7 @@ def _plot(rows):
         ax.set_xticks(range(len(values)), labels, fontsize=6)
         ax.set_title(f"{title}: time / literal torch")
     fig.tight_layout()
-    fig.savefig(os.path.join(common.RESULTS, "ltm_speed.png"), dpi=110)
+    fig.savefig(path, dpi=110)
 
 
 def main():
@@ -271,9 +291,12 @@ def main():
     if args.worker:
         worker(names, repeats, args.out)
         return
+    command = "python benchmarks/ltm_speed.py " + " ".join(sys.argv[1:])
+    load_start = common.loadavg()
     extra = ["--repeats", str(repeats), "--configs", ",".join(names)]
     results = common.run_workers(os.path.abspath(__file__), extra)
-    report(results, names, args.quick)
+    load = (load_start, common.loadavg())
+    report(results, names, repeats, load, command.strip(), args.quick)
 
 
 if __name__ == "__main__":

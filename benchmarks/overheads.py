@@ -195,8 +195,7 @@ def report(results, name, repeats, load, command, quick):
     times_table = common.markdown_table(times_header, times)
     print(table)
     print(times_table)
-    if quick:
-        return
+    out_dir = common.output_dir(quick)
     payload = {
         "config": bench_backends.CONFIGS[name],
         "machine": common.machine(),
@@ -205,10 +204,10 @@ def report(results, name, repeats, load, command, quick):
         "command": command,
         "results": results,
     }
-    with open(os.path.join(common.RESULTS, "overheads.json"), "w") as f:
+    with open(os.path.join(out_dir, "overheads.json"), "w") as f:
         json.dump(payload, f, indent=1)
-    _plot(results, os.path.join(common.RESULTS, "overheads.png"))
-    with open(os.path.join(common.RESULTS, "overheads.md"), "w") as f:
+    _plot(results, os.path.join(out_dir, "overheads.png"))
+    with open(os.path.join(out_dir, "overheads.md"), "w") as f:
         f.write(
             "# Overheads\n\n"
             f"Command: `{command}` on {common.machine()}, float32, medians "
