@@ -50,7 +50,12 @@ def measure_interleaved(fns, repeats=10, warmup=2):
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+    LAST_TIMES.clear()
+    LAST_TIMES.update(times)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+LAST_TIMES = {}  # every time of the last measure_interleaved, by name
 
 
 def block(value):
