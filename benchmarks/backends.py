@@ -245,7 +245,9 @@ def report(results, names, repeats, load, command, quick):
             + "\n`ContinuousLTM` = write one segment into a memory that "
             "holds one, then read it with one query per token. `block` = "
             "one `InfFormerBlock` segment step with full STM and LTM state. "
-            "Ratios are to JAX `jit` in the same run. Dropout off.\n\n"
+            "Ratios are to JAX `jit` of the same row, measured in the "
+            "same run (each backend in its own process, one after the "
+            "other). Dropout off.\n\n"
             + table
             + "\n\n"
             + ("Failures:\n\n" + "\n".join(errors) + "\n\n" if errors else "")

@@ -28,13 +28,17 @@ CONFIGS = {
 }
 
 
-def worker(names, repeats, out):
+def worker(names, repeats, out, torch_threads=None):
     import keras
     import numpy as np
 
     import keras_infmemory as ki
 
     backend = keras.backend.backend()
+    if backend == "torch" and torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
     results = {}
     for name in names:
         batch, h, d, length, lq, n, widths, ridge, tau, m = CONFIGS[name]
@@ -283,17 +287,26 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--configs", default="gpt2,sorting")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        help="torch intra-op threads (default: torch's own choice). On a "
+        "shared, loaded machine torch's OpenMP threads wait on each other "
+        "and run several times slower; 1 avoids that",
+    )
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--out")
     args = parser.parse_args()
     names = ["quick"] if args.quick else args.configs.split(",")
     repeats = 2 if args.quick else args.repeats
     if args.worker:
-        worker(names, repeats, args.out)
+        worker(names, repeats, args.out, args.torch_threads)
         return
     command = "python benchmarks/ltm_speed.py " + " ".join(sys.argv[1:])
     load_start = common.loadavg()
     extra = ["--repeats", str(repeats), "--configs", ",".join(names)]
+    if args.torch_threads:
+        extra += ["--torch-threads", str(args.torch_threads)]
     results = common.run_workers(os.path.abspath(__file__), extra)
     load = (load_start, common.loadavg())
     report(results, names, repeats, load, command.strip(), args.quick)
