@@ -28,13 +28,17 @@ CONFIGS = {
 }
 
 
-def worker(names, repeats, out):
+def worker(names, repeats, out, torch_threads=None):
     import keras
     import numpy as np
 
     import keras_infmemory as ki
 
     backend = keras.backend.backend()
+    if backend == "torch" and torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
     results = {}
     for name in names:
         batch, h, d, length, lq, n, widths, ridge, tau, m = CONFIGS[name]
@@ -169,7 +173,7 @@ def _time_literal(h, d, length, n, widths, ridge, tau, m, q, x, repeats):
     }
 
 
-def report(results, names, quick):
+def report(results, names, repeats, load, command, quick):
     rows = []
     baseline = results["torch"]
     for name in names:
@@ -214,26 +218,46 @@ def report(results, names, quick):
     ]
     table = common.markdown_table(header, rows)
     print(table)
-    if quick:
-        return
-    with open(os.path.join(common.RESULTS, "ltm_speed.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(common.RESULTS, "ltm_speed.md"), "w") as f:
+    out_dir = common.output_dir(quick)
+    payload = {
+        "machine": common.machine(),
+        "command": command,
+        "repeats": repeats,
+        "load_start": load[0],
+        "load_end": load[1],
+        "configs": {n: CONFIGS[n] for n in names},
+        "results": results,
+    }
+    with open(os.path.join(out_dir, "ltm_speed.json"), "w") as f:
+        json.dump(payload, f, indent=1)
+    with open(os.path.join(out_dir, "ltm_speed.md"), "w") as f:
         f.write("# ContinuousLTM speed\n\n")
         f.write(
-            f"Command: `python benchmarks/ltm_speed.py` on "
-            f"{common.machine()}, float32, medians.\n"
+            f"Command: `{command}` on {common.machine()}, float32, medians "
+            f"of {repeats} repeats. Load average (1/5/15 min) at start "
+            f"{load[0]}, at end {load[1]}.\n\n"
+        )
+        f.write(
+            "One call = write a segment into a memory that holds one, then "
+            "read it with one query per token (what the authors' module "
+            "does per block). Configs (batch, heads, key_dim, L, Lq, N, "
+            "widths, λ, τ, M): "
+            + "; ".join(f"`{n}` {CONFIGS[n]}" for n in names)
+            + ".\n\n"
         )
         f.write(
             "Ratios are to the literal PyTorch implementation of the "
-            "authors' algorithm (`benchmarks/literal_ltm_torch.py`), "
-            "measured in the same run.\n\n"
+            "authors' algorithm (`benchmarks/literal_ltm_torch.py`), timed "
+            "in the torch process of the same run (the other backends run "
+            "in their own processes just before or after it). Targets: "
+            "torch ≤ 1.0× forward, ≤ 0.8× forward+backward; JAX jit ≤ 0.8× "
+            "/ ≤ 0.6×.\n\n"
         )
-        f.write(table + "\n")
-    _plot(rows)
+        f.write(table + "\n\n![ltm speed](ltm_speed.png)\n")
+    _plot(rows, os.path.join(out_dir, "ltm_speed.png"))
 
 
-def _plot(rows):
+def _plot(rows, path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -255,7 +279,7 @@ def _plot(rows):
         ax.set_xticks(range(len(values)), labels, fontsize=6)
         ax.set_title(f"{title}: time / literal torch")
     fig.tight_layout()
-    fig.savefig(os.path.join(common.RESULTS, "ltm_speed.png"), dpi=110)
+    fig.savefig(path, dpi=110)
 
 
 def main():
@@ -263,17 +287,29 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--configs", default="gpt2,sorting")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        help="torch intra-op threads (default: torch's own choice). On a "
+        "shared, loaded machine torch's OpenMP threads wait on each other "
+        "and run several times slower; 1 avoids that",
+    )
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--out")
     args = parser.parse_args()
     names = ["quick"] if args.quick else args.configs.split(",")
     repeats = 2 if args.quick else args.repeats
     if args.worker:
-        worker(names, repeats, args.out)
+        worker(names, repeats, args.out, args.torch_threads)
         return
+    command = "python benchmarks/ltm_speed.py " + " ".join(sys.argv[1:])
+    load_start = common.loadavg()
     extra = ["--repeats", str(repeats), "--configs", ",".join(names)]
+    if args.torch_threads:
+        extra += ["--torch-threads", str(args.torch_threads)]
     results = common.run_workers(os.path.abspath(__file__), extra)
-    report(results, names, args.quick)
+    load = (load_start, common.loadavg())
+    report(results, names, repeats, load, command.strip(), args.quick)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Transformer" (ACL 2022); ``SPEC`` sections to ``shared/SPEC.md``.
 
 import math
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -201,11 +202,46 @@ def gaussian_expectation(mu, variance, centers, widths):
     returns ``(..., N)``.
     """
     mu, variance, centers, widths = _tensors(mu, variance, centers, widths)
-    total = ops.expand_dims(variance, -1) + ops.square(widths)  # (..., N)
-    diff = ops.expand_dims(mu, -1) - centers  # (..., N)
-    return ops.exp(-0.5 * ops.square(diff) / total) / ops.sqrt(
-        (2.0 * math.pi) * total
-    )
+
+    def expectation(mu, variance, centers, widths):
+        total = ops.expand_dims(variance, -1) + ops.square(widths)  # (..., N)
+        diff = ops.expand_dims(mu, -1) - centers  # (..., N)
+        r = ops.exp(-0.5 * ops.square(diff) / total) / ops.sqrt(
+            (2.0 * math.pi) * total
+        )
+        return r, total, diff
+
+    if keras.backend.backend() == "torch":  # no ops.custom_gradient there
+        return expectation(mu, variance, centers, widths)[0]
+
+    # Centres and widths are arguments, not closed over: a closure over
+    # tensors made inside a traced loop (JAX scan) would leak tracers.
+    @ops.custom_gradient
+    def expectation_with_gradient(mu, variance, centers, widths):
+        r, total, diff = expectation(mu, variance, centers, widths)
+
+        def gradient(*args, upstream=None):
+            # ∂r/∂μ = −r·d/T and ∂r/∂σ² = ½·r/T·(d²/T − 1), d = μ − c,
+            # T = σ² + w². Reusing r: XLA's autodiff recomputed the
+            # exponentials and reduced broadcasts (~1.6× slower on CPU).
+            # The basis is constant: no gradient to centres and widths.
+            if upstream is None:
+                (upstream,) = args
+            inverse = 1.0 / total
+            g = upstream * r * inverse  # (..., N)
+            gd = g * diff
+            d_mu = -ops.sum(gd, axis=-1)
+            d_variance = 0.5 * ops.sum(gd * diff * inverse - g, axis=-1)
+            return (
+                d_mu,
+                d_variance,
+                ops.zeros_like(centers),
+                ops.zeros_like(widths),
+            )
+
+        return r, gradient
+
+    return expectation_with_gradient(mu, variance, centers, widths)
 
 
 def kl_to_prior(mu, variance, sigma_0, mu_0=None):

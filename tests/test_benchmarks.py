@@ -1,27 +1,89 @@
-"""Smoke test: the benchmarks run end to end in --quick mode."""
+"""The benchmarks: compiled steps agree with eager ones, and every script
+runs end to end in --quick mode."""
 
 import os
 import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
+from tests.testing import to_numpy
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import common  # noqa: E402
+
+
+def test_step_modes_agree_with_eager():
+    """`common.Step` times the same function in every mode: outputs and
+    weight gradients of each compiled mode match eager execution."""
+    import keras_infmemory as ki
+
+    ltm = ki.ContinuousLTM(
+        2, 4, num_basis=16, basis_widths=(0.05, 0.1), num_samples=8
+    )
+    rng = np.random.default_rng(0)
+    x = keras.ops.convert_to_tensor(rng.normal(size=(2, 8, 8)), "float32")
+    q = keras.ops.convert_to_tensor(rng.normal(size=(2, 5, 2, 4)), "float32")
+    state = ltm.write(x, ltm.get_initial_state(2))
+    args = (q, x, state)
+    eager = common.Step(ltm, "eager")
+    out = to_numpy(eager.forward(*args)[0])
+    grads = [to_numpy(g) for g in eager.train(*args)]
+    assert len(grads) == len(ltm.trainable_variables)
+    assert all(np.any(g != 0) and np.all(np.isfinite(g)) for g in grads)
+    for mode in common.COMPILED_MODES[keras.backend.backend()]:
+        if mode == "compile":
+            continue  # torch.compile: minutes of compilation on 2 cores
+        step = common.Step(ltm, mode)
+        np.testing.assert_allclose(
+            to_numpy(step.forward(*args)[0]), out, rtol=1e-4, atol=1e-5
+        )
+        for got, expected in zip(step.train(*args), grads, strict=True):
+            np.testing.assert_allclose(
+                to_numpy(got), expected, rtol=1e-3, atol=1e-5
+            )
+
+
+def test_peak_rss_is_measured():
+    assert common.rss_mib() > 0
+    common.reset_peak_rss()
+    before = common.peak_rss_mib()
+    block = np.ones(64 * 2**20 // 8)  # touch 64 MiB
+    assert common.peak_rss_mib() >= before + 32
+    del block
 
 
 @pytest.mark.skipif(
     keras.backend.backend() != "jax",
     reason="starts one process per backend itself; run once",
 )
-@pytest.mark.parametrize("script", ["ltm_speed.py"])
-def test_benchmark_quick(script):
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        (["ltm_speed.py"], "ratio"),
+        (["context_scaling.py"], "full ÷ ∞-former"),
+        # One backend and mode each keeps the smoke test short; the
+        # in-process test above covers every backend's modes.
+        (["backends.py", "--backends", "jax", "--modes", "jit"], "÷ JAX"),
+        (["overheads.py", "--backends", "jax"], "block with LTM ÷"),
+    ],
+)
+def test_benchmark_quick(command, expected):
+    script, *options = command
     result = subprocess.run(
-        [sys.executable, os.path.join("benchmarks", script), "--quick"],
+        [sys.executable, os.path.join("benchmarks", script), "--quick"]
+        + options,
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "ratio" in result.stdout
+    assert expected in result.stdout
+    table = [line for line in result.stdout.splitlines() if "|" in line]
+    assert len(table) >= 3, result.stdout[-3000:]
+    assert "nan" not in " ".join(table).lower()
