@@ -28,7 +28,7 @@ def make_model():
     model = InfFormerLM.arm(
         "inf_former",
         vocabulary_size=VOCAB,
-        num_layers=2,
+        num_layers=1,
         hidden_dim=16,
         num_heads=2,
         intermediate_dim=32,

@@ -269,7 +269,7 @@ def test_checkpoint_rejects_bad_input(tmp_path):
 
 
 @settings(
-    max_examples=3,
+    max_examples=2,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -380,11 +380,11 @@ def check_ltm_result(result):
 @pytest.mark.parametrize("policy", POLICIES)
 def test_quick_stack_stream(policy):
     result = stream_stack(
-        num_tokens=24 * 128,
+        num_tokens=12 * 64,
         policy=policy,
         batch=2,
-        segment_length=128,
-        hidden_dim=32,
+        segment_length=64,
+        hidden_dim=16,
     )
     assert result["max_norm_over_bound"] <= 1.0 + 1e-4
     assert result["max_coefficient_norm"] > 0.0
@@ -392,7 +392,7 @@ def test_quick_stack_stream(policy):
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_quick_ltm_stream_keeps_the_signal(policy):
-    check_ltm_result(stream_ltm(num_tokens=24 * 512, policy=policy))
+    check_ltm_result(stream_ltm(num_tokens=12 * 512, policy=policy))
 
 
 @pytest.mark.skipif(not LONG, reason="set INFMEMORY_LONG_TESTS=1")
