@@ -164,3 +164,24 @@ def test_load_state_checks_the_file_against_a_template(tmp_path):
         checkpoint.load_state(os.path.join(tmp_path, "missing.npz"))
     with pytest.raises(ValueError, match="Received: path=3"):
         checkpoint.save_state(3, layer.get_initial_state(2))
+
+
+def test_where_rows_and_reset_clear_non_finite_rows():
+    """Resetting a row gives exact zeros even where the old row held
+    non-finite values (a select, not a multiplication by 0)."""
+    import keras_infmemory as ki
+    from keras_infmemory.state import where_rows
+
+    ltm = ki.ContinuousLTM(2, 4, num_basis=16, num_samples=16)
+    state = ltm.get_initial_state(2)
+    bad = np.full((2, 16, 8), np.nan, "float32")
+    state = dict(state, coefficients=keras.ops.convert_to_tensor(bad))
+    fresh = ltm.reset_state(state, np.array([True, False]))
+    coefficients = keras.ops.convert_to_numpy(fresh["coefficients"])
+    assert np.all(coefficients[0] == 0.0) and np.all(np.isnan(coefficients[1]))
+    picked = where_rows(
+        np.array([False, True]), [np.ones((2, 3))], [np.zeros((2, 3))]
+    )
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(picked[0]), [[0, 0, 0], [1, 1, 1]]
+    )

@@ -12,6 +12,7 @@ import pytest
 MODULES = [
     "keras_infmemory.basis",
     "keras_infmemory.interop",
+    "keras_infmemory.state",
     "keras_infmemory.layers.continuous_ltm",
     "keras_infmemory.layers.sticky_memory_sampler",
 ]

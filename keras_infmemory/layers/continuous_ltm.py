@@ -13,6 +13,7 @@ from keras_infmemory.layers.sticky_memory_sampler import (
     StickyMemorySampler,
     normalize,
 )
+from keras_infmemory.state import where_rows
 
 _GATES = ("conv", None)
 
@@ -377,16 +378,8 @@ class ContinuousLTM(keras.layers.Layer):
         """Empties the rows where ``reset_mask`` ``(B,)`` is True."""
         batch = self._check_state(state)
         check.check_shape("reset_mask", reset_mask, (batch,), "(batch,)")
-        keep = ops.logical_not(ops.cast(reset_mask, "bool"))  # (B,)
-        new_state = {}
-        for name, value in state.items():
-            if name == "has_memory":
-                new_state[name] = ops.logical_and(value, keep)
-            else:
-                shape = (-1,) + (1,) * (len(value.shape) - 1)
-                mask = ops.reshape(ops.cast(keep, value.dtype), shape)
-                new_state[name] = value * mask
-        return new_state
+        empty = {name: ops.zeros_like(value) for name, value in state.items()}
+        return where_rows(reset_mask, empty, state)  # zeros, has_memory False
 
     def _check_state(self, state):
         expected = {"coefficients", "has_memory"}

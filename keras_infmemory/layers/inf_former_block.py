@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_infmemory import validation as check
 from keras_infmemory.layers.continuous_ltm import ContinuousLTM
+from keras_infmemory.state import where_rows
 
 _MAX_WAVELENGTH = 10000.0
 
@@ -344,17 +345,18 @@ class InfFormerBlock(keras.layers.Layer):
         batch = self._check_state(state)
         check.check_shape("reset_mask", reset_mask, (batch,), "(batch,)")
         reset = ops.cast(reset_mask, "bool")  # (B,)
-        keep = ops.logical_not(reset)
-        new_state = {}
-        for name, value in state.items():
-            if name == "ltm":
-                new_state[name] = self.ltm.reset_state(value, reset)
-            elif name.endswith("_mask"):
-                new_state[name] = ops.logical_and(value, keep[:, None])
-            else:
-                new_state[name] = ops.where(
-                    keep[:, None, None], value, ops.zeros_like(value)
-                )
+        new_state = {
+            name: ops.zeros_like(value)  # empty STM, masks all False
+            for name, value in state.items()
+            if name != "ltm"
+        }
+        new_state = where_rows(
+            reset,
+            new_state,
+            {name: value for name, value in state.items() if name != "ltm"},
+        )
+        if "ltm" in state:
+            new_state["ltm"] = self.ltm.reset_state(state["ltm"], reset)
         return new_state
 
     def _check_state(self, state):
@@ -586,7 +588,7 @@ class InfFormerBlock(keras.layers.Layer):
         writes = ops.all(pending_mask, axis=1)  # (B,)
         written = self.ltm.write(pending, ltm_state)
         ltm_state = {
-            name: _where_rows(writes, written[name], ltm_state[name])
+            name: where_rows(writes, written[name], ltm_state[name])
             for name in ltm_state
         }
         output, ltm_state = self.ltm.read(
@@ -801,9 +803,3 @@ def _rotate(x, positions):
     return ops.concatenate(
         [first * cos - second * sin, second * cos + first * sin], axis=-1
     )
-
-
-def _where_rows(rows, a, b):
-    """``a`` where ``rows`` ``(B,)`` is True, else ``b``, for any rank."""
-    rows = ops.reshape(rows, (-1,) + (1,) * (len(a.shape) - 1))
-    return ops.where(rows, a, b)

@@ -18,6 +18,7 @@ from keras import ops
 
 from keras_infmemory.layers.continuous_ltm import ContinuousLTM
 from keras_infmemory.layers.sticky_memory_sampler import StickyMemorySampler
+from keras_infmemory.state import where_rows
 
 # Names of the ContinuousLTM weights: the optimizer's "memory" variables.
 MEMORY_VARIABLE_NAMES = ContinuousLTM.WEIGHT_NAMES
@@ -43,16 +44,6 @@ def _serialize_options(options):
     if "basis_widths" in options:
         options["basis_widths"] = [float(w) for w in options["basis_widths"]]
     return options
-
-
-def _where_rows(mask, new, old):
-    """Per-row select between two states with the same structure."""
-
-    def select(a, b):
-        shape = (-1,) + (1,) * (len(a.shape) - 1)
-        return ops.where(ops.reshape(mask, shape), a, b)
-
-    return keras.tree.map_structure(select, new, old)
 
 
 @keras.saving.register_keras_serializable(package="keras_infmemory")
@@ -470,7 +461,7 @@ class InfMemoryTransformerDecoder(keras.layers.Layer):
                 state = self.get_initial_state(ops.shape(xs)[0])
             else:
                 written = ltm.write(state["pending"], state["memory"])
-                current = _where_rows(
+                current = where_rows(
                     state["has_pending"], written, state["memory"]
                 )
                 out, current = ltm.read(
@@ -1182,7 +1173,7 @@ class InfMemoryGPT2CausalLM(keras_hub.models.GPT2CausalLM):
                 backbone.transformer_layers, memory, strict=True
             ):
                 if layer.has_memory and start > 0:
-                    current = _where_rows(
+                    current = where_rows(
                         state["has_pending"],
                         layer.memory.write(state["pending"], state["memory"]),
                         state["memory"],
