@@ -217,16 +217,14 @@ def report(results, names, repeats, load, command, quick):
     table = common.markdown_table(header, rows)
     print(table)
     out_dir = common.output_dir(quick)
-    payload = {
-        "configs": {n: CONFIGS[n] for n in names},
-        "machine": common.machine(),
-        "load_start": load[0],
-        "load_end": load[1],
-        "command": command,
-        "results": results,
-    }
-    with open(os.path.join(out_dir, "backends.json"), "w") as f:
-        json.dump(payload, f, indent=1)
+    common.write_record(
+        out_dir,
+        "backends",
+        command,
+        load,
+        configs={n: CONFIGS[n] for n in names},
+        results=results,
+    )
     _plot(results, names, os.path.join(out_dir, "backends.png"))
     errors = [
         f"- {backend} {key}: {row['error']}"

@@ -93,6 +93,21 @@ def machine():
     return f"{platform.node()} {cpu}, {os.cpu_count()} cores"
 
 
+def write_record(out_dir, name, command, load, **fields):
+    """Writes ``<out_dir>/<name>.json``: ``fields`` plus what every record
+    keeps (the machine, the command, the load average at start and end)."""
+    payload = {
+        "machine": machine(),
+        "command": command,
+        "load_start": load[0],
+        "load_end": load[1],
+        **fields,
+    }
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(payload, f, indent=1)
+    return payload
+
+
 def markdown_table(header, rows):
     lines = ["| " + " | ".join(header) + " |"]
     lines.append("|" + "---|" * len(header))

@@ -346,20 +346,18 @@ def report(config, cfg, stream, full, load, command, quick):
     if full["stopped"]:
         print("Full attention:", full["stopped"])
     out_dir = common.output_dir(quick)
-    payload = {
-        "config": {k: v for k, v in cfg.items()},
-        "config_name": config,
-        "machine": common.machine(),
-        "load_start": load[0],
-        "load_end": load[1],
-        "command": command,
-        "stream": stream,
-        "full_attention": full,
-        "state_bytes": {n: r[0]["state_bytes"] for n, r in models.items()},
-    }
     name = "context_scaling"
-    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-        json.dump(payload, f, indent=1)
+    common.write_record(
+        out_dir,
+        name,
+        command,
+        load,
+        config=dict(cfg),
+        config_name=config,
+        stream=stream,
+        full_attention=full,
+        state_bytes={n: r[0]["state_bytes"] for n, r in models.items()},
+    )
     _plot(models, os.path.join(out_dir, f"{name}.png"))
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(_markdown(cfg, stream, full, load, command, table, models))

@@ -219,17 +219,15 @@ def report(results, names, repeats, load, command, quick):
     table = common.markdown_table(header, rows)
     print(table)
     out_dir = common.output_dir(quick)
-    payload = {
-        "machine": common.machine(),
-        "command": command,
-        "repeats": repeats,
-        "load_start": load[0],
-        "load_end": load[1],
-        "configs": {n: CONFIGS[n] for n in names},
-        "results": results,
-    }
-    with open(os.path.join(out_dir, "ltm_speed.json"), "w") as f:
-        json.dump(payload, f, indent=1)
+    common.write_record(
+        out_dir,
+        "ltm_speed",
+        command,
+        load,
+        repeats=repeats,
+        configs={n: CONFIGS[n] for n in names},
+        results=results,
+    )
     with open(os.path.join(out_dir, "ltm_speed.md"), "w") as f:
         f.write("# ContinuousLTM speed\n\n")
         f.write(

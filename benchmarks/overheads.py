@@ -196,16 +196,14 @@ def report(results, name, repeats, load, command, quick):
     print(table)
     print(times_table)
     out_dir = common.output_dir(quick)
-    payload = {
-        "config": bench_backends.CONFIGS[name],
-        "machine": common.machine(),
-        "load_start": load[0],
-        "load_end": load[1],
-        "command": command,
-        "results": results,
-    }
-    with open(os.path.join(out_dir, "overheads.json"), "w") as f:
-        json.dump(payload, f, indent=1)
+    common.write_record(
+        out_dir,
+        "overheads",
+        command,
+        load,
+        config=bench_backends.CONFIGS[name],
+        results=results,
+    )
     _plot(results, os.path.join(out_dir, "overheads.png"))
     with open(os.path.join(out_dir, "overheads.md"), "w") as f:
         f.write(

@@ -26,6 +26,30 @@ TINY = dict(
 )
 
 
+def run_example(output, *args, backend, **env):
+    """Runs `examples/sorting.py --quick` in its own process; asserts it
+    succeeds and returns the finished process."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join("examples", "sorting.py"),
+            "--quick",
+            *args,
+            "--verbose",
+            "0",
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, KERAS_BACKEND=backend, **env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def test_paper_preset_is_the_papers_configuration():
     model = sorting.sorting_transformer("inf_former", preset="paper")
     assert (model.num_layers, model.hidden_dim, model.num_heads) == (3, 300, 6)
@@ -143,27 +167,9 @@ def test_example_quick(tmp_path):
     """`examples/sorting.py --quick` trains and evaluates on this backend
     and writes the JSON and the plot (two arms: every arm trains in
     `test_each_arm_trains`)."""
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join("examples", "sorting.py"),
-            "--quick",
-            "--arms",
-            "window",
-            "sticky",
-            "--verbose",
-            "0",
-            "--output",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = run_example(
+        tmp_path, "--arms", "window", "sticky", backend=keras.backend.backend()
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / "sorting.json").read_text())
     assert record["backend"] == keras.backend.backend()
     assert [r["arm"] for r in record["results"]] == ["window", "sticky"]
@@ -211,31 +217,14 @@ def test_make_demo_command():
 def test_example_data_parallel(tmp_path):
     """`--data-parallel` splits each batch over (here two simulated CPU)
     devices and trains the ∞-former arm to the end."""
-    env = dict(
-        os.environ,
-        KERAS_BACKEND="jax",
+    result = run_example(
+        tmp_path,
+        "--arms",
+        "inf_former",
+        "--data-parallel",
+        backend="jax",
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join("examples", "sorting.py"),
-            "--quick",
-            "--arms",
-            "inf_former",
-            "--data-parallel",
-            "--verbose",
-            "0",
-            "--output",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert "Data parallel over 2 devices." in result.stdout
     record = json.loads((tmp_path / "sorting.json").read_text())
     assert record["args"]["data_parallel"] == 0  # all devices
