@@ -93,11 +93,11 @@ def worker(name, repeats, out):
     if name != "quick":  # the smoke test skips what adds no new code path
         block_cases.append(("block_sticky", "sticky"))
         write_cases.append(("sticky_categorical", "categorical"))
-    for label, ltm_config in block_cases:
+    for label, memory_options in block_cases:
         ltm = None
-        if ltm_config is not None:
+        if memory_options is not None:
             sticky = None
-            if ltm_config == "sticky":
+            if memory_options == "sticky":
                 sticky = ki.StickyMemorySampler(mode="quantile")
             ltm = ki.ContinuousLTM(heads, head_dim, sticky=sticky, **cfg["ltm"])
         block = ki.InfFormerBlock(

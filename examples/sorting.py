@@ -111,7 +111,7 @@ def build_model(arm, args):
             num_heads=2,
             intermediate_dim=32,
             segment_length=32,
-            ltm_config={"num_basis": 16, "num_samples": 16},
+            memory_options={"num_basis": 16, "num_samples": 16},
         )
     model = sorting_models.sorting_transformer(
         arm, preset=args.preset, **overrides
@@ -159,7 +159,7 @@ def run_one(arm, length, args):
     )
     eval_seconds = time.perf_counter() - start
     without_ltm = None
-    if model.ltm_config is not None:
+    if model.memory_options is not None:
         without_ltm = ablate_ltm(model, datasets["eval"])
     growth = [
         max(block.ltm.update_growth.values())

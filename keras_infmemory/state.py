@@ -33,3 +33,69 @@ def where_rows(mask, new, old):
         return ops.where(rows, a, b)
 
     return keras.tree.map_structure(select, new, old)
+
+
+class StateHolder:
+    """A memory state kept between calls in non-trainable variables.
+
+    The stateful mode of the models (like ``keras.layers.RNN(stateful=True)``)
+    keeps its state in variables of ``layer``: one variable per tensor of
+    ``template`` (any nest of fixed-shape tensors, e.g. from
+    ``get_initial_state``), each with the tensor's dtype (bool stays bool).
+    On JAX the trainer threads them through ``stateless_call``.
+
+    Example:
+
+    >>> import keras
+    >>> import numpy as np
+    >>> from keras_infmemory.state import StateHolder
+    >>> layer = keras.layers.Layer()
+    >>> template = {"x": np.zeros((2, 3), "float32"), "seen": np.zeros(2, bool)}
+    >>> holder = StateHolder(layer, template)
+    >>> holder.assign({"x": np.ones((2, 3), "float32"), "seen": [True, True]})
+    >>> holder.reset(np.array([False, True]))
+    >>> keras.ops.convert_to_numpy(holder.read()["seen"]).tolist()
+    [True, False]
+
+    Args:
+        layer: the `keras.layers.Layer` (or model) that owns the variables.
+        template: a state of the right structure, shapes and dtypes.
+        name: prefix of the variable names.
+    """
+
+    def __init__(self, layer, template, name="state"):
+        self._template = template
+        self.variables = [
+            layer.add_weight(
+                shape=tuple(value.shape),
+                dtype=keras.backend.standardize_dtype(value.dtype),
+                initializer="zeros",
+                trainable=False,
+                autocast=False,
+                name=f"{name}_{i}",
+            )
+            for i, value in enumerate(keras.tree.flatten(template))
+        ]
+
+    def read(self):
+        """The stored state (copies on torch, whose backward needs the
+        values a call read after the call has assigned new ones)."""
+        copy = ops.copy if keras.backend.backend() == "torch" else None
+        values = [copy(v.value) if copy else v.value for v in self.variables]
+        return keras.tree.pack_sequence_as(self._template, values)
+
+    def assign(self, state):
+        """Stores ``state`` (same structure as the template)."""
+        for variable, value in zip(
+            self.variables, keras.tree.flatten(state), strict=True
+        ):
+            variable.assign(ops.cast(value, variable.dtype))
+
+    def reset(self, reset_mask=None):
+        """Empties the rows where ``reset_mask`` ``(B,)`` is True (all rows
+        by default): zeros, False."""
+        for variable in self.variables:
+            empty = ops.zeros(variable.shape, variable.dtype)
+            if reset_mask is not None:
+                empty = where_rows(reset_mask, empty, variable.value)
+            variable.assign(empty)

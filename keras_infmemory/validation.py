@@ -2,16 +2,53 @@
 
 Every check raises a ``ValueError`` that names the argument and echoes the
 value received, Keras style: ``Received: num_basis=0``. Tensor checks look
-at static shapes only, so they also run while a function is traced;
-value checks (finiteness, token ranges) run in eager mode only, where they
-are cheap, and are skipped while tracing.
+at static shapes only, so they also run while a function is traced and cost
+nothing at run time. Checks that read tensor values copy them to the host,
+so they stay off the hot path: token-id ranges are checked once per model
+call (eager mode only), and NaN/inf checks only behind the debug switch
+`set_value_checks` (or ``KERAS_INFMEMORY_VALUE_CHECKS=1``).
 """
 
 import numbers
+import os
 
 import keras
 import numpy as np
 from keras import ops
+
+_VALUE_CHECKS = os.environ.get("KERAS_INFMEMORY_VALUE_CHECKS", "0") not in (
+    "",
+    "0",
+)
+
+
+def set_value_checks(enabled):
+    """Turns the checks that read tensor values (NaN/inf) on or off.
+
+    They copy a tensor to the host at every call of every layer, which an
+    eager training step (torch) pays at each segment, so they are off by
+    default: a debug switch. ``KERAS_INFMEMORY_VALUE_CHECKS=1`` in the
+    environment turns them on at import. Token-id ranges are always
+    checked, once per model call (eager mode). Returns the previous
+    setting.
+
+    Example:
+
+    >>> from keras_infmemory import validation
+    >>> previous = validation.set_value_checks(True)
+    >>> validation.value_checks_enabled()
+    True
+    >>> _ = validation.set_value_checks(previous)
+    """
+    global _VALUE_CHECKS
+    previous = _VALUE_CHECKS
+    _VALUE_CHECKS = check_bool("enabled", enabled)
+    return previous
+
+
+def value_checks_enabled():
+    """Whether the NaN/inf checks run (see `set_value_checks`)."""
+    return _VALUE_CHECKS
 
 
 def check_int(name, value, minimum=1):
@@ -70,6 +107,31 @@ def check_range(name, value, low, high, low_ok=False):
             f"`{name}` must be in {bounds}. Received: {name}={value}"
         )
     return number
+
+
+def check_basis_widths(basis_widths, num_basis):
+    """Positive finite widths, with ``num_basis`` a multiple of their number
+    and at least two centres per width; returns them as a float tuple."""
+    try:
+        widths = tuple(float(w) for w in np.ravel(basis_widths))
+    except (TypeError, ValueError):
+        widths = ()
+    if not widths or min(widths) <= 0 or not np.all(np.isfinite(widths)):
+        raise ValueError(
+            "`basis_widths` must be a non-empty sequence of positive "
+            f"floats. Received: basis_widths={basis_widths}"
+        )
+    if num_basis % len(widths):
+        raise ValueError(
+            "`num_basis` must be a multiple of len(basis_widths)="
+            f"{len(widths)}. Received: num_basis={num_basis}"
+        )
+    if num_basis // len(widths) < 2:
+        raise ValueError(
+            "`num_basis` must give at least two centres per width. "
+            f"Received: num_basis={num_basis}"
+        )
+    return widths
 
 
 def check_bool(name, value):
@@ -140,8 +202,9 @@ def dtype_of(x):
 
 
 def check_finite(name, x):
-    """No NaN or inf in ``x`` (float tensors, eager mode only)."""
-    if "float" not in dtype_of(x):
+    """No NaN or inf in ``x`` (float tensors, eager mode, and only with
+    `set_value_checks` on)."""
+    if not _VALUE_CHECKS or "float" not in dtype_of(x):
         return
     if _eager_value(ops.all(ops.isfinite(x))) is False:
         raise ValueError(

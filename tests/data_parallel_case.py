@@ -33,7 +33,7 @@ def make_model():
         num_heads=2,
         intermediate_dim=32,
         segment_length=SEGMENT,
-        ltm_config={
+        memory_options={
             "num_basis": 16,
             "num_samples": 16,
             "basis_widths": (0.05, 0.1),

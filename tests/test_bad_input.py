@@ -38,7 +38,7 @@ def lm(**kwargs):
         num_heads=H,
         intermediate_dim=16,
         segment_length=4,
-        ltm_config={"num_basis": 16, "num_samples": 8},
+        memory_options={"num_basis": 16, "num_samples": 8},
     )
     arguments.update(kwargs)
     return InfFormerLM(**arguments)
@@ -49,6 +49,31 @@ def f32(*shape, fill=None):
     if fill is not None:
         x.flat[0] = fill
     return x
+
+
+@pytest.fixture
+def value_checks():
+    """NaN/inf checks are a debug switch (off by default): on for a test."""
+    previous = validation.set_value_checks(True)
+    yield
+    validation.set_value_checks(previous)
+
+
+def test_value_checks_are_off_by_default_and_switchable():
+    """By default no check reads tensor values (no host copy per layer and
+    segment); the switch turns the NaN checks on."""
+    assert not validation.value_checks_enabled()
+    layer = ltm()
+    bad = f32(2, 6, E, fill=np.nan)
+    layer.write(bad, layer.get_initial_state(2))  # no error, no copy
+    previous = validation.set_value_checks(True)
+    try:
+        with pytest.raises(ValueError, match="memory_input` must be finite"):
+            layer.write(bad, layer.get_initial_state(2))
+    finally:
+        validation.set_value_checks(previous)
+    with pytest.raises(ValueError, match="enabled=1"):
+        validation.set_value_checks(1)
 
 
 # ---------------------------------------------------------------------- #
@@ -82,7 +107,7 @@ def test_non_integers_are_rejected_everywhere(value):
 # ---------------------------------------------------------------------- #
 
 
-def test_ltm_rejects_bad_calls():
+def test_ltm_rejects_bad_calls(value_checks):
     layer = ltm()
     state = layer.get_initial_state(2)
     x, q = f32(2, 6, E), f32(2, 3, H, D)
@@ -124,7 +149,7 @@ def test_ltm_rejects_bad_calls():
             call()
 
 
-def test_sticky_sampler_rejects_bad_calls():
+def test_sticky_sampler_rejects_bad_calls(value_checks):
     sampler = ki.StickyMemorySampler(num_bins=8, mode="quantile")
     mu, variance = f32(2, 5), np.full((2, 5), 1e-3, "float32")
     with pytest.raises(ValueError, match=r"mu.shape=\(5,\)"):
@@ -166,7 +191,7 @@ def test_block_rejects_bad_configs(kwargs, message):
         ki.InfFormerBlock(**arguments)
 
 
-def test_block_rejects_bad_calls():
+def test_block_rejects_bad_calls(value_checks):
     layer = block()
     state = layer.get_initial_state(2)
     x = f32(2, 4, E)
@@ -303,7 +328,7 @@ def test_valid_lm_inputs_give_finite_outputs(
         num_heads=heads,
         intermediate_dim=8,
         segment_length=segment_length,
-        ltm_config={"num_basis": 8, "num_samples": 6},
+        memory_options={"num_basis": 8, "num_samples": 6},
         normalize_first=normalize_first,
     )
     # arm() fixes the STM to one segment; vary it through a direct build.

@@ -90,7 +90,7 @@ def small_lm(**kwargs):
         num_heads=2,
         intermediate_dim=32,
         segment_length=8,
-        ltm_config={
+        memory_options={
             "num_basis": 16,
             "num_samples": 16,
             "basis_widths": (0.05, 0.1),

@@ -136,7 +136,7 @@ def stream_stack(
     segment_length=512,
     hidden_dim=64,
     num_layers=2,
-    ltm_config=None,
+    memory_options=None,
     seed=0,
     compiled=True,
 ):
@@ -155,7 +155,7 @@ def stream_stack(
         num_heads=4,
         intermediate_dim=2 * hidden_dim,
         segment_length=segment_length,
-        ltm_config=dict(ltm_config or {}),
+        memory_options=dict(memory_options or {}),
     )
     state = model.get_initial_state(batch)
     model.build((batch, segment_length))

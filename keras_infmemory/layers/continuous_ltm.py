@@ -1,7 +1,6 @@
 """ContinuousLTM: the ∞-former's unbounded long-term memory as a Keras layer."""
 
 import math
-import warnings
 
 import keras
 import numpy as np
@@ -9,6 +8,7 @@ from keras import ops
 
 from keras_infmemory import basis
 from keras_infmemory import validation as check
+from keras_infmemory.layers.memory_constants import MemoryConstants
 from keras_infmemory.layers.sticky_memory_sampler import (
     StickyMemorySampler,
     normalize,
@@ -25,19 +25,28 @@ class ContinuousLTM(keras.layers.Layer):
     The memory stores no vectors: it keeps coefficients ``B ∈ R^{N×e}`` of a
     continuous signal ``x̄(t) = Bᵀ ψ(t)``, ``t ∈ [0, 1]``, over ``N``
     Gaussian basis functions ``ψ``. Its size and read cost stay fixed no
-    matter how many tokens it has absorbed.
+    matter how many tokens it has absorbed (docs/math.md).
 
-    * **Write** (paper §3.2, eq. 12): the old signal is sampled at ``M``
-      positions, squeezed into ``[0, τ]``, the new segment is placed in
-      ``[τ, 1]``, and ``B`` is refitted by ridge regression:
+    * **Write** (paper §3.2, eq. 12; docs/math.md §4): the old signal is
+      sampled at ``M`` positions, squeezed into ``[0, τ]``, the new segment
+      is placed in ``[τ, 1]``, and ``B`` is refitted by ridge regression:
       ``B = G_infᵀ [X_old; X_new]``. A first write into an empty row uses
       ``B = G_Lᵀ X_new``. An optional gate ``X ⊙ σ(Conv1D(X))`` filters the
       new segment first (on in the authors' code).
-    * **Read** (§3.1): each query of each head yields a Gaussian density
-      ``N(t; μ, σ²)`` with ``μ = sigmoid(w_μᵀ s)``, ``σ² = softplus(w_σᵀ s)``,
-      ``s = K_h q/√d``, and receives ``V_hᵀ r`` where ``r`` is the closed-form
-      expectation of ψ under that density; heads are concatenated and
-      projected by ``W_O``.
+    * **Read** (§3.1; docs/math.md §3): each query of each head yields a
+      Gaussian density ``N(t; μ, σ²)`` with ``μ = sigmoid(w_μᵀ s)``,
+      ``σ² = softplus(w_σᵀ s)``, ``s = K_h q/√d``, and receives ``V_hᵀ r``
+      where ``r`` is the closed-form expectation of ψ under that density;
+      heads are concatenated and projected by ``W_O``.
+
+    Padding (``mask`` of `write`, ``input_mask`` of a call): padded
+    positions never influence the memory. A partly padded segment is
+    written as if its padded positions held zero vectors: the real tokens
+    keep their places on the segment's stretch ``[τ, 1]`` of the time axis
+    and the rest of that stretch holds silence (the gate's convolution sees
+    zeros there too, as at a segment's ends). A row with no real token
+    keeps its state unchanged, bit for bit; a full row is written exactly
+    as without a mask.
 
     The defaults are the authors' GPT-2 settings. The memory state is
     explicit and fixed-shape: ``write`` and ``call`` take a state and return
@@ -45,7 +54,7 @@ class ContinuousLTM(keras.layers.Layer):
     and torch. All memory math runs in float32, also under mixed precision.
 
     Shapes: B batch, L segment length, Lq query length, H heads, d key_dim,
-    e = H·d, N num_basis, M num_samples.
+    e memory width, N num_basis, M num_samples.
 
     Example:
 
@@ -64,8 +73,7 @@ class ContinuousLTM(keras.layers.Layer):
 
     Args:
         num_heads: int, number of attention heads ``H``.
-        key_dim: int, size ``d`` of each head; the memory width is
-            ``e = num_heads * key_dim``.
+        key_dim: int, size ``d`` of each head.
         num_basis: int, number ``N`` of basis functions; a multiple of
             ``len(basis_widths)``. Defaults to 512.
         basis_widths: sequence of floats > 0, the Gaussian widths; each
@@ -87,6 +95,12 @@ class ContinuousLTM(keras.layers.Layer):
         memory_gate: ``"conv"`` (the authors') or ``None``.
         sticky: ``None`` or a `StickyMemorySampler`: where the next write
             samples the old signal.
+        memory_dim: int or ``None``, the width ``e`` of what is written
+            (and of ``B``). Defaults to ``num_heads * key_dim``, as in the
+            authors' code; a host whose hidden size differs from heads ×
+            head size (e.g. Gemma) sets its hidden size.
+        output_dim: int or ``None``, the width of the read's output.
+            Defaults to ``memory_dim``.
         kernel_initializer: initializer of all projection kernels.
         **kwargs: base `keras.layers.Layer` arguments.
 
@@ -95,11 +109,15 @@ class ContinuousLTM(keras.layers.Layer):
             projections.
         memory_input: ``(B, L, e)`` the segment to absorb.
         state: the memory state (see `get_initial_state`).
+        input_mask: optional ``(B, L)`` bool, True for real positions of
+            ``memory_input`` (see "Padding" above).
+        query_mask: optional ``(B, Lq)`` bool, which queries count for the
+            KL term and the sticky histogram.
         training: unused, accepted for Keras' call convention.
 
     Returns:
-        ``(output, new_state)``: ``output`` ``(B, Lq, e)`` in the layer's
-        compute dtype, and the new (stop-gradient) state.
+        ``(output, new_state)``: ``output`` ``(B, Lq, output_dim)`` in the
+        layer's compute dtype, and the new (stop-gradient) state.
     """
 
     # The names of the layer's weights, in the order `build` creates them
@@ -129,6 +147,8 @@ class ContinuousLTM(keras.layers.Layer):
         kl_prior_mean=None,
         memory_gate="conv",
         sticky=None,
+        memory_dim=None,
+        output_dim=None,
         kernel_initializer="glorot_uniform",
         **kwargs,
     ):
@@ -140,25 +160,7 @@ class ContinuousLTM(keras.layers.Layer):
         check.check_int("key_dim", key_dim)
         check.check_int("num_basis", num_basis)
         check.check_int("num_samples", num_samples)
-        try:
-            widths = tuple(float(w) for w in np.ravel(basis_widths))
-        except (TypeError, ValueError):
-            widths = ()
-        if not widths or min(widths) <= 0 or not np.all(np.isfinite(widths)):
-            raise ValueError(
-                "`basis_widths` must be a non-empty sequence of positive "
-                f"floats. Received: basis_widths={basis_widths}"
-            )
-        if num_basis % len(widths):
-            raise ValueError(
-                "`num_basis` must be a multiple of len(basis_widths)="
-                f"{len(widths)}. Received: num_basis={num_basis}"
-            )
-        if num_basis // len(widths) < 2:
-            raise ValueError(
-                "`num_basis` must give at least two centres per width. "
-                f"Received: num_basis={num_basis}"
-            )
+        widths = check.check_basis_widths(basis_widths, num_basis)
         check.check_range("ridge_penalty", ridge_penalty, 0.0, None)
         check.check_range("tau", tau, 0.0, 1.0)
         check.check_range("min_variance", min_variance, 0.0, None)
@@ -183,7 +185,13 @@ class ContinuousLTM(keras.layers.Layer):
             )
         self.num_heads = num_heads
         self.key_dim = key_dim
-        self.memory_dim = num_heads * key_dim
+        self.heads_dim = num_heads * key_dim
+        if memory_dim is not None:
+            check.check_int("memory_dim", memory_dim)
+        if output_dim is not None:
+            check.check_int("output_dim", output_dim)
+        self.memory_dim = int(memory_dim or self.heads_dim)
+        self.output_dim = int(output_dim or self.memory_dim)
         self.num_basis = num_basis
         self.basis_widths = widths
         self.ridge_penalty = float(ridge_penalty)
@@ -198,13 +206,17 @@ class ContinuousLTM(keras.layers.Layer):
         self.memory_gate = memory_gate
         self.sticky = sticky
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        centers, basis_widths64 = basis.basis_parameters(num_basis, widths)
-        self._centers, self._widths = centers, basis_widths64  # float64
-        self._constants = {}  # segment length -> dict of float64 arrays
-        self._tensors = {}  # (length, name) -> backend tensor (torch only)
-        # Per segment length: how much a uniform write scales old content
-        # (spectral radius of G_oldᵀ S); < 1 keeps endless streams bounded.
-        self.update_growth = {}
+        self.geometry = MemoryConstants(
+            num_basis,
+            widths,
+            self.ridge_penalty,
+            self.tau,
+            num_samples,
+            self.name,
+        )
+        # A switch for ablations, not config: a disabled memory is neither
+        # written nor read (see `keras_infmemory.layers.segment_memory`).
+        self.enabled = True
         self.build()
 
     # ------------------------------------------------------------------ #
@@ -214,140 +226,71 @@ class ContinuousLTM(keras.layers.Layer):
     def build(self, query_shape=None, memory_input_shape=None, state=None):
         if self.built:
             return
-        e, n = self.memory_dim, self.num_basis
+        e, hd, n = self.memory_dim, self.heads_dim, self.num_basis
 
         # A fresh initializer per weight: an unseeded Keras initializer
         # instance draws the same values at every call, which would make
-        # W_K = W_V = W_O and w_μ = w_σ at initialisation.
-        def init():
-            return keras.initializers.get(
-                keras.initializers.serialize(self.kernel_initializer)
+        # W_K = W_V = W_O and w_μ = w_σ at initialisation. (Rebuilt from its
+        # config, not serialized: serializing imports TensorFlow.)
+        def kernel(name, shape, initializer=None):
+            if initializer is None:
+                base = self.kernel_initializer
+                initializer = base.__class__.from_config(base.get_config())
+            # Never autocast: read/write math stays float32 under mixed
+            # precision.
+            return self.add_weight(
+                name=name, shape=shape, initializer=initializer, autocast=False
             )
 
-        # Dense kernels in Keras layout (in, out): y = x @ kernel. Never
-        # autocast: read/write math stays float32 under mixed precision.
-        self.key_kernel = self.add_weight(
-            name="key_kernel", shape=(e, e), initializer=init(), autocast=False
-        )
-        self.value_kernel = self.add_weight(
-            name="value_kernel",
-            shape=(e, e),
-            initializer=init(),
-            autocast=False,
-        )
-        self.output_kernel = self.add_weight(
-            name="output_kernel",
-            shape=(e, e),
-            initializer=init(),
-            autocast=False,
-        )
+        # Dense kernels in Keras layout (in, out): y = x @ kernel.
+        self.key_kernel = kernel("key_kernel", (e, hd))
+        self.value_kernel = kernel("value_kernel", (e, hd))
+        self.output_kernel = kernel("output_kernel", (hd, self.output_dim))
         # w_μ and w_σ, shared by all heads: scores over N basis -> 1 logit.
         bound = 1.0 / math.sqrt(n)
-        self.mu_kernel = self.add_weight(
-            name="mu_kernel",
-            shape=(n,),
-            initializer=keras.initializers.RandomUniform(-bound, bound),
-            autocast=False,
+        self.mu_kernel = kernel(
+            "mu_kernel", (n,), keras.initializers.RandomUniform(-bound, bound)
         )
-        self.sigma_kernel = self.add_weight(
-            name="sigma_kernel",
-            shape=(n,),
-            initializer=keras.initializers.RandomUniform(-bound, bound),
-            autocast=False,
+        self.sigma_kernel = kernel(
+            "sigma_kernel",
+            (n,),
+            keras.initializers.RandomUniform(-bound, bound),
         )
         if self.memory_gate == "conv":
-            self.gate_kernel = self.add_weight(
-                name="gate_kernel",
-                shape=(3, e, e),
-                initializer=init(),
-                autocast=False,
-            )
-            self.gate_bias = self.add_weight(
-                name="gate_bias",
-                shape=(e,),
-                initializer="zeros",
-                autocast=False,
-            )
+            self.gate_kernel = kernel("gate_kernel", (3, e, e))
+            self.gate_bias = kernel("gate_bias", (e,), "zeros")
         self.built = True
 
     def constants(self, length):
-        """The float32 constant matrices for segments of ``length`` tokens.
+        """The float64 constant matrices for segments of ``length`` tokens.
 
-        Built once per length in float64 NumPy (SPEC §2), cast at use:
-        ``G_L`` ``(L, N)``, ``G_old`` ``(M, N)`` and ``G_new`` ``(L, N)`` (the
-        two row blocks of ``G_inf``), ``S`` ``(M, N)``, and
-        ``transition = G_oldᵀ S`` ``(N, N)``, which turns a uniform-sample
-        update into one matmul.
+        ``G_L`` ``(L, N)``, ``G_old`` ``(M, N)`` and ``G_new`` ``(L, N)``
+        (the two row blocks of ``G_inf``), ``S`` ``(M, N)``, and
+        ``transition = G_oldᵀ S`` ``(N, N)`` (docs/math.md §2, §4).
         """
-        if length not in self._constants:
-            c = basis.memory_constants(
-                length,
-                self.num_basis,
-                self.basis_widths,
-                self.ridge_penalty,
-                self.tau,
-                self.num_samples,
-            )
-            self._set_constants(length, c["G_L"], c["G_inf"], c["S"])
-        return self._constants[length]
+        return self.geometry.get(length)
 
     def _set_constants(self, length, G_L, G_inf, S):
         """Installs constant matrices (float64) for ``length``."""
-        m = self.num_samples
-        G_old, G_new = G_inf[:m], G_inf[m:]
-        self._constants[length] = {
-            name: np.asarray(value, dtype="float64")
-            for name, value in {
-                "G_L": G_L,
-                "G_old": G_old,
-                "G_new": G_new,
-                "S": S,
-                "transition": G_old.T @ S,
-            }.items()
-        }
-        self._tensors = {
-            k: v for k, v in self._tensors.items() if k[0] != length
-        }
-        growth = basis.update_growth(self._constants[length]["transition"])
-        self.update_growth[length] = growth
-        if growth > 1.0:
-            warnings.warn(
-                f"ContinuousLTM '{self.name}': with num_basis="
-                f"{self.num_basis}, basis_widths={self.basis_widths}, "
-                f"num_samples={self.num_samples}, tau={self.tau} and "
-                f"segments of {length} tokens, each write amplifies old "
-                f"memory content by about {growth:.2f}x (spectral radius "
-                "of the update), so a long stream overflows. Use more "
-                "num_samples, wider basis_widths or a smaller tau.",
-                stacklevel=3,
-            )
+        self.geometry.install(length, G_L, G_inf, S)
+
+    @property
+    def update_growth(self):
+        """Per segment length: how much a uniform write scales old content
+        (spectral radius of ``G_oldᵀ S``); < 1 keeps endless streams
+        bounded."""
+        return self.geometry.update_growth
 
     @property
     def math_dtype(self):
         """float64 under a float64 policy, else float32 (also when mixed)."""
         return "float64" if self.compute_dtype == "float64" else "float32"
 
-    def _tensor(self, array, key=None):
-        """A constant as a tensor of ``math_dtype``."""
-        dtype = self.math_dtype
-        if key is None or keras.backend.backend() != "torch":
-            # Converted per call: under jit / tf.function this is a folded
-            # constant; caching it would leak a tracer or a graph tensor.
-            return ops.convert_to_tensor(array.astype(dtype))
-        key = key + (dtype,)
-        if key not in self._tensors:
-            tensor = ops.convert_to_tensor(array.astype(dtype))
-            if getattr(tensor, "is_meta", False):
-                return tensor  # symbolic build: a shape, not the values
-            self._tensors[key] = tensor
-        return self._tensors[key]
-
     def _constant(self, length, name):
-        return self._tensor(self.constants(length)[name], (length, name))
+        return self.geometry.matrix(length, name, self.math_dtype)
 
     def _basis(self):
-        centers = self._tensor(self._centers, ("basis", "centers"))
-        return centers, self._tensor(self._widths, ("basis", "widths"))
+        return self.geometry.basis(self.math_dtype)
 
     # ------------------------------------------------------------------ #
     # State
@@ -424,21 +367,23 @@ class ContinuousLTM(keras.layers.Layer):
         )  # (B, L, e)
         return memory_input * ops.sigmoid(logits + self.gate_bias)
 
-    def write(self, memory_input, state, sample_positions=None):
+    def write(self, memory_input, state, mask=None, sample_positions=None):
         """Absorbs ``memory_input`` ``(B, L, e)`` and returns the new state.
 
         Rows without memory get ``B = G_Lᵀ X``; the others the unbounded
         update ``B = G_oldᵀ X_old + G_newᵀ X`` with ``X_old`` the old signal
         sampled at ``sample_positions`` ``(B, M)`` if given, else at the
-        sticky positions, else at ``m/M``. The returned coefficients carry
-        gradients to this segment; the incoming ones are stop-gradient.
+        sticky positions, else at ``m/M``. ``mask`` ``(B, L)`` marks real
+        positions (see "Padding" in the class docstring). The returned
+        coefficients carry gradients to this segment; the incoming ones are
+        stop-gradient.
         """
         batch = self._check_state(state)
         check.check_shape(
             "memory_input",
             memory_input,
             (None, None, self.memory_dim),
-            f"(batch, length, {self.memory_dim}) (num_heads * key_dim)",
+            f"(batch, length, {self.memory_dim}) (memory_dim)",
         )
         length = check.shape_of(memory_input)[1]
         if length is None or length < 1:
@@ -447,6 +392,10 @@ class ContinuousLTM(keras.layers.Layer):
                 f"Received: memory_input.shape={check.shape_of(memory_input)}"
             )
         check.check_batch("memory_input", memory_input, batch, "`state`")
+        if mask is not None:
+            check.check_shape(
+                "mask", mask, (batch, length), f"(batch, {length})"
+            )
         check.check_finite("memory_input", memory_input)
         if sample_positions is not None:
             check.check_shape(
@@ -457,6 +406,12 @@ class ContinuousLTM(keras.layers.Layer):
             )
             check.check_finite("sample_positions", sample_positions)
         x = ops.cast(memory_input, self.math_dtype)
+        if mask is not None:
+            mask = ops.cast(mask, "bool")
+            # Padded positions hold zeros, before the gate (a select, not a
+            # product: whatever lies under the padding, NaN included, is
+            # gone).
+            x = ops.where(mask[:, :, None], x, ops.zeros_like(x))
         x = self.gate(x)  # (B, L, e)
         previous = ops.stop_gradient(state["coefficients"])  # (B, N, e)
         constant = lambda name: self._constant(length, name)  # noqa: E731
@@ -487,6 +442,9 @@ class ContinuousLTM(keras.layers.Layer):
         }
         if self.sticky is not None:
             new_state["histogram"] = ops.zeros_like(state["histogram"])
+        if mask is not None:
+            # A row with no real token keeps its memory, bit for bit.
+            new_state = where_rows(ops.any(mask, axis=1), new_state, state)
         return new_state
 
     def _sticky_positions(self, histogram):
@@ -495,7 +453,7 @@ class ContinuousLTM(keras.layers.Layer):
         sticky = self.sticky.sample_positions(
             normalize(histogram), self.num_samples
         )  # (B, M)
-        uniform = self._tensor(basis.uniform_sample_positions(self.num_samples))
+        uniform = self.geometry.uniform_positions(self.math_dtype)
         seen = ops.sum(histogram, axis=-1, keepdims=True) > 0  # (B, 1)
         return ops.where(seen, sticky, uniform[None, :])
 
@@ -551,7 +509,7 @@ class ContinuousLTM(keras.layers.Layer):
                 masses added to the sticky histogram.
 
         Returns:
-            ``output`` ``(B, Lq, e)``, or ``(output, state)``.
+            ``output`` ``(B, Lq, output_dim)``, or ``(output, state)``.
         """
         batch = self._check_state(state)
         query = self._check_query(query, batch)
@@ -568,7 +526,7 @@ class ContinuousLTM(keras.layers.Layer):
         r = basis.gaussian_expectation(
             mu, variance, *self._basis()
         )  # (B, H, Lq, N)
-        output = self._attend(r, coefficients)  # (B, Lq, e)
+        output = self._attend(r, coefficients)  # (B, Lq, output_dim)
 
         weight = has_memory[:, None, None]  # (B, 1, 1)
         if query_mask is not None:
@@ -598,16 +556,12 @@ class ContinuousLTM(keras.layers.Layer):
 
         ``r`` ``(B, H, Lq, N)``, ``coefficients`` ``(B, N, e)``.
         """
-        h, d, e, n = (
-            self.num_heads,
-            self.key_dim,
-            self.memory_dim,
-            self.num_basis,
-        )
+        h, d, e = self.num_heads, self.key_dim, self.memory_dim
+        n, hd = self.num_basis, self.heads_dim
         lq = r.shape[2]
-        if (
-            lq is not None
-            and h * lq * n * e + lq * e * e < n * e * e + lq * n * e
+        # Multiply-adds of the two orders: (rᵀ B) W_V against r (B W_V).
+        if lq is not None and h * lq * n * e + lq * e * hd < n * e * hd + (
+            lq * n * hd
         ):
             # Few queries (decoding): (rᵀ B) W_V per head, V never formed.
             rb = ops.einsum("bhqn,bne->bhqe", r, coefficients)  # (B,H,Lq,e)
@@ -616,29 +570,35 @@ class ContinuousLTM(keras.layers.Layer):
         else:
             values = ops.einsum(
                 "bne,ef->bnf", coefficients, self.value_kernel
-            )  # V (B, N, e)
+            )  # V (B, N, H·d)
             values = ops.reshape(values, (-1, n, h, d))  # (B, N, H, d)
             z = ops.einsum("bhqn,bnhd->bqhd", r, values)  # (B, Lq, H, d)
-        z = ops.reshape(z, (-1, ops.shape(z)[1], e))  # (B, Lq, e)
+        z = ops.reshape(z, (-1, ops.shape(z)[1], hd))  # (B, Lq, H·d)
         # einsum, not matmul: Keras-torch matmul returns float32 for float64.
-        return ops.einsum("bqe,ef->bqf", z, self.output_kernel)  # (B, Lq, e)
+        return ops.einsum("bqe,ef->bqf", z, self.output_kernel)
 
     # ------------------------------------------------------------------ #
     # Keras call
     # ------------------------------------------------------------------ #
 
-    def call(self, query, memory_input, state, query_mask=None, training=None):
-        state = self.write(memory_input, state)
+    def call(
+        self,
+        query,
+        memory_input,
+        state,
+        input_mask=None,
+        query_mask=None,
+        training=None,
+    ):
+        state = self.write(memory_input, state, mask=input_mask)
         output, state = self.read(
             query, state, query_mask=query_mask, return_state=True
         )
         return output, {k: ops.stop_gradient(v) for k, v in state.items()}
 
-    def compute_output_spec(
-        self, query, memory_input, state, query_mask=None, training=None
-    ):
+    def compute_output_spec(self, query, memory_input, state, *args, **kwargs):
         output = keras.KerasTensor(
-            (query.shape[0], query.shape[1], self.memory_dim),
+            (query.shape[0], query.shape[1], self.output_dim),
             dtype=self.compute_dtype,
         )
         new_state = {
@@ -647,10 +607,8 @@ class ContinuousLTM(keras.layers.Layer):
         }
         return output, new_state
 
-    def compute_output_shape(
-        self, query_shape, memory_input_shape=None, state=None
-    ):
-        return (query_shape[0], query_shape[1], self.memory_dim)
+    def compute_output_shape(self, query_shape, *args, **kwargs):
+        return (query_shape[0], query_shape[1], self.output_dim)
 
     def get_config(self):
         config = super().get_config()
@@ -674,6 +632,8 @@ class ContinuousLTM(keras.layers.Layer):
                     if self.sticky is None
                     else keras.saving.serialize_keras_object(self.sticky)
                 ),
+                "memory_dim": self.memory_dim,
+                "output_dim": self.output_dim,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),

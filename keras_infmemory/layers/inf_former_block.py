@@ -5,7 +5,9 @@ import math
 import keras
 from keras import ops
 
+from keras_infmemory import segments
 from keras_infmemory import validation as check
+from keras_infmemory.layers import segment_memory
 from keras_infmemory.layers.continuous_ltm import ContinuousLTM
 from keras_infmemory.state import where_rows
 
@@ -42,12 +44,11 @@ class InfFormerBlock(keras.layers.Layer):
     positions: it receives the un-rotated queries.
 
     Padding. ``padding_mask`` marks real tokens; padded keys are never
-    attended to. Padding is expected only at the end of a document (right
-    padding): a segment that contains padding is the last one of its
-    document, and a row's evicted segment is written to the LTM only if all
-    its tokens are real, so padded positions never enter the memory (the
-    real tokens of a partly padded last segment are not absorbed either;
-    reset the row before its next document).
+    attended to and padded positions never enter the LTM (the padding
+    policy of `keras_infmemory.layers.segment_memory`: a partly padded
+    segment is written with its real tokens in place, and a row whose
+    segment holds no real token keeps its whole state, STM included).
+    Padding is expected at the end of a document (right padding).
 
     Per-row resets. ``reset_mask`` ``(B,)`` empties the chosen rows' STM and
     LTM before the segment, so documents of different lengths can share a
@@ -65,8 +66,9 @@ class InfFormerBlock(keras.layers.Layer):
       Each block's memory holds that block's own inputs, so running layer by
       layer over the sequence equals running segment by segment through the
       stack. A length that is not a multiple of ``segment_length`` is padded
-      internally. ``segment_loop="scan"`` traces the segment loop once
-      (``keras.ops.scan`` on JAX, ``fori_loop`` on TensorFlow).
+      internally, and the length may change from call to call (also in a
+      TensorFlow graph). ``segment_loop="scan"`` traces the segment loop
+      once (see `keras_infmemory.segments.run`).
 
     Shapes: B batch, L segment length, T sequence length, D hidden size
     (taken from the input), H heads, d = D / H, S = stm_length.
@@ -174,11 +176,7 @@ class InfFormerBlock(keras.layers.Layer):
                     f"`segment_length`={segment_length}. "
                     f"Received: stm_length={stm_length}"
                 )
-        if segment_loop not in ("scan", "python"):
-            raise ValueError(
-                '`segment_loop` must be "scan" or "python". '
-                f"Received: segment_loop={segment_loop!r}"
-            )
+        segments.check_loop(segment_loop)
         check.check_range("dropout", dropout, 0.0, 1.0, low_ok=True)
         check.check_range("layer_norm_epsilon", layer_norm_epsilon, 0.0, None)
         self.num_heads = num_heads
@@ -194,9 +192,6 @@ class InfFormerBlock(keras.layers.Layer):
         self.segment_loop = segment_loop
         self.supports_masking = True
         self.hidden_dim = None
-        self._value_reader = _NoAutocast(
-            self._variable_values, name="value_reader"
-        )
 
     # ------------------------------------------------------------------ #
     # Weights
@@ -296,10 +291,6 @@ class InfFormerBlock(keras.layers.Layer):
         self.feedforward_dropout = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy, name="feedforward_dropout"
         )
-        # The LTM's math runs in float32: its variables must not be autocast
-        # by this block's mixed-precision scope, so it is entered through a
-        # weightless layer with autocast=False.
-        self._memory_access = _NoAutocast(self._read_memory, name="ltm_access")
         self.built = True
 
     # ------------------------------------------------------------------ #
@@ -313,9 +304,10 @@ class InfFormerBlock(keras.layers.Layer):
 
         * ``"stm"`` ``(B, S, D)`` the last ``S`` block inputs, oldest first,
           and ``"stm_mask"`` ``(B, S)`` bool, which slots hold real tokens;
-        * ``"pending"`` ``(B, L, D)`` and ``"pending_mask"`` ``(B, L)``: the
-          segment that has left the STM and enters the LTM at the next call;
-        * ``"ltm"``: the `ContinuousLTM` state.
+        * ``"pending"`` ``(B, L, D)`` float32 and ``"pending_mask"``
+          ``(B, L)``: the segment that has left the STM and enters the LTM
+          at the next call, and ``"ltm"``, the `ContinuousLTM` state (the
+          layout of `keras_infmemory.layers.segment_memory`).
         """
         if self.hidden_dim is None:
             raise ValueError(
@@ -324,20 +316,19 @@ class InfFormerBlock(keras.layers.Layer):
                 "the input."
             )
         batch_size = check.check_batch_size(batch_size)
-        dtype = self.compute_dtype
         state = {}
         if self.stm_length:
             state["stm"] = ops.zeros(
-                (batch_size, self.stm_length, self.hidden_dim), dtype
+                (batch_size, self.stm_length, self.hidden_dim),
+                self.compute_dtype,
             )
             state["stm_mask"] = ops.zeros((batch_size, self.stm_length), "bool")
         if self.ltm is not None:
-            length = self.segment_length
-            state["pending"] = ops.zeros(
-                (batch_size, length, self.hidden_dim), dtype
+            state.update(
+                segment_memory.initial_state(
+                    self.ltm, batch_size, self.segment_length
+                )
             )
-            state["pending_mask"] = ops.zeros((batch_size, length), "bool")
-            state["ltm"] = self.ltm.get_initial_state(batch_size)
         return state
 
     def reset_state(self, state, reset_mask):
@@ -345,18 +336,16 @@ class InfFormerBlock(keras.layers.Layer):
         batch = self._check_state(state)
         check.check_shape("reset_mask", reset_mask, (batch,), "(batch,)")
         reset = ops.cast(reset_mask, "bool")  # (B,)
-        new_state = {
-            name: ops.zeros_like(value)  # empty STM, masks all False
-            for name, value in state.items()
-            if name != "ltm"
-        }
-        new_state = where_rows(
-            reset,
-            new_state,
-            {name: value for name, value in state.items() if name != "ltm"},
-        )
-        if "ltm" in state:
-            new_state["ltm"] = self.ltm.reset_state(state["ltm"], reset)
+        new_state = {}
+        if self.stm_length:
+            short = {k: state[k] for k in ("stm", "stm_mask")}
+            empty = {k: ops.zeros_like(v) for k, v in short.items()}
+            new_state.update(where_rows(reset, empty, short))
+        if self.ltm is not None:
+            memory = {k: state[k] for k in ("pending", "pending_mask", "ltm")}
+            new_state.update(
+                segment_memory.reset_state(self.ltm, memory, reset)
+            )
         return new_state
 
     def _check_state(self, state):
@@ -455,60 +444,27 @@ class InfFormerBlock(keras.layers.Layer):
 
     def _call_sequence(self, inputs, padding_mask, training):
         """Runs the block segment by segment from an empty memory."""
-        total = inputs.shape[1]
-        if total is None:
+        batch, total = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        length = self.segment_length or inputs.shape[1]
+        if length is None:
             raise ValueError(
-                "Sequence mode needs a static sequence length. "
+                "Without `segment_length` sequence mode treats the input as "
+                "one segment, whose length must be static. "
                 f"Received: inputs.shape={tuple(inputs.shape)}"
             )
-        length = self.segment_length or total
-        num_segments = -(-total // length)
-        padded = num_segments * length
-        batch = ops.shape(inputs)[0]
-        if padding_mask is None and padded != total:
-            padding_mask = ops.ones((batch, total), "bool")
-        if padding_mask is not None:
-            padding_mask = ops.cast(padding_mask, "bool")
-        if padded != total:
-            inputs = ops.pad(inputs, ((0, 0), (0, padded - total), (0, 0)))
-            padding_mask = ops.pad(padding_mask, ((0, 0), (0, padded - total)))
-        state = self.get_initial_state(batch)
-        if num_segments == 1 or self.segment_loop == "python":
-            outputs = []
-            for s in range(num_segments):
-                window = slice(s * length, (s + 1) * length)
-                mask = None if padding_mask is None else padding_mask[:, window]
-                y, state = self._step(inputs[:, window], state, mask, training)
-                outputs.append(y)
-            y = outputs[0] if num_segments == 1 else ops.concatenate(outputs, 1)
-            return y[:, :total]
-
-        def by_segment(x):  # (B, n·L, ...) -> (n, B, L, ...)
-            x = ops.reshape(x, (batch, num_segments, length) + x.shape[2:])
-            return ops.moveaxis(x, 1, 0)
-
-        segments = [by_segment(inputs)]
-        if padding_mask is not None:
-            segments.append(by_segment(padding_mask))
+        x, mask, _ = segments.pad_to_segments(inputs, length, padding_mask)
 
         def step(index, segment, state):
-            mask = segment[1] if len(segment) > 1 else None
-            return self._step(segment[0], state, mask, training)
+            return self._step(segment[0], state, segment[1], training)
 
-        outputs, _ = scan_segments(
-            self,
+        outputs, _ = segments.run(
             step,
-            state,
-            segments,
-            output_spec=((batch, length, inputs.shape[2]), self.compute_dtype),
-            adds_losses=self.ltm is not None,
-        )  # (n, B, L, D)
-        y = ops.reshape(ops.moveaxis(outputs, 0, 1), (batch, padded, -1))
-        return y[:, :total]  # (B, T, D)
-
-    def _variable_values(self, anchor, trainable):
-        """Variable values, read through ``_value_reader`` (no autocast)."""
-        return [v.value for v in self.variables if v.trainable == trainable]
+            self.get_initial_state(batch),
+            [segments.by_segment(x, length), segments.by_segment(mask, length)],
+            layer=self,
+            loop=self.segment_loop,
+        )  # (S, B, L, D)
+        return segments.from_segments(outputs)[:, :total]  # (B, T, D)
 
     def _step(self, x, state, padding_mask, training):
         """One segment: attention over [STM; x] (+ LTM), feed-forward."""
@@ -518,9 +474,10 @@ class InfFormerBlock(keras.layers.Layer):
             valid = ops.ones((batch, length), "bool")
         else:
             valid = ops.cast(padding_mask, "bool")  # (B, L)
+        active = ops.any(valid, axis=1)  # rows with a real token
         new_state = {}
 
-        # Attention over [STM; segment] (Transformer-XL; SPEC §6).
+        # Attention over [STM; segment] (Transformer-XL; docs/math.md §6).
         h = self.attention_norm(x) if self.normalize_first else x
         query = self.query_dense(h)  # (B, L, H, d)
         if self.stm_length:
@@ -535,17 +492,37 @@ class InfFormerBlock(keras.layers.Layer):
         attended = self._attend(query, key, value, key_valid, training)
         attention_output = self.output_dense(attended)  # (B, L, D)
 
+        # Push the segment into the STM; the one leaving it enters the LTM
+        # at the next segment (write, then read: docs/math.md §4).
+        incoming = ops.stop_gradient(x)
+        if self.stm_length:
+            stm, stm_mask = state["stm"], state["stm_mask"]
+            pushed = {
+                "stm": ops.concatenate(
+                    [stm[:, length:], ops.cast(incoming, stm.dtype)], axis=1
+                ),  # (B, S, D)
+                "stm_mask": ops.concatenate([stm_mask[:, length:], valid], 1),
+            }
+            new_state.update(
+                where_rows(active, pushed, {"stm": stm, "stm_mask": stm_mask})
+            )
+            evicted, evicted_mask = stm[:, :length], stm_mask[:, :length]
+        else:
+            evicted, evicted_mask = incoming, valid
         if self.ltm is not None:
-            ltm_output, new_state["ltm"] = self._memory_access(
+            ltm_output, memory_state = segment_memory.step(
+                self.ltm,
                 query,
-                state["pending"],
-                state["pending_mask"],
-                state["ltm"],
-                valid,
+                {k: state[k] for k in ("pending", "pending_mask", "ltm")},
+                evicted,
+                evicted_mask,
+                query_mask=valid,
+                active=active,
             )  # (B, L, D)
+            new_state.update(memory_state)
             attention_output = attention_output + ops.cast(
                 ltm_output, attention_output.dtype
-            )  # Z = Z_T + Z_LTM  (SPEC §3.5)
+            )  # Z = Z_T + Z_LTM  (docs/math.md §3)
 
         attention_output = self.output_dropout(
             attention_output, training=training
@@ -561,40 +538,7 @@ class InfFormerBlock(keras.layers.Layer):
         y = residual + hidden
         if not self.normalize_first:
             y = self.feedforward_norm(y)  # (B, L, D)
-
-        # Push the segment into the STM; what leaves it waits in "pending".
-        incoming = ops.stop_gradient(x)
-        if self.stm_length:
-            stm, stm_mask = state["stm"], state["stm_mask"]
-            new_state["stm"] = ops.concatenate(
-                [stm[:, length:], ops.cast(incoming, stm.dtype)], axis=1
-            )  # (B, S, D)
-            new_state["stm_mask"] = ops.concatenate(
-                [stm_mask[:, length:], valid], axis=1
-            )
-            evicted, evicted_mask = stm[:, :length], stm_mask[:, :length]
-        else:
-            evicted, evicted_mask = incoming, valid
-        if self.ltm is not None:
-            new_state["pending"] = ops.cast(evicted, state["pending"].dtype)
-            new_state["pending_mask"] = evicted_mask
         return y, new_state
-
-    def _read_memory(self, query, pending, pending_mask, ltm_state, valid):
-        """The segment that left the STM enters the LTM, then the LTM is read
-        (write, then read: SPEC §4). Only rows whose evicted segment is all
-        real tokens write; the others keep their memory."""
-        pending = ops.stop_gradient(pending)  # (B, L, D)
-        writes = ops.all(pending_mask, axis=1)  # (B,)
-        written = self.ltm.write(pending, ltm_state)
-        ltm_state = {
-            name: where_rows(writes, written[name], ltm_state[name])
-            for name in ltm_state
-        }
-        output, ltm_state = self.ltm.read(
-            query, ltm_state, query_mask=valid, return_state=True
-        )  # (B, L, D)
-        return output, {k: ops.stop_gradient(v) for k, v in ltm_state.items()}
 
     def _attend(self, query, key, value, key_valid, training):
         """Causal softmax attention with rotary relative positions.
@@ -680,109 +624,6 @@ class InfFormerBlock(keras.layers.Layer):
         if isinstance(config.get("ltm"), dict):
             config["ltm"] = keras.saving.deserialize_keras_object(config["ltm"])
         return cls(**config)
-
-
-class _NoAutocast(keras.layers.Layer):
-    """Runs ``function`` outside any autocast scope (owns no weights)."""
-
-    def __init__(self, function, **kwargs):
-        super().__init__(autocast=False, **kwargs)
-        self._function = function
-        self.built = True
-
-    def call(self, *args, **kwargs):
-        return self._function(*args, **kwargs)
-
-
-def scan_segments(layer, step, state, segments, output_spec, adds_losses):
-    """Runs ``step`` over segments, traced once; used by sequence modes.
-
-    ``step(index, segment, state) -> (output, state)`` with ``segment`` one
-    slice of each tensor in the list ``segments`` (each ``(n, ...)``).
-    ``output_spec`` ``(shape, dtype)`` describes one output; ``adds_losses``
-    says whether ``step`` adds losses. Returns the stacked outputs
-    ``(n, ...)`` and the last state. JAX runs a
-    ``keras.ops.scan``; TensorFlow a ``keras.ops.fori_loop`` (its scan needs
-    outputs shaped like the carry and slice updates have no gradient);
-    torch a Python loop. Inside the traced step a `keras.StatelessScope`
-    maps every variable of ``layer`` to its value read outside (read through
-    ``layer._value_reader`` so that no autocast applies), collects the
-    losses added inside (the LTM's KL terms: they are summed and added to
-    ``layer`` outside) and catches variable updates (dropout and sampler
-    seeds), which ride in the carry and are assigned at the end.
-    """
-    num_segments = segments[0].shape[0]
-    backend = keras.backend.backend()
-    if backend == "torch":
-        outputs = []
-        for index in range(num_segments):
-            output, state = step(index, [x[index] for x in segments], state)
-            outputs.append(output)
-        return ops.stack(outputs, axis=0), state
-
-    fixed = [v for v in layer.variables if v.trainable]
-    updated = [v for v in layer.variables if not v.trainable]
-    fixed_values = layer._value_reader(ops.zeros(()), trainable=True)
-
-    def run(index, state, updated_values):
-        mapping = list(zip(fixed, fixed_values, strict=True))
-        mapping += list(zip(updated, updated_values, strict=True))
-        with keras.StatelessScope(
-            state_mapping=mapping, collect_losses=True
-        ) as scope:
-            segment = [ops.take(x, index, axis=0) for x in segments]
-            output, state = step(index, segment, state)
-        loss = ops.zeros((), "float32")
-        for extra in scope.losses:
-            loss = loss + ops.cast(extra, "float32")
-        updated_values = [
-            value
-            if scope.get_current_value(v) is None
-            else scope.get_current_value(v)
-            for v, value in zip(updated, updated_values, strict=True)
-        ]
-        return output, loss, state, updated_values
-
-    updated_values = layer._value_reader(ops.zeros(()), trainable=False)
-    if backend == "jax":
-
-        def scan_step(carry, index):
-            output, loss, *carry = run(index, *carry)
-            return tuple(carry), (output, loss)
-
-        (state, updated_values), (outputs, losses) = ops.scan(
-            scan_step, (state, updated_values), ops.arange(num_segments)
-        )
-        loss = ops.sum(losses)
-    else:
-        output_shape, output_dtype = output_spec
-
-        def loop_step(index, carry):
-            state, updated_values, outputs, loss = carry
-            output, extra, state, updated_values = run(
-                index, state, updated_values
-            )
-            here = ops.reshape(
-                ops.arange(num_segments) == index,
-                (-1,) + (1,) * len(output_shape),
-            )
-            outputs = ops.where(here, output[None], outputs)  # (n, ...)
-            return state, updated_values, outputs, loss + extra
-
-        carry = (
-            state,
-            updated_values,
-            ops.zeros((num_segments,) + tuple(output_shape), output_dtype),
-            ops.zeros((), "float32"),
-        )
-        state, updated_values, outputs, loss = ops.fori_loop(
-            0, num_segments, loop_step, carry
-        )
-    for variable, value in zip(updated, updated_values, strict=True):
-        variable.assign(value)
-    if adds_losses:
-        layer.add_loss(loss)
-    return outputs, state
 
 
 def _rotate(x, positions):

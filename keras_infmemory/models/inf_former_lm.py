@@ -1,22 +1,22 @@
 """InfFormerLM: a long-sequence language model of InfFormerBlocks."""
 
-import copy
-import json
-
 import keras
 from keras import ops
 
+from keras_infmemory import segments
 from keras_infmemory import validation as check
 from keras_infmemory.layers.continuous_ltm import ContinuousLTM
-from keras_infmemory.layers.inf_former_block import (
-    InfFormerBlock,
-    _NoAutocast,
-    scan_segments,
-)
+from keras_infmemory.layers.inf_former_block import InfFormerBlock
 from keras_infmemory.layers.sticky_memory_sampler import StickyMemorySampler
+from keras_infmemory.models.options import (
+    check_memory_options,
+    fresh_memory_options,
+    serialize_memory_options,
+    set_memory_enabled,
+)
+from keras_infmemory.state import StateHolder
 
 ARMS = ("window", "transformer_xl", "inf_former", "sticky")
-_LOOPS = ("scan", "python")
 
 
 @keras.saving.register_keras_serializable(package="keras_infmemory")
@@ -25,7 +25,7 @@ class InfFormerLM(keras.Model):
 
     A long sequence is processed in segments of ``segment_length`` tokens,
     each block carrying its short-term memory (the previous ``stm_length``
-    block inputs) and, with ``ltm_config``, a `ContinuousLTM` per block
+    block inputs) and, with ``memory_options``, a `ContinuousLTM` per block
     (∞-former, Martins et al. 2022). The paper's baselines are
     configurations of the same code (see `InfFormerLM.arm`):
 
@@ -39,12 +39,12 @@ class InfFormerLM(keras.Model):
     * **Whole sequence**: ``logits = model(token_ids)`` with ``token_ids``
       ``(B, T)``: the model runs segment by segment from an empty memory
       with the state carried (see ``segment_loop``; it compiles on every
-      backend). This is the mode ``fit``
-      uses. Truncated back-propagation (``bptt_segments=k``): only the last
-      ``k`` segments' outputs carry gradients; earlier segments only build
-      the memory. Since both memories are stop-gradient (STM as in
-      Transformer-XL, LTM as in SPEC §4), no gradient crosses a segment
-      boundary through the memory in any case.
+      backend; the length may change from call to call). This is the mode
+      ``fit`` uses. Truncated back-propagation (``bptt_segments=k``): only
+      the last ``k`` segments' outputs carry gradients; earlier segments
+      only build the memory. Since both memories are stop-gradient (STM as
+      in Transformer-XL, LTM as in docs/math.md §4), no gradient crosses a
+      segment boundary through the memory in any case.
     * **Streaming**: ``logits, state = model(token_ids, state)`` with
       ``state`` from `get_initial_state` or the previous call, and an
       optional ``reset_mask`` ``(B,)`` that empties chosen rows first.
@@ -54,7 +54,10 @@ class InfFormerLM(keras.Model):
 
     ``token_ids`` may also be a dict with ``"token_ids"`` and optional
     ``"padding_mask"`` (True for real tokens; right padding only, see
-    `InfFormerBlock`).
+    `InfFormerBlock`) and ``"reset_mask"`` (as the argument).
+
+    ``model.memory_enabled = False`` switches every LTM off (same weights:
+    the Transformer-XL that the model contains), for ablations.
 
     Example:
 
@@ -68,7 +71,7 @@ class InfFormerLM(keras.Model):
     ...     num_heads=2,
     ...     intermediate_dim=32,
     ...     segment_length=8,
-    ...     ltm_config={"num_basis": 16, "num_samples": 16},
+    ...     memory_options={"num_basis": 16, "num_samples": 16},
     ... )
     >>> tokens = np.random.randint(0, 12, (2, 32))
     >>> model(tokens).shape  # whole sequence, 4 segments
@@ -87,7 +90,7 @@ class InfFormerLM(keras.Model):
         segment_length: int, tokens per segment ``L``.
         stm_length: int, STM length (0 or a multiple of ``segment_length``).
             Defaults to ``segment_length``.
-        ltm_config: ``None`` (no long-term memory) or a dict of
+        memory_options: ``None`` (no long-term memory) or a dict of
             `ContinuousLTM` arguments other than ``num_heads`` and
             ``key_dim`` (set from the model); each block gets its own LTM.
         dropout: float, dropout rate of the blocks.
@@ -102,7 +105,8 @@ class InfFormerLM(keras.Model):
             the static number of segments; ``"scan"`` traces one segment
             and iterates with ``keras.ops.scan`` (JAX) or
             ``keras.ops.fori_loop`` (TensorFlow; torch always loops in
-            Python). Both give the same numbers. Measured on JAX (CPU, 2
+            Python; see `keras_infmemory.segments.run`). Both give the same
+            numbers. Measured on JAX (CPU, 2
             layers, D=64, L=64, batch 4, one train step): 64 segments
             compile in 9 s with ``"scan"`` against 92 s unrolled, but each
             later step takes 1.06 s against 0.66 s (16 segments: 3.6 s /
@@ -120,7 +124,7 @@ class InfFormerLM(keras.Model):
         intermediate_dim,
         segment_length,
         stm_length=None,
-        ltm_config=None,
+        memory_options=None,
         dropout=0.0,
         normalize_first=True,
         bptt_segments=None,
@@ -134,11 +138,7 @@ class InfFormerLM(keras.Model):
         # at every call. The sublayers cast what they need themselves.
         kwargs.pop("autocast", None)
         super().__init__(autocast=False, **kwargs)
-        if segment_loop not in _LOOPS:
-            raise ValueError(
-                f"`segment_loop` must be one of {_LOOPS}. "
-                f"Received: segment_loop={segment_loop!r}"
-            )
+        segments.check_loop(segment_loop)
         for name, value in (
             ("vocabulary_size", vocabulary_size),
             ("num_layers", num_layers),
@@ -162,26 +162,7 @@ class InfFormerLM(keras.Model):
                 "`hidden_dim` must be a multiple of `num_heads`="
                 f"{num_heads}. Received: hidden_dim={hidden_dim}"
             )
-        if ltm_config is not None:
-            if not isinstance(ltm_config, dict):
-                raise ValueError(
-                    "`ltm_config` must be None or a dict of ContinuousLTM "
-                    f"arguments. Received: ltm_config={ltm_config!r}"
-                )
-            ltm_config = dict(ltm_config)
-            for reserved in ("num_heads", "key_dim"):
-                if reserved in ltm_config:
-                    raise ValueError(
-                        f"`ltm_config` must not set `{reserved}` (taken "
-                        f"from the model). Received: ltm_config={ltm_config}"
-                    )
-            for key, value in ltm_config.items():
-                if isinstance(value, (tuple, list)):
-                    ltm_config[key] = list(value)  # as after a JSON trip
-                elif not isinstance(value, (str, int, float, type(None))):
-                    # The sampler (or an initializer): each block gets its
-                    # own copy, deserialized from this config.
-                    ltm_config[key] = keras.saving.serialize_keras_object(value)
+        memory_options = check_memory_options(memory_options)
         self.vocabulary_size = vocabulary_size
         self.num_layers = num_layers
         self.hidden_dim = hidden_dim
@@ -189,7 +170,7 @@ class InfFormerLM(keras.Model):
         self.intermediate_dim = intermediate_dim
         self.segment_length = segment_length
         self.stm_length = stm_length
-        self.ltm_config = ltm_config
+        self.memory_options = memory_options
         self.dropout = dropout
         self.normalize_first = normalize_first
         self.bptt_segments = bptt_segments
@@ -203,12 +184,12 @@ class InfFormerLM(keras.Model):
         self.blocks = []
         for i in range(num_layers):
             ltm = None
-            if ltm_config is not None:
+            if memory_options is not None:
                 ltm = ContinuousLTM(
                     num_heads=num_heads,
                     key_dim=hidden_dim // num_heads,
                     name=f"ltm_{i}",
-                    **copy.deepcopy(ltm_config),
+                    **fresh_memory_options(memory_options),
                 )
             self.blocks.append(
                 InfFormerBlock(
@@ -228,34 +209,43 @@ class InfFormerLM(keras.Model):
             else None
         )
         self.head = keras.layers.Dense(vocabulary_size, name="head")
-        self._state_variables = None
-        self._value_reader = _NoAutocast(
-            self._variable_values, name="value_reader"
-        )
+        self._state_holder = None
 
     @classmethod
-    def arm(cls, arm, segment_length, ltm_config=None, **kwargs):
+    def arm(cls, arm, segment_length, memory_options=None, **kwargs):
         """One of the paper's configurations, by name (see `ARMS`).
 
-        ``ltm_config`` tunes the LTM of ``"inf_former"`` and ``"sticky"``
-        (``"sticky"`` adds a quantile `StickyMemorySampler` unless one is
-        given); the other keyword arguments go to the constructor.
+        ``memory_options`` tunes the LTM of ``"inf_former"`` and
+        ``"sticky"`` (``"sticky"`` adds a quantile `StickyMemorySampler`
+        unless one is given); the other keyword arguments go to the
+        constructor.
         """
         if arm not in ARMS:
             raise ValueError(f"`arm` must be one of {ARMS}. Received: {arm=}")
-        ltm_config = dict(ltm_config or {})
+        memory_options = dict(memory_options or {})
         if arm == "sticky":
-            ltm_config.setdefault(
+            memory_options.setdefault(
                 "sticky", StickyMemorySampler(mode="quantile")
             )
         else:
-            ltm_config.pop("sticky", None)
+            memory_options.pop("sticky", None)
+        has_ltm = arm in ("inf_former", "sticky")
         return cls(
             segment_length=segment_length,
             stm_length=0 if arm == "window" else segment_length,
-            ltm_config=ltm_config if arm in ("inf_former", "sticky") else None,
+            memory_options=memory_options if has_ltm else None,
             **kwargs,
         )
+
+    @property
+    def memory_enabled(self):
+        """Whether the LTMs are written and read (False: same weights, no
+        long-term memory; for ablations)."""
+        return all(b.ltm.enabled for b in self.blocks if b.ltm is not None)
+
+    @memory_enabled.setter
+    def memory_enabled(self, value):
+        set_memory_enabled(self, [b.ltm for b in self.blocks], value)
 
     # ------------------------------------------------------------------ #
     # Weights and state
@@ -274,7 +264,7 @@ class InfFormerLM(keras.Model):
         ):
             if layer is not None and not layer.built:
                 layer.build(shape)
-        if self.stateful and self._state_variables is None:
+        if self.stateful and self._state_holder is None:
             batch_size = self.batch_size or input_shape[0]
             if batch_size is None:
                 raise ValueError(
@@ -283,19 +273,9 @@ class InfFormerLM(keras.Model):
                     f"Received: batch_size={batch_size}"
                 )
             self.batch_size = int(batch_size)
-            initial = keras.tree.flatten(
-                self.get_initial_state(self.batch_size)
+            self._state_holder = StateHolder(
+                self, self.get_initial_state(self.batch_size)
             )
-            self._state_variables = [
-                self.add_weight(
-                    shape=tuple(value.shape),
-                    dtype=keras.backend.standardize_dtype(value.dtype),
-                    initializer="zeros",
-                    trainable=False,
-                    name=f"state_{i}",
-                )
-                for i, value in enumerate(initial)
-            ]
         self.built = True
 
     def get_initial_state(self, batch_size):
@@ -308,37 +288,19 @@ class InfFormerLM(keras.Model):
     def reset_state(self, reset_mask=None):
         """Empties the stored state of a stateful model (the rows where
         ``reset_mask`` ``(batch_size,)`` is True, or all of it)."""
-        if not self.stateful or self._state_variables is None:
+        if not self.stateful or self._state_holder is None:
             raise ValueError(
                 "`reset_state` needs a built model with `stateful=True`. "
                 f"Received: stateful={self.stateful}"
             )
-        state = self._stored_state()
-        if reset_mask is None:
-            reset_mask = ops.ones((self.batch_size,), "bool")
-        check.check_shape(
-            "reset_mask",
-            reset_mask,
-            (self.batch_size,),
-            f"(batch_size,) = ({self.batch_size},)",
-        )
-        state = [
-            block.reset_state(s, reset_mask)
-            for block, s in zip(self.blocks, state, strict=True)
-        ]
-        self._store_state(state)
-
-    def _stored_state(self):
-        template = self.get_initial_state(self.batch_size)
-        return keras.tree.pack_sequence_as(
-            template, [v.value for v in self._state_variables]
-        )
-
-    def _store_state(self, state):
-        for variable, value in zip(
-            self._state_variables, keras.tree.flatten(state), strict=True
-        ):
-            variable.assign(value)
+        if reset_mask is not None:
+            check.check_shape(
+                "reset_mask",
+                reset_mask,
+                (self.batch_size,),
+                f"(batch_size,) = ({self.batch_size},)",
+            )
+        self._state_holder.reset(reset_mask)
 
     # ------------------------------------------------------------------ #
     # Call
@@ -354,6 +316,7 @@ class InfFormerLM(keras.Model):
     ):
         if isinstance(token_ids, dict):
             padding_mask = token_ids.get("padding_mask", padding_mask)
+            reset_mask = token_ids.get("reset_mask", reset_mask)
             token_ids = token_ids["token_ids"]
         self._check_inputs(token_ids, state, reset_mask, padding_mask)
         if self.stateful:
@@ -364,12 +327,12 @@ class InfFormerLM(keras.Model):
                 )
             logits, state = self._run(
                 token_ids,
-                self._stored_state(),
+                self._state_holder.read(),
                 reset_mask,
                 padding_mask,
                 training,
             )
-            self._store_state(state)
+            self._state_holder.assign(state)
             return logits
         if state is None:
             if reset_mask is not None:
@@ -427,91 +390,34 @@ class InfFormerLM(keras.Model):
 
     def _run(self, token_ids, state, reset_mask, padding_mask, training):
         """Runs ``(B, T)`` tokens segment by segment, carrying ``state``."""
-        total, length = token_ids.shape[1], self.segment_length
-        if total is None:
-            raise ValueError(
-                "The sequence length must be static. "
-                f"Received: token_ids.shape={tuple(token_ids.shape)}"
-            )
-        num_segments = -(-total // length)
-        padded = num_segments * length
-        if padding_mask is None and padded != total:
-            padding_mask = ops.ones(ops.shape(token_ids), "bool")
-        if padding_mask is not None:
-            padding_mask = ops.cast(padding_mask, "bool")
-        if padded != total:
-            token_ids = ops.pad(token_ids, ((0, 0), (0, padded - total)))
-            padding_mask = ops.pad(padding_mask, ((0, 0), (0, padded - total)))
         if reset_mask is not None:
             state = [
                 block.reset_state(block_state, reset_mask)
                 for block, block_state in zip(self.blocks, state, strict=True)
             ]
+        length, total = self.segment_length, ops.shape(token_ids)[1]
+        token_ids, mask, num_segments = segments.pad_to_segments(
+            token_ids, length, padding_mask
+        )
         first_tracked = 0
         if self.bptt_segments is not None:
             first_tracked = num_segments - self.bptt_segments
-        if (
-            num_segments > 1
-            and self.segment_loop == "scan"
-            and keras.backend.backend() != "torch"
-        ):
-            logits, state = self._scan(
-                token_ids, state, padding_mask, training, first_tracked
-            )
-            return logits[:, :total], state
-        outputs = []
-        for s in range(num_segments):
-            window = slice(s * length, (s + 1) * length)
-            logits, state = self._segment(
-                token_ids[:, window],
-                state,
-                None if padding_mask is None else padding_mask[:, window],
-                training,
-            )  # (B, L, V)
-            if s < first_tracked:
-                logits = ops.stop_gradient(logits)  # truncated BPTT
-            outputs.append(logits)
-        logits = (
-            outputs[0] if num_segments == 1 else ops.concatenate(outputs, 1)
-        )
-        return logits[:, :total], state  # (B, T, V)
-
-    def _scan(self, token_ids, state, padding_mask, training, first_tracked):
-        """The segment loop, traced once (see `scan_segments`)."""
-        batch, length = ops.shape(token_ids)[0], self.segment_length
-        num_segments = token_ids.shape[1] // length
-        if padding_mask is None:
-            padding_mask = ops.ones(ops.shape(token_ids), "bool")
-
-        def by_segment(x):  # (B, n·L) -> (n, B, L)
-            x = ops.reshape(x, (batch, num_segments, length))
-            return ops.transpose(x, (1, 0, 2))
 
         def step(index, segment, block_states):
-            logits, block_states = self._segment(
-                segment[0], block_states, segment[1], training
-            )  # (B, L, V)
-            logits = ops.where(
-                index >= first_tracked, logits, ops.stop_gradient(logits)
-            )  # truncated BPTT
-            return logits, block_states
+            return self._segment(segment[0], block_states, segment[1], training)
 
-        logits, state = scan_segments(
-            self,
+        logits, state = segments.run(
             step,
             state,
-            [by_segment(token_ids), by_segment(padding_mask)],
-            output_spec=((batch, length, self.vocabulary_size), "float32"),
-            adds_losses=self.ltm_config is not None,
-        )  # (n, B, L, V)
-        logits = ops.transpose(logits, (1, 0, 2, 3))
-        return ops.reshape(logits, (batch, num_segments * length, -1)), state
-
-    def _variable_values(self, anchor, trainable):
-        """The variables' values; called through ``_value_reader``, outside
-        any autocast scope (the LTM weights stay float32 under mixed
-        precision)."""
-        return [v.value for v in self.variables if v.trainable == trainable]
+            [
+                segments.by_segment(token_ids, length),
+                segments.by_segment(mask, length),
+            ],
+            layer=self,
+            loop=self.segment_loop,
+            first_tracked=first_tracked,
+        )  # (S, B, L, V)
+        return segments.from_segments(logits)[:, :total], state  # (B, T, V)
 
     def _segment(self, token_ids, state, padding_mask, training):
         """One segment through the stack: ``(B, L)`` → ``(B, L, V)``."""
@@ -562,8 +468,7 @@ class InfFormerLM(keras.Model):
                 "intermediate_dim": self.intermediate_dim,
                 "segment_length": self.segment_length,
                 "stm_length": self.stm_length,
-                # A JSON round trip: Keras wraps dict attributes in trackers.
-                "ltm_config": json.loads(json.dumps(self.ltm_config)),
+                "memory_options": serialize_memory_options(self.memory_options),
                 "dropout": self.dropout,
                 "normalize_first": self.normalize_first,
                 "bptt_segments": self.bptt_segments,

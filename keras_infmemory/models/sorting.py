@@ -9,7 +9,7 @@ matter: one segment of STM, ``N = M``, ``τ = 0.75``, widths {0.01, 0.05},
 Example:
 
 >>> model = sorting_transformer("inf_former", preset="cpu")
->>> model.segment_length, model.stm_length, model.ltm_config["num_basis"]
+>>> model.segment_length, model.stm_length, model.memory_options["num_basis"]
 (64, 64, 64)
 >>> model.compile(**sorting_compile_arguments("cpu", steps=100))
 """
@@ -100,7 +100,7 @@ def sorting_transformer(arm="inf_former", preset="paper", **overrides):
             ``"inf_former"``, ``"sticky"``.
         preset: ``"paper"`` or ``"cpu"`` (see `SORTING_PRESETS`).
         **overrides: `InfFormerLM` arguments replacing the preset's; an
-            ``ltm_config`` dict is merged into the preset's LTM settings.
+            ``memory_options`` dict is merged into the preset's LTM settings.
 
     Returns:
         An unbuilt `InfFormerLM` over the task's `VOCABULARY_SIZE` tokens.
@@ -108,11 +108,14 @@ def sorting_transformer(arm="inf_former", preset="paper", **overrides):
     if arm not in ARMS:
         raise ValueError(f"`arm` must be one of {ARMS}. Received: arm={arm!r}")
     config = get_preset(preset)
-    ltm_config = {**config["ltm"], **dict(overrides.pop("ltm_config", {}))}
+    memory_options = {
+        **config["ltm"],
+        **dict(overrides.pop("memory_options", {})),
+    }
     model_config = {**config["model"], **overrides}
     model_config.setdefault("vocabulary_size", sorting_data.VOCABULARY_SIZE)
     model_config.setdefault("name", f"sorting_{arm}")
-    return InfFormerLM.arm(arm, ltm_config=ltm_config, **model_config)
+    return InfFormerLM.arm(arm, memory_options=memory_options, **model_config)
 
 
 def sorting_compile_arguments(preset="paper", steps=None, **overrides):

@@ -28,7 +28,7 @@ def make_model(arm="inf_former", **kwargs):
         num_heads=2,
         intermediate_dim=32,
         segment_length=SEGMENT,
-        ltm_config=LTM_CONFIG,
+        memory_options=LTM_CONFIG,
     )
     arguments.update(kwargs)
     return InfFormerLM.arm(arm, **arguments)
@@ -318,8 +318,8 @@ def test_mixed_precision():
         ({"segment_length": -8}, "segment_length=-8"),
         ({"hidden_dim": 15}, "hidden_dim=15"),
         ({"bptt_segments": 0}, "bptt_segments=0"),
-        ({"ltm_config": {"key_dim": 4}}, "key_dim"),
-        ({"ltm_config": [1]}, "ltm_config"),
+        ({"memory_options": {"key_dim": 4}}, "key_dim"),
+        ({"memory_options": [1]}, "memory_options"),
         ({"stm_length": 12}, "stm_length=12"),
         ({"segment_loop": "while"}, "segment_loop='while'"),
     ],
@@ -332,7 +332,7 @@ def test_bad_arguments(kwargs, message):
         num_heads=2,
         intermediate_dim=32,
         segment_length=SEGMENT,
-        ltm_config=LTM_CONFIG,
+        memory_options=LTM_CONFIG,
     )
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=message):

@@ -22,7 +22,7 @@ TINY = dict(
     num_heads=2,
     intermediate_dim=32,
     segment_length=16,
-    ltm_config={"num_basis": 16, "num_samples": 16},
+    memory_options={"num_basis": 16, "num_samples": 16},
 )
 
 
@@ -89,20 +89,20 @@ def test_presets_have_a_stable_memory(preset):
 def test_arms(arm):
     model = sorting.sorting_transformer(arm, preset="cpu")
     has_ltm = arm in ("inf_former", "sticky")
-    assert (model.ltm_config is not None) == has_ltm
+    assert (model.memory_options is not None) == has_ltm
     assert model.stm_length == (0 if arm == "window" else 64)
     if arm == "sticky":
         assert model.blocks[0].ltm.sticky is not None
     assert model.name == f"sorting_{arm}"
 
 
-def test_overrides_merge_the_ltm_config():
+def test_overrides_merge_the_memory_options():
     model = sorting.sorting_transformer(
-        "inf_former", preset="cpu", num_layers=1, ltm_config={"tau": 0.5}
+        "inf_former", preset="cpu", num_layers=1, memory_options={"tau": 0.5}
     )
     assert model.num_layers == 1
-    assert model.ltm_config["tau"] == 0.5
-    assert model.ltm_config["num_basis"] == 64  # kept from the preset
+    assert model.memory_options["tau"] == 0.5
+    assert model.memory_options["num_basis"] == 64  # kept from the preset
 
 
 @pytest.mark.parametrize("arm", ARMS)

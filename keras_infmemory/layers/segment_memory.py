@@ -1,0 +1,144 @@
+"""A long-term memory fed segment by segment: the one write-then-read step.
+
+Every model here feeds its `ContinuousLTM` the same way (docs/math.md §4,
+§6): a segment's memory inputs wait in the state (``"pending"``) until the
+next segment starts; then they enter the memory (write), the memory is read
+by the new segment's queries (read), and the new segment's inputs wait in
+turn. Block ``s`` thus reads a memory of everything up to block ``s − 1``
+(``InfFormerBlock`` without STM and the KerasHub models), or up to the
+segment that has just left the short-term memory (``InfFormerBlock`` with
+STM, which passes the evicted segment).
+
+The padding policy lives here and in `ContinuousLTM.write`, nowhere else:
+
+* padded positions never enter the memory (masked write);
+* a row whose current segment holds no real token keeps its whole state
+  (nothing is written, nothing starts waiting);
+* a memory switched off (``ltm.enabled = False``, for ablations) is neither
+  written nor read: its output is zero and its state does not change.
+
+The state of one memory is a dict: ``"pending"`` ``(B, L, e)`` float32,
+``"pending_mask"`` ``(B, L)`` bool and ``"ltm"``, the `ContinuousLTM` state.
+"""
+
+import keras
+from keras import ops
+
+from keras_infmemory.state import where_rows
+
+
+def initial_state(ltm, batch_size, segment_length):
+    """An empty memory with nothing waiting, for ``batch_size`` rows."""
+    return {
+        "pending": ops.zeros(
+            (batch_size, segment_length, ltm.memory_dim), ltm.math_dtype
+        ),
+        "pending_mask": ops.zeros((batch_size, segment_length), "bool"),
+        "ltm": ltm.get_initial_state(batch_size),
+    }
+
+
+def reset_state(ltm, state, reset_mask):
+    """Empties the rows where ``reset_mask`` ``(B,)`` is True."""
+    reset_mask = ops.cast(reset_mask, "bool")
+    waiting = {k: state[k] for k in ("pending", "pending_mask")}
+    empty = {k: ops.zeros_like(v) for k, v in waiting.items()}
+    new_state = where_rows(reset_mask, empty, waiting)
+    new_state["ltm"] = ltm.reset_state(state["ltm"], reset_mask)
+    return new_state
+
+
+def step(
+    ltm, query, state, segment, segment_mask, query_mask=None, active=None
+):
+    """One segment: what waits enters the memory, the memory is read, and
+    ``segment`` waits.
+
+    Args:
+        ltm: the `ContinuousLTM`.
+        query: ``(B, Lq, H, d)`` the queries of this segment.
+        state: the state (see `initial_state`).
+        segment: ``(B, L, e)`` the memory inputs that wait for the next
+            write (this segment's, or the one leaving an STM).
+        segment_mask: ``(B, L)`` bool, its real positions.
+        query_mask: optional ``(B, Lq)`` bool, the real queries.
+        active: optional ``(B,)`` bool, rows whose segment holds a real
+            token (default: any of ``segment_mask``); the other rows keep
+            their state.
+
+    Returns:
+        ``(output, state)``: ``output`` ``(B, Lq, output_dim)`` and the new
+        state (stop-gradient).
+    """
+    batch, length = ops.shape(query)[0], query.shape[1]
+    if not ltm.enabled:
+        output = ops.zeros((batch, length, ltm.output_dim), ltm.compute_dtype)
+        return output, state
+    segment_mask = ops.cast(segment_mask, "bool")
+    if active is None:
+        active = ops.any(segment_mask, axis=1)
+    written = ltm.write(
+        state["pending"], state["ltm"], mask=state["pending_mask"]
+    )
+    output, ltm_state = ltm.read(
+        query, written, query_mask=query_mask, return_state=True
+    )  # (B, Lq, output_dim)
+    new_state = {
+        "pending": ops.cast(segment, state["pending"].dtype),
+        "pending_mask": segment_mask,
+        "ltm": ltm_state,
+    }
+    new_state = where_rows(active, new_state, state)
+    return output, _stop_gradient(new_state)
+
+
+def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
+    """Cached decoding: ``C`` tokens at ``position`` inside a segment.
+
+    At a segment start (``write`` True) the previous segment, complete in
+    ``"pending"``, first enters the memory; then the tokens read it, and
+    their inputs are placed in ``"pending"`` at ``position``.
+
+    Args:
+        ltm: the `ContinuousLTM`.
+        query: ``(B, C, H, d)``.
+        state: the state (see `initial_state`).
+        inputs: ``(B, C, e)`` the tokens' memory inputs.
+        position: int tensor, where the tokens sit in their segment.
+        write: bool tensor, whether a segment starts here.
+        inputs_mask: optional ``(B, C)`` bool, the real tokens (the others
+            are neither read for the KL/histogram nor marked as waiting).
+
+    Returns:
+        ``(output, state)`` as `step`.
+    """
+    batch, count = ops.shape(query)[0], query.shape[1]
+    if not ltm.enabled:
+        output = ops.zeros((batch, count, ltm.output_dim), ltm.compute_dtype)
+        return output, state
+    pending, pending_mask = state["pending"], state["pending_mask"]
+    ltm_state = ops.cond(
+        write,
+        lambda: ltm.write(pending, state["ltm"], mask=pending_mask),
+        lambda: state["ltm"],
+    )
+    if inputs_mask is None:
+        inputs_mask = ops.ones((batch, count), "bool")
+    inputs_mask = ops.cast(inputs_mask, "bool")
+    pending_mask = ops.logical_and(pending_mask, ops.logical_not(write))
+    new_state = {
+        "pending": ops.slice_update(
+            pending, [0, position, 0], ops.cast(inputs, pending.dtype)
+        ),
+        "pending_mask": ops.slice_update(
+            pending_mask, [0, position], inputs_mask
+        ),
+    }
+    output, new_state["ltm"] = ltm.read(
+        query, ltm_state, query_mask=inputs_mask, return_state=True
+    )
+    return output, _stop_gradient(new_state)
+
+
+def _stop_gradient(state):
+    return keras.tree.map_structure(ops.stop_gradient, state)

@@ -1,0 +1,253 @@
+"""One segment runner: split a sequence into segments, run a step over them.
+
+Every model with a memory processes a long sequence segment by segment,
+carrying a state (docs/math.md §6). This module is the one place that pads
+a sequence to whole segments, lays it out by segment or by row, and runs a
+step over the segments (a Python loop or a traced loop), with truncated
+back-propagation. The block's sequence mode, `InfFormerLM` and the KerasHub
+causal LMs with memory all use it.
+
+Layouts (B batch, T tokens, S segments, L segment length):
+
+* by segment: ``(S, B, L, ...)``, what `run` iterates over;
+* by row: ``(B·S, L, ...)``, every segment a row of its own (the KerasHub
+  models run a whole sequence as a batch of segments).
+"""
+
+import keras
+from keras import ops
+
+LOOPS = ("python", "scan")
+
+
+def pad_to_segments(x, segment_length, mask=None):
+    """Pads ``x`` ``(B, T, ...)`` at the end to whole segments.
+
+    Args:
+        x: ``(B, T, ...)``; ``T`` may be unknown while tracing (TensorFlow).
+        segment_length: int ``L``.
+        mask: optional ``(B, T)``, True (or 1) for real positions.
+
+    Returns:
+        ``(x, mask, num_segments)``: ``x`` ``(B, S·L, ...)`` padded with
+        zeros, ``mask`` ``(B, S·L)`` bool, False at the padding, and ``S``
+        (an int, or a scalar tensor when ``T`` is unknown).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_infmemory import segments
+    >>> x, mask, num = segments.pad_to_segments(np.ones((2, 5)), 4)
+    >>> tuple(x.shape), num
+    ((2, 8), 2)
+    """
+    total = x.shape[1]
+    if total is None:
+        total = ops.shape(x)[1]
+        num_segments = (total + segment_length - 1) // segment_length
+    else:
+        num_segments = max(1, -(-total // segment_length))
+    pad = num_segments * segment_length - total
+    if mask is None:
+        mask = ops.ones(ops.shape(x)[:2], "bool")
+    mask = ops.cast(mask, "bool")
+    if isinstance(pad, int) and pad == 0:
+        return x, mask, num_segments
+    widths = [(0, 0), (0, pad)]
+    x = ops.pad(x, widths + [(0, 0)] * (len(x.shape) - 2))
+    return x, ops.pad(mask, widths, constant_values=False), num_segments
+
+
+def by_segment(x, segment_length):
+    """``(B, S·L, ...)`` → ``(S, B, L, ...)``."""
+    shape = tuple(x.shape[2:])
+    x = ops.reshape(x, (ops.shape(x)[0], -1, segment_length) + shape)
+    return ops.moveaxis(x, 1, 0)
+
+
+def from_segments(x):
+    """``(S, B, L, ...)`` → ``(B, S·L, ...)``."""
+    x = ops.moveaxis(x, 0, 1)  # (B, S, L, ...)
+    return ops.reshape(x, (ops.shape(x)[0], -1) + tuple(x.shape[3:]))
+
+
+def to_rows(x, segment_length):
+    """``(B, S·L, ...)`` → ``(B·S, L, ...)``: a segment per row."""
+    return ops.reshape(x, (-1, segment_length) + tuple(x.shape[2:]))
+
+
+def from_rows(x, batch_size):
+    """``(B·S, L, ...)`` → ``(B, S·L, ...)``."""
+    return ops.reshape(x, (batch_size, -1) + tuple(x.shape[2:]))
+
+
+def rows_to_segments(x, batch_size):
+    """``(B·S, L, ...)`` → ``(S, B, L, ...)``."""
+    x = ops.reshape(x, (batch_size, -1) + tuple(x.shape[1:]))
+    return ops.moveaxis(x, 1, 0)
+
+
+def segments_to_rows(x):
+    """``(S, B, L, ...)`` → ``(B·S, L, ...)``."""
+    x = ops.moveaxis(x, 0, 1)
+    return ops.reshape(x, (-1,) + tuple(x.shape[2:]))
+
+
+def check_loop(loop):
+    if loop not in LOOPS:
+        raise ValueError(
+            f"`segment_loop` must be one of {LOOPS}. "
+            f"Received: segment_loop={loop!r}"
+        )
+    return loop
+
+
+def run(step, state, inputs, layer, loop="python", first_tracked=0):
+    """Runs ``step`` over segments, carrying ``state``.
+
+    Args:
+        step: ``step(index, segment, state) -> (output, state)``;
+            ``segment`` is the list of the ``index``-th slices of
+            ``inputs``; ``output`` one tensor.
+        state: the initial state (any nest of tensors).
+        inputs: a list of tensors laid out by segment, ``(S, B, L, ...)``.
+        layer: the `keras.layers.Layer` whose variables ``step`` uses
+            (needed by the traced loop) and which adds the losses ``step``
+            adds inside it.
+        loop: ``"python"`` unrolls the loop over a static ``S`` (fastest
+            steps; compile time grows with ``S``); ``"scan"`` traces one
+            step (``keras.ops.scan`` on JAX, ``keras.ops.fori_loop`` on
+            TensorFlow; torch always loops in Python). A length unknown
+            while tracing (TensorFlow) always takes the traced loop.
+        first_tracked: outputs of segments before this index are
+            stop-gradient (truncated back-propagation).
+
+    Returns:
+        ``(outputs, state)``: the outputs stacked ``(S, ...)`` and the last
+        state.
+    """
+    num_segments = inputs[0].shape[0]
+    backend = keras.backend.backend()
+    if backend == "torch" or (loop == "python" and num_segments is not None):
+        outputs = []
+        for index in range(num_segments):
+            output, state = step(index, [x[index] for x in inputs], state)
+            if index < first_tracked:
+                output = ops.stop_gradient(output)
+            outputs.append(output)
+        return ops.stack(outputs, axis=0), state
+    return _traced_run(step, state, inputs, layer, first_tracked)
+
+
+def _traced_run(step, state, inputs, layer, first_tracked):
+    """The loop traced once (JAX scan, TensorFlow fori_loop).
+
+    Inside the traced step a `keras.StatelessScope` maps every variable of
+    ``layer`` to its value read outside, collects the losses added inside
+    (the LTM's KL terms: summed and added to ``layer`` outside) and catches
+    variable updates (dropout and sampler seeds), which ride in the carry
+    and are assigned at the end.
+    """
+    fixed = [v for v in layer.variables if v.trainable]
+    updated = [v for v in layer.variables if not v.trainable]
+    fixed_values, updated_values = _values(layer)
+    adds_losses = []  # whether `step` adds losses (known while tracing)
+
+    def run_step(index, state, updated_values):
+        mapping = list(zip(fixed, fixed_values, strict=True))
+        mapping += list(zip(updated, updated_values, strict=True))
+        with keras.StatelessScope(
+            state_mapping=mapping, collect_losses=True
+        ) as scope:
+            segment = [ops.take(x, index, axis=0) for x in inputs]
+            output, state = step(index, segment, state)
+        if isinstance(index, int):
+            if index < first_tracked:
+                output = ops.stop_gradient(output)
+        else:
+            output = ops.where(
+                index >= first_tracked, output, ops.stop_gradient(output)
+            )
+        adds_losses.append(bool(scope.losses))
+        loss = ops.zeros((), "float32")
+        for extra in scope.losses:
+            loss = loss + ops.cast(extra, "float32")
+        updated_values = [
+            value
+            if scope.get_current_value(v) is None
+            else scope.get_current_value(v)
+            for v, value in zip(updated, updated_values, strict=True)
+        ]
+        return output, loss, state, updated_values
+
+    if keras.backend.backend() == "jax":
+
+        def scan_step(carry, index):
+            output, loss, *carry = run_step(index, *carry)
+            return tuple(carry), (output, loss)
+
+        num_segments = inputs[0].shape[0]
+        (state, updated_values), (outputs, losses) = ops.scan(
+            scan_step, (state, updated_values), ops.arange(num_segments)
+        )
+        loss = ops.sum(losses)
+    else:
+        # TensorFlow's scan needs outputs shaped like the carry and slice
+        # updates have no gradient: a fori_loop writes each output into a
+        # buffer by `where`. The first step runs outside to learn the
+        # output's shape (the number of segments may be unknown).
+        num_segments = ops.shape(inputs[0])[0]
+        output, loss, state, updated_values = run_step(0, state, updated_values)
+        buffer = ops.zeros(
+            (num_segments,) + tuple(ops.shape(output)), output.dtype
+        )
+
+        def place(outputs, index, output):  # outputs[index] = output
+            here = ops.reshape(
+                ops.arange(num_segments) == index,
+                (-1,) + (1,) * len(output.shape),
+            )
+            return ops.where(here, output[None], outputs)  # (S, ...)
+
+        outputs = place(buffer, 0, output)
+
+        def loop_step(index, carry):
+            state, updated_values, outputs, loss = carry
+            output, extra, state, updated_values = run_step(
+                index, state, updated_values
+            )
+            outputs = place(outputs, index, output)
+            return state, updated_values, outputs, loss + extra
+
+        state, updated_values, outputs, loss = ops.fori_loop(
+            1, num_segments, loop_step, (state, updated_values, outputs, loss)
+        )
+    for variable, value in zip(updated, updated_values, strict=True):
+        variable.assign(value)
+    if any(adds_losses):
+        layer.add_loss(loss)
+    return outputs, state
+
+
+class _NoAutocast(keras.layers.Layer):
+    """Reads variable values outside any autocast scope (owns no weights):
+    a call of a layer with ``autocast=False`` clears the active scope."""
+
+    def __init__(self):
+        super().__init__(autocast=False, name="read_values")
+        self.built = True
+
+    def call(self, anchor, layer=None):
+        fixed = [v.value for v in layer.variables if v.trainable]
+        updated = [v.value for v in layer.variables if not v.trainable]
+        return fixed, updated
+
+
+_READER = []
+
+
+def _values(layer):
+    """The values of ``layer``'s trainable and other variables, raw."""
+    if not _READER:
+        _READER.append(_NoAutocast())
+    return _READER[0](ops.zeros(()), layer=layer)
