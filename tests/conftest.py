@@ -21,7 +21,11 @@ import pytest  # noqa: E402
 GOLDEN_DIR = os.path.join(os.path.dirname(__file__), "golden")
 FULL_GOLDEN_DIR = os.environ.get(
     "KERAS_INFMEMORY_REFERENCE",
-    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference"),
+    os.path.normpath(
+        os.path.join(
+            os.path.dirname(__file__), "..", "..", "shared", "reference"
+        )
+    ),
 )
 
 
