@@ -1,7 +1,7 @@
 """A literal PyTorch ∞-former memory: the authors' algorithm, step by step.
 
-Written from SPEC §3–§4 (not from the authors' code): it forms the keys
-``K = B W_K``, the scores over all N basis functions, ``V = B W_V`` and the
+Written from docs/math.md §3–§4 (not from the authors' code): it forms the
+keys ``K = B W_K``, the scores over all N basis functions, ``V = B W_V`` and the
 resampled old signal ``X_old = S B`` exactly as the authors' module does, so
 its cost is the authors' cost. keras-infmemory computes the same numbers
 with fewer flops; this is the baseline the speed benchmark compares to.

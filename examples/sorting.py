@@ -2,7 +2,8 @@
 
 A sequence of symbols drifts from one distribution to another; after the
 separator the model must list the 20 symbols by how often they occurred.
-Each arm is the same `InfFormerLM` with a different memory (SPEC §7):
+Each arm is the same `InfFormerLM` with a different memory (docs/math.md
+§7):
 
 * ``window``: each segment alone;
 * ``transformer_xl``: plus one segment of short-term memory (STM);

@@ -11,7 +11,8 @@ Two kinds of functions live here, and nothing else:
   layers call them in float32.
 
 Equation numbers refer to Martins et al., "∞-former: Infinite Memory
-Transformer" (ACL 2022); ``SPEC`` sections to ``shared/SPEC.md``.
+Transformer" (ACL 2022); sections (§) to ``docs/math.md``, which states the
+math and the conventions this module follows.
 """
 
 import math
@@ -33,7 +34,8 @@ def basis_parameters(num_basis, basis_widths):
 
     ``num_basis / len(basis_widths)`` centres are spread over [0, 1], both
     ends included, and each centre is paired with every width, the width
-    index varying fastest: (c0, w0), (c0, w1), (c1, w0), ...  (SPEC §2)
+    index varying fastest: (c0, w0), (c0, w1), (c1, w0), ...
+    (docs/math.md §2)
 
     Returns:
         ``(centers, widths)``, two float64 arrays of shape ``(num_basis,)``.
@@ -71,7 +73,7 @@ def segment_design(length):
 
     The ``L`` inputs sit at cell midpoints ``(i − ½)/L``; ``L // 2`` zero
     pseudo-points continue the same grid on each side, so the regression is
-    solved on ``[−½, 1½]`` (the authors' edge padding, SPEC §2).
+    solved on ``[−½, 1½]`` (the authors' edge padding, docs/math.md §2).
     """
     num_pad = length // 2
     i = np.arange(1 - num_pad, length + num_pad + 1, dtype=np.float64)
@@ -198,8 +200,8 @@ def evaluate(basis_values, coefficients):
 def gaussian_expectation(mu, variance, centers, widths):
     """Closed-form ``r_j = E_{N(t; μ, σ²)}[ψ_j(t)] = N(μ; c_j, w_j² + σ²)``.
 
-    (SPEC §3.4; integrated over all of R.) ``mu``, ``variance``: ``(...)``;
-    returns ``(..., N)``.
+    (docs/math.md §3.4; integrated over all of R.) ``mu``, ``variance``:
+    ``(...)``; returns ``(..., N)``.
     """
     mu, variance, centers, widths = _tensors(mu, variance, centers, widths)
 
@@ -245,11 +247,12 @@ def gaussian_expectation(mu, variance, centers, widths):
 
 
 def kl_to_prior(mu, variance, sigma_0, mu_0=None):
-    """KL(N(μ, σ²) ‖ N(μ₀, σ₀²)) up to the mean term's presence (SPEC §3.6).
+    """KL(N(μ, σ²) ‖ N(μ₀, σ₀²)), with or without its mean term.
 
-    Variance only (default): ``½(σ²/σ₀² − log(σ²/σ₀²) − 1)``. With ``mu_0``
-    (the released GPT-2 code's ``μ₀ = −1``) the term ``½(μ − μ₀)²/σ₀²`` is
-    added, as the authors do.
+    Variance only (default; docs/math.md §3.6):
+    ``½(σ²/σ₀² − log(σ²/σ₀²) − 1)``. With ``mu_0`` (the released GPT-2
+    code's ``μ₀ = −1``) the term ``½(μ − μ₀)²/σ₀²`` is added, as the
+    authors do.
     """
     mu, variance = _tensors(mu, variance)
     ratio = variance / (sigma_0**2)
@@ -263,7 +266,7 @@ def bin_masses(mu, variance, edges):
     """Gaussian mass of each bin: ``Φ((b_{k+1} − μ)/σ) − Φ((b_k − μ)/σ)``.
 
     ``mu``, ``variance``: ``(...)``; ``edges``: ``(D + 1,)``; returns
-    ``(..., D)`` (SPEC §5).
+    ``(..., D)`` (docs/math.md §5).
     """
     mu, variance, edges = _tensors(mu, variance, edges)
     sigma = ops.sqrt(variance)

@@ -25,7 +25,7 @@ def data_parallel(num_devices=None, device_type=None):
     """Sets and returns a `keras.distribution.DataParallel` (JAX only).
 
     Example (on a machine with 4 GPUs, or on CPU after
-    ``XLA_FLAGS=--xla_force_host_platform_device_count=4``)::
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=4``):
 
         import keras_infmemory
         keras_infmemory.distribution.data_parallel(num_devices=4)

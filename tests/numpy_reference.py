@@ -1,4 +1,4 @@
-"""An independent float64 NumPy ∞-former memory, written from SPEC §2–§5.
+"""An independent float64 NumPy ∞-former memory (docs/math.md §2–§5).
 
 It follows the equations literally (keys, scores over N, full V), unlike the
 layer, which takes algebraic shortcuts; agreement checks both.

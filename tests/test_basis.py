@@ -1,4 +1,4 @@
-"""The pure math: fit quality (SPEC §2), closed forms, bin masses."""
+"""The pure math: fit quality (docs/math.md §2), closed forms, bin masses."""
 
 import math
 

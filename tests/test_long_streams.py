@@ -215,7 +215,8 @@ def stream_stack(
 
 
 def _signal(length):
-    t = (np.arange(1, length + 1) - 0.5) / length  # cell midpoints (SPEC §2)
+    # Cell midpoints, as the layer places a segment (docs/math.md §2).
+    t = (np.arange(1, length + 1) - 0.5) / length
     return t, _signal_at(t)  # (L,), (L, 4)
 
 

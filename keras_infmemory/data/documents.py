@@ -2,9 +2,9 @@
 
 The paper fine-tunes GPT-2 on long documents cut into 512-token blocks fed
 in order, the memory carried from block to block and reset at document
-boundaries (SPEC §6–§7). `DocumentBlocks` lays tokenized documents out for
-``model.fit(..., shuffle=False)``: each batch row is a stream of whole
-documents, and step ``k`` of the epoch holds the ``k``-th block of every
+boundaries (docs/math.md §6–§7). `DocumentBlocks` lays tokenized documents
+out for ``model.fit(..., shuffle=False)``: each batch row is a stream of
+whole documents, and step ``k`` of the epoch holds the ``k``-th block of every
 stream. Every document starts with ``start_token_id`` (GPT-2's
 ``<|endoftext|>``), so the first block of a document starts with it: that
 is the model's reset signal (``reset_token_id``).

@@ -22,8 +22,8 @@ class StickyMemorySampler(keras.layers.Layer):
     ``p(bin_k) ∝ Σ_{h,i} [Φ((b_{k+1} − μ)/σ) − Φ((b_k − μ)/σ)]``
 
     and, at the next write, places the ``M`` sample positions of the old
-    signal according to ``p`` (∞-former §3.3, SPEC §5). Heavily attended
-    regions get more of the ``M`` slots and keep their resolution.
+    signal according to ``p`` (∞-former §3.3, docs/math.md §5). Heavily
+    attended regions get more of the ``M`` slots and keep their resolution.
 
     Two placements are offered:
 

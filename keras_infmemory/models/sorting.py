@@ -1,4 +1,4 @@
-"""The ∞-former paper's sorting transformer (SPEC §7), as presets.
+"""The ∞-former paper's sorting transformer (docs/math.md §7), as presets.
 
 A preset fixes the model (an `InfFormerLM`), its LTM and its training
 recipe. ``"paper"`` is the paper's configuration; ``"cpu"`` is a scaled-down

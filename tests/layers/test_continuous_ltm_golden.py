@@ -1,4 +1,9 @@
-"""ContinuousLTM against the authors' golden outputs (shared/reference)."""
+"""ContinuousLTM against the authors' golden outputs.
+
+Every test runs on the subset shipped in tests/golden (see its README), and
+again on the full recorded set where it is present (``full`` in the test
+ids; ``KERAS_INFMEMORY_REFERENCE`` names its folder).
+"""
 
 import os
 
@@ -6,7 +11,8 @@ import numpy as np
 import pytest
 
 import keras_infmemory as ki
-from keras_infmemory import interop
+from keras_infmemory import basis, interop
+from tests.conftest import FULL_GOLDEN_DIR, GOLDEN_DIR
 from tests.testing import float64_available, max_rel_error, to_numpy
 
 CASES = [
@@ -83,22 +89,26 @@ def run_case(case, layer):
     return {k: np.stack(v) for k, v in results.items()}
 
 
-@pytest.fixture(scope="module")
+def read_case(directory, name):
+    """A case file and its constants file, as dicts of arrays."""
+    with np.load(os.path.join(directory, name + ".npz")) as data:
+        case = {key: data[key] for key in data.files}
+    with np.load(os.path.join(directory, str(case["constants_file"]))) as data:
+        constants = {key: data[key] for key in data.files}
+    return case, constants
+
+
+@pytest.fixture(scope="module", params=["shipped", "full"])
 def load(request):
-    directory = os.environ.get("KERAS_INFMEMORY_REFERENCE") or os.path.join(
-        os.path.dirname(__file__), "..", "..", "..", "shared", "reference"
-    )
+    """Reads cases from the shipped subset, then from the full set."""
+    directory = GOLDEN_DIR if request.param == "shipped" else FULL_GOLDEN_DIR
     if not os.path.isdir(directory):
-        pytest.skip(f"golden reference not found at {directory}")
-
-    def _load(name):
-        case = dict(np.load(os.path.join(directory, name + ".npz")))
-        constants = dict(
-            np.load(os.path.join(directory, str(case["constants_file"])))
+        pytest.skip(
+            f"the full golden set is not at {directory} (set "
+            "KERAS_INFMEMORY_REFERENCE to its folder); the shipped subset "
+            "in tests/golden ran"
         )
-        return case, constants
-
-    return _load
+    return lambda name: read_case(directory, name)
 
 
 def check(results, case, tol_out, tol_state):
@@ -180,3 +190,38 @@ def test_golden_kl_terms(load):
         assert len(layer.losses) == 1
         loss = float(to_numpy(layer.losses[0]))
         assert abs(loss - expected) / abs(expected) < 1e-4
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_golden_basis_order(load, name):
+    """Our centres and widths are the authors', in their order (width index
+    fastest), so their w_μ and w_σ weights port unchanged."""
+    case, constants = load(name)
+    centers, widths = basis.basis_parameters(
+        int(case["cfg_N"]), tuple(case["cfg_widths"])
+    )
+    np.testing.assert_allclose(centers, constants["basis_centers"], atol=1e-7)
+    np.testing.assert_array_equal(widths, constants["basis_widths"])
+
+
+def test_shipped_subset_is_a_slice_of_the_full_set():
+    """The shipped subset holds the recorded numbers, unchanged."""
+    if not os.path.isdir(FULL_GOLDEN_DIR):
+        pytest.skip(f"the full golden set is not at {FULL_GOLDEN_DIR}")
+    for name in CASES:
+        subset, subset_constants = read_case(GOLDEN_DIR, name)
+        full, full_constants = read_case(FULL_GOLDEN_DIR, name)
+        steps, rows = int(subset["cfg_steps"]), int(subset["cfg_batch"])
+        assert int(subset["subset_of_steps"]) == int(full["cfg_steps"])
+        assert int(subset["subset_of_batch"]) == int(full["cfg_batch"])
+        for key, value in subset.items():
+            if key in ("cfg_steps", "cfg_batch") or key.startswith("subset_"):
+                continue
+            expected = full[key]
+            if key == "has_memory_before":
+                expected = expected[:steps]
+            elif key.startswith(("in_", "step_")):
+                expected = expected[:steps, :rows]
+            np.testing.assert_array_equal(value, expected, err_msg=key)
+        for key, value in subset_constants.items():
+            np.testing.assert_array_equal(value, full_constants[key])

@@ -362,15 +362,3 @@ def test_docstring_example(obj):
     report = []
     runner.run(test, out=report.append)
     assert runner.summarize(verbose=False).failed == 0, "".join(report)
-
-
-def test_tutorial_runs():
-    path = os.path.join(
-        os.path.dirname(__file__), "..", "..", "docs", "tutorial_compose.md"
-    )
-    with open(path, encoding="utf-8") as f:
-        blocks = re.findall(r"^```python\n(.*?)^```", f.read(), re.S | re.M)
-    assert len(blocks) == 3
-    namespace = {"__name__": "tutorial"}
-    for index, block in enumerate(blocks):
-        exec(compile(block, f"tutorial block {index + 1}", "exec"), namespace)

@@ -1,0 +1,93 @@
+"""Every reference in the repository can be followed from a clone of it.
+
+Comments and docs cite the math by ``docs/math.md §n``; nothing may cite
+the project's private specification or point into folders outside the
+repository (the golden data the tests need ships in ``tests/golden``).
+"""
+
+import os
+import re
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+# Citations of a file the reader does not have, and paths out of the clone.
+OUTSIDE = re.compile(r"\bSPEC\b|\.\./shared|shared/reference|shared/SPEC")
+# Files being rewritten on another branch, which still cite the old way.
+# Empty this once they cite docs/math.md.
+PENDING_REWRITE = (
+    "docs/gpt2.md",
+    "examples/finetune_gpt2.py",
+    "keras_infmemory/layers/continuous_ltm.py",
+    "keras_infmemory/layers/inf_former_block.py",
+    "keras_infmemory/models/gpt2.py",
+    "keras_infmemory/models/inf_former_lm.py",
+    "keras_infmemory/state.py",
+    "keras_infmemory/validation.py",
+)
+# Not part of the repository: environments, builds, caches, run outputs.
+_SKIP_TOP = {".git", ".venv", ".site", "site", "build", "dist", "runs"}
+_SKIP_TOP |= {"results"}
+_SKIP_ANY = {"__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache"}
+_THIS_FILE = os.path.relpath(os.path.abspath(__file__), ROOT)
+
+
+def repository_files():
+    for directory, subdirectories, files in os.walk(ROOT):
+        relative = os.path.relpath(directory, ROOT)
+        subdirectories[:] = sorted(
+            name
+            for name in subdirectories
+            if name not in _SKIP_ANY
+            and not name.endswith(".egg-info")
+            and not (relative == "." and name in _SKIP_TOP)
+        )
+        for name in sorted(files):
+            yield os.path.normpath(os.path.join(relative, name))
+
+
+def outside_references(path):
+    """``(line number, line)`` of each line of ``path`` that points outside
+    the repository; none for binary files."""
+    try:
+        with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        return []
+    return [
+        (number, line.strip())
+        for number, line in enumerate(lines, 1)
+        if OUTSIDE.search(line)
+    ]
+
+
+def test_pattern_catches_the_old_citations():
+    for line in (
+        "(SPEC §2)",
+        "see ../shared/reference",
+        "kept in `shared/reference`",
+    ):
+        assert OUTSIDE.search(line), line
+    for line in ("(docs/math.md §2)", "PartitionSpec('batch')", "specs"):
+        assert not OUTSIDE.search(line), line
+
+
+def test_no_reference_points_outside_the_repository():
+    found = {
+        path: hits
+        for path in repository_files()
+        if path != _THIS_FILE
+        for hits in [outside_references(path)]
+        if hits
+    }
+    offenders = {p: h for p, h in found.items() if p not in PENDING_REWRITE}
+    assert not offenders, "\n".join(
+        f"{path}:{number}: {line}"
+        for path, hits in offenders.items()
+        for number, line in hits
+    )
+    if found:
+        pytest.skip(
+            "still to rewrite (PENDING_REWRITE): "
+            + ", ".join(f"{p} ({len(h)} lines)" for p, h in found.items())
+        )

@@ -1,0 +1,84 @@
+"""A griffe extension: Keras-style docstrings as mkdocstrings expects them.
+
+The library's docstrings follow Keras' layout, which Google-style parsers
+read differently from how Keras renders it:
+
+* ``Example:`` followed by a blank line and unindented ``>>>`` lines. To
+  griffe that is plain text, and Markdown then reads each ``>>>`` as three
+  nested blockquotes and joins the code into one paragraph. We rewrite it as
+  an indented ``Examples:`` section, which griffe splits into prose and
+  doctest blocks and mkdocstrings renders as highlighted code.
+* ``Call arguments:``, an unknown section to griffe, which turns it into an
+  admonition whose items run together in one paragraph. We rewrite it as an
+  "other parameters" section titled ``Call arguments:``, rendered as a list
+  of names and descriptions like ``Args:`` (which keeps its title too,
+  rather than griffe's "Parameters:").
+
+Only the text handed to the parser changes; the source docstrings (and the
+doctests that run them) stay as they are. Enabled in ``mkdocs.yml`` under
+the python handler's ``extensions``.
+"""
+
+import re
+
+import griffe
+
+# A Google-style section title at the docstring's own indentation.
+_SECTION = re.compile(r"^[A-Z][A-Za-z ]*:\s*$")
+_EXAMPLE_TITLES = ("Example:", "Examples:")
+# "Kind: Title": a section of griffe's kind, rendered under Keras' title.
+_RETITLED = {
+    "Args:": "Args: Args:",
+    "Call arguments:": "Other parameters: Call arguments:",
+}
+
+
+def _example_section(lines, start):
+    """Rewrites the example section whose title is ``lines[start]``.
+
+    Returns the new lines and the index after the section, or ``None`` if
+    the title is not followed by unindented doctest lines.
+    """
+    body = start + 1
+    while body < len(lines) and not lines[body].strip():
+        body += 1
+    if body == len(lines) or not lines[body].startswith(">>>"):
+        return None
+    end = body
+    while end < len(lines) and not _SECTION.match(lines[end]):
+        end += 1
+    block = lines[body:end]
+    while block and not block[-1].strip():
+        block.pop()
+    trailing = end - body - len(block)
+    # "Examples: <title>": an examples section that keeps its own title.
+    rewritten = [f"Examples: {lines[start].strip()}"]
+    rewritten += [f"    {line}" if line.strip() else "" for line in block]
+    return rewritten + [""] * trailing, end
+
+
+def keras_to_google(text):
+    """The docstring ``text`` with Keras-style sections made Google-style."""
+    lines = text.split("\n")
+    out = []
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if line.strip() in _EXAMPLE_TITLES and not line.startswith(" "):
+            section = _example_section(lines, index)
+            if section is not None:
+                rewritten, index = section
+                out += rewritten
+                continue
+        out.append(_RETITLED.get(line, line))
+        index += 1
+    return "\n".join(out)
+
+
+class KerasDocstrings(griffe.Extension):
+    """Rewrites every docstring of the loaded objects (see module doc)."""
+
+    def on_object(self, *, obj, **kwargs):
+        del kwargs
+        if obj.docstring is not None:
+            obj.docstring.value = keras_to_google(obj.docstring.value)
