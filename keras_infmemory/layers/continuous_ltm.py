@@ -497,7 +497,9 @@ class ContinuousLTM(keras.layers.Layer):
         check.check_finite("query", query)
         return ops.cast(query, self.math_dtype)
 
-    def read(self, query, state, query_mask=None, return_state=False):
+    def read(
+        self, query, state, query_mask=None, return_state=False, regularize=True
+    ):
         """Continuous attention over the memory.
 
         Args:
@@ -507,6 +509,9 @@ class ContinuousLTM(keras.layers.Layer):
                 nothing to the KL term or the sticky histogram.
             return_state: also return the state, with this read's bin
                 masses added to the sticky histogram.
+            regularize: add the KL term with ``add_loss`` (when
+                ``kl_weight > 0``); inference-only calls (decoding) pass
+                False.
 
         Returns:
             ``output`` ``(B, Lq, output_dim)``, or ``(output, state)``.
@@ -533,7 +538,7 @@ class ContinuousLTM(keras.layers.Layer):
             mask = ops.cast(query_mask, self.math_dtype)  # (B, Lq)
             weight = weight * mask[:, None, :]
         weight = ops.broadcast_to(weight, ops.shape(mu))  # (B, H, Lq)
-        if self.kl_weight > 0:
+        if regularize and self.kl_weight > 0:
             kl = basis.kl_to_prior(
                 mu, variance, self.kl_sigma, self.kl_prior_mean
             )  # (B, H, Lq)

@@ -18,7 +18,7 @@ _MAX_WAVELENGTH = 10000.0
 class InfFormerBlock(keras.layers.Layer):
     """Transformer block with a short-term and a continuous long-term memory.
 
-    The ∞-former block (Martins et al. 2022, §3 and SPEC §6): causal
+    The ∞-former block (Martins et al. 2022, §3; docs/math.md §6): causal
     multi-head self-attention over ``[STM; segment]``, where the short-term
     memory (STM) holds the block's previous ``stm_length`` inputs
     (stop-gradient, as in Transformer-XL), plus a `ContinuousLTM` read with
@@ -29,7 +29,7 @@ class InfFormerBlock(keras.layers.Layer):
     tokens. ``stm_length`` must be 0 or a multiple of ``segment_length``, so
     that exactly one whole segment leaves the STM per step. The LTM absorbs
     the segment that has just left the STM, *then* it is read (write, then
-    read: SPEC §4): with ``stm_length = segment_length``, segment ``s``
+    read: docs/math.md §4): with ``stm_length = segment_length``, segment ``s``
     attends over ``[s−1; s]`` and reads an LTM that has absorbed everything
     up to ``s−2``. With ``stm_length=0`` (GPT-2 style blocks) the LTM absorbs
     the previous segment directly. Every segment enters the LTM exactly once,

@@ -49,7 +49,14 @@ def reset_state(ltm, state, reset_mask):
 
 
 def step(
-    ltm, query, state, segment, segment_mask, query_mask=None, active=None
+    ltm,
+    query,
+    state,
+    segment,
+    segment_mask,
+    query_mask=None,
+    active=None,
+    regularize=True,
 ):
     """One segment: what waits enters the memory, the memory is read, and
     ``segment`` waits.
@@ -65,6 +72,7 @@ def step(
         active: optional ``(B,)`` bool, rows whose segment holds a real
             token (default: any of ``segment_mask``); the other rows keep
             their state.
+        regularize: add the read's KL term (see `ContinuousLTM.read`).
 
     Returns:
         ``(output, state)``: ``output`` ``(B, Lq, output_dim)`` and the new
@@ -81,7 +89,11 @@ def step(
         state["pending"], state["ltm"], mask=state["pending_mask"]
     )
     output, ltm_state = ltm.read(
-        query, written, query_mask=query_mask, return_state=True
+        query,
+        written,
+        query_mask=query_mask,
+        return_state=True,
+        regularize=regularize,
     )  # (B, Lq, output_dim)
     new_state = {
         "pending": ops.cast(segment, state["pending"].dtype),
@@ -97,7 +109,8 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
 
     At a segment start (``write`` True) the previous segment, complete in
     ``"pending"``, first enters the memory; then the tokens read it, and
-    their inputs are placed in ``"pending"`` at ``position``.
+    their inputs are placed in ``"pending"`` at ``position``. Decoding is
+    inference: no KL term is added.
 
     Args:
         ltm: the `ContinuousLTM`.
@@ -135,7 +148,11 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
         ),
     }
     output, new_state["ltm"] = ltm.read(
-        query, ltm_state, query_mask=inputs_mask, return_state=True
+        query,
+        ltm_state,
+        query_mask=inputs_mask,
+        return_state=True,
+        regularize=False,
     )
     return output, _stop_gradient(new_state)
 

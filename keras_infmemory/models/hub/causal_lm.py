@@ -1,0 +1,345 @@
+"""The causal LM with memory: calls with a memory state, and generation.
+
+`InfMemoryCausalLM` is mixed into a family's own causal LM class (see
+`keras_infmemory.models.hub.classes`), whose backbone is the family's
+backbone with memory (`InfMemoryBackbone`). Everything the family's code
+computes (embeddings, decoder layers, the head, the cached decoding step,
+the sampler, ``score``) is the family's own; this mixin lays the tokens out
+in segments and carries the memory state around it.
+
+Shape letters: B batch, T tokens, L segment length, V vocabulary.
+"""
+
+import inspect
+
+from keras import ops
+
+from keras_infmemory import validation as check
+from keras_infmemory.state import StateHolder
+
+
+class InfMemoryCausalLM:
+    """A KerasHub causal LM whose decoder layers carry a long-term memory.
+
+    Mixed into a family's causal LM (``InfMemoryLlama3CausalLM`` is
+    ``InfMemoryCausalLM`` + `keras_hub.models.Llama3CausalLM`): ``fit``,
+    ``evaluate``, ``predict``, ``score``, ``generate`` and
+    ``save_to_preset`` work as for the family. Build one with
+    `keras_infmemory.models.attach_memory` or ``from_preset``.
+
+    Call modes (``inputs``: a dict with ``"token_ids"`` ``(B, T)`` and
+    ``"padding_mask"``, optionally ``"reset_mask"`` ``(B,)``):
+
+    * ``model(inputs)``: ``T`` tokens in ``ceil(T / L)`` segments, the
+      memory starting empty and carried from segment to segment; returns
+      the logits ``(B, T, V)``. A single segment gives the family's logits.
+    * ``model(inputs, state=state)``: starts from ``state`` (from
+      `get_initial_state` or a previous call) and returns
+      ``(logits, new_state)``, to feed a long text call by call; a call
+      starts a new segment. ``reset_mask`` empties chosen rows first.
+    * ``stateful=True``: the state lives in variables for batches of
+      exactly ``batch_size`` rows, so ``fit`` carries the memory from
+      batch to batch (documents fed in order, see
+      `keras_infmemory.data.documents.DocumentBlocks`, whose inputs hold a
+      ``"reset_mask"`` where documents start); `reset_state` empties it.
+
+    ``generate()`` keeps the memory in the sampler's cache: a long prompt is
+    absorbed segment by segment, then every new token reads the memory and
+    each completed segment is written to it. ``memory_enabled = False``
+    switches the memory off (same weights: the family's model on each
+    segment alone), for ablations.
+
+    Args:
+        backbone: a `InfMemoryBackbone` of the family.
+        preprocessor: the family's causal LM preprocessor, or ``None``.
+        stateful: bool, keep the memory state between calls (above).
+        batch_size: int, the batch size of a stateful model.
+        **kwargs: the family causal LM's arguments.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        preprocessor=None,
+        stateful=False,
+        batch_size=None,
+        **kwargs,
+    ):
+        from keras_infmemory.models.hub.backbone import InfMemoryBackbone
+
+        if not isinstance(backbone, InfMemoryBackbone):
+            raise ValueError(
+                "`backbone` must be a backbone with memory; give a plain "
+                "model a memory with keras_infmemory.models.attach_memory(). "
+                f"Received: backbone={type(backbone).__name__}"
+            )
+        super().__init__(backbone=backbone, preprocessor=preprocessor, **kwargs)
+        check.check_bool("stateful", stateful)
+        if stateful and batch_size is None:
+            raise ValueError(
+                "A stateful model needs `batch_size`. "
+                f"Received: batch_size={batch_size}"
+            )
+        if batch_size is not None:
+            batch_size = check.check_int("batch_size", batch_size)
+        self.stateful = stateful
+        self.batch_size = batch_size
+        self._state_holder = None
+        if stateful:
+            self._state_holder = StateHolder(
+                self, backbone.get_initial_state(batch_size), name="memory"
+            )
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Loads a KerasHub causal LM preset and gives it a memory.
+
+        ``preset``: a KerasHub preset name (``"llama3_8b_en"``), a
+        ``kaggle://`` / ``hf://`` handle or a local preset folder holding a
+        plain model of a supported family (its family picks the class) or
+        a saved model with memory (loaded as saved unless memory options
+        are given). Memory options (see `attach_memory`) go to
+        `attach_memory`, the rest to
+        ``keras_hub.models.CausalLM.from_preset``.
+        """
+        from keras_infmemory.models.hub.attach import from_preset
+
+        return from_preset(cls, preset, load_weights=load_weights, **kwargs)
+
+    # ------------------------------------------------------------------ #
+    # Memory state
+    # ------------------------------------------------------------------ #
+
+    def get_initial_state(self, batch_size):
+        """An empty memory for ``batch_size`` rows (see
+        `InfMemoryBackbone.get_initial_state`)."""
+        return self.backbone.get_initial_state(batch_size)
+
+    def reset_state(self, reset_mask=None):
+        """Empties the stored memory of a stateful model (the rows where
+        ``reset_mask`` ``(batch_size,)`` is True, or all of it)."""
+        if not self.stateful:
+            raise ValueError(
+                "`reset_state` empties the memory of a stateful model; pass "
+                "`reset_mask` to a call with an explicit state otherwise. "
+                f"Received: stateful={self.stateful}"
+            )
+        if reset_mask is not None:
+            check.check_shape(
+                "reset_mask", reset_mask, (self.batch_size,), "(batch_size,)"
+            )
+        self._state_holder.reset(reset_mask)
+
+    @property
+    def memory_enabled(self):
+        """Whether the memories are used (False: the family's model on each
+        segment alone, same weights)."""
+        return self.backbone.memory_enabled
+
+    @memory_enabled.setter
+    def memory_enabled(self, value):
+        self.backbone.memory_enabled = value
+        self.train_function = self.test_function = None
+        self.predict_function = self.generate_function = None
+
+    # ------------------------------------------------------------------ #
+    # Calls
+    # ------------------------------------------------------------------ #
+
+    def call(self, inputs, state=None, reset_mask=None, training=None, **kw):
+        inputs = dict(inputs)
+        reset_mask = inputs.pop("reset_mask", reset_mask)
+        token_ids = inputs["token_ids"]
+        check.check_shape(
+            "token_ids", token_ids, (None, None), "(batch, length)"
+        )
+        check.check_token_ids(
+            "token_ids", token_ids, self.backbone.vocabulary_size
+        )
+        explicit = state is not None
+        if self.stateful:
+            if explicit:
+                raise ValueError(
+                    "A stateful model keeps its own state. "
+                    "Received: state (not None)"
+                )
+            check.check_batch(
+                "token_ids",
+                token_ids,
+                self.batch_size,
+                "this stateful model (`batch_size`)",
+            )
+            state = self._state_holder.read()
+        elif not explicit:
+            state = self.get_initial_state(ops.shape(token_ids)[0])
+        if reset_mask is not None:
+            state = self.backbone.reset_rows(state, reset_mask)
+        parent = super().call
+        logits, state = self.backbone.run_segments(
+            lambda rows: parent(rows, training=training, **kw), inputs, state
+        )  # (B, T, V)
+        if self.stateful:
+            self._state_holder.assign(state)
+        return (logits, state) if explicit else logits
+
+    def score(
+        self,
+        token_ids,
+        padding_mask=None,
+        scoring_mode="logits",
+        layer_intercept_fn=None,
+        target_ids=None,
+    ):
+        """The family's ``score`` over segments, the memory carried (from
+        empty). ``layer_intercept_fn`` sees the activations of segment rows
+        ``(B·S, L, D)``."""
+        parent = getattr(super(), "score", None)
+        if parent is None:
+            raise ValueError(
+                f"{type(self).__name__}'s KerasHub family has no `score`. "
+                f"Received: scoring_mode={scoring_mode!r}"
+            )
+        inputs = {"token_ids": token_ids}
+        if padding_mask is not None:
+            inputs["padding_mask"] = padding_mask
+        if target_ids is not None:
+            inputs["target_ids"] = target_ids
+
+        def score_rows(rows):
+            return parent(
+                rows["token_ids"],
+                padding_mask=rows["padding_mask"],
+                scoring_mode=scoring_mode,
+                layer_intercept_fn=layer_intercept_fn,
+                target_ids=rows.get("target_ids"),
+            )
+
+        batch = ops.shape(token_ids)[0]
+        scores, _ = self.backbone.run_segments(
+            score_rows, inputs, self.get_initial_state(batch), regularize=False
+        )
+        return scores
+
+    # ------------------------------------------------------------------ #
+    # Generation: the memory rides in the sampler's cache
+    # ------------------------------------------------------------------ #
+
+    def call_with_cache(self, token_ids, cache, cache_update_index, **kwargs):
+        """One decoding step (KerasHub's signature).
+
+        ``cache`` is ``(key_value_cache, memory_state)``: the family's cache
+        of one segment and the memory state. ``token_ids`` ``(B, C)`` sit at
+        ``cache_update_index`` of the whole text; at a segment start the
+        previous segment first enters the memory. Returns ``(logits,
+        hidden_states, cache)``.
+        """
+        parent = super().call_with_cache
+        if self.backbone.memory_run is not None:
+            # The family's `_build_cache` seeding one segment (`_prefill`).
+            return parent(token_ids, cache, cache_update_index, **kwargs)
+        key_value, state = cache
+        index = ops.cast(cache_update_index, "int32")
+        position = ops.mod(index, self.backbone.segment_length)
+        write = ops.logical_and(ops.equal(position, 0), index > 0)
+        with self.backbone.open_run(
+            state, position=position, write=write
+        ) as run:
+            logits, hidden, key_value = parent(
+                token_ids, key_value, position, **kwargs
+            )
+        return logits, hidden, (key_value, run.states)
+
+    def _prefill(self, token_ids, length, state):
+        """The cache after ``token_ids[:, :length]`` (``length``: an int
+        tensor): the segments before the one holding token ``length`` run
+        through the backbone (their outputs unused), then the family's
+        ``_build_cache`` seeds the cache with that segment's first tokens.
+        """
+        size = self.backbone.segment_length
+        batch, total = ops.shape(token_ids)[0], token_ids.shape[1]
+        length = ops.cast(length, "int32")
+        start = (length // size) * size  # where the last segment starts
+        done = ops.broadcast_to(
+            ops.arange(total)[None, :] < start, (batch, total)
+        )
+        _, state = self.backbone.run_segments(
+            self.backbone,
+            {"token_ids": token_ids, "padding_mask": done},
+            state,
+            regularize=False,
+        )
+        padded = ops.pad(token_ids, ((0, 0), (0, size)))
+        segment = ops.slice(padded, [0, start], [batch, size])  # (B, L)
+        real = ops.arange(size)[None, :] < length - start
+        with self.backbone.open_run(
+            state,
+            position=ops.zeros((), "int32"),
+            write=start > 0,
+            inputs_mask=ops.broadcast_to(real, (batch, size)),
+        ) as run:
+            extra = len(inspect.signature(super()._build_cache).parameters)
+            _, key_value = super()._build_cache(
+                segment, *([None] * (extra - 1))
+            )
+        return key_value, run.states
+
+    def generate_step(self, inputs, stop_token_ids=None):
+        """A compilable generation function for one batch, with the memory
+        in the cache (the family's sampler and stop tokens; the contrastive
+        sampler, which needs every position's hidden states, is not
+        supported)."""
+        token_ids, padding_mask = inputs["token_ids"], inputs["padding_mask"]
+        batch = ops.shape(token_ids)[0]
+        index = ops.min(ops.sum(ops.cast(padding_mask, "int32"), axis=-1))
+        # The sampler's first step recomputes token index - 1.
+        cache = self._prefill(
+            token_ids, index - 1, self.get_initial_state(batch)
+        )
+
+        def next(prompt, cache, index):
+            prompt = ops.slice(prompt, [0, index - 1], [batch, 1])
+            logits, hidden, cache = self.call_with_cache(
+                prompt, cache, index - 1
+            )
+            return logits[:, 0], hidden[:, 0], cache
+
+        token_ids = self.sampler(
+            next=next,
+            prompt=token_ids,
+            cache=cache,
+            index=index,
+            mask=padding_mask,
+            stop_token_ids=stop_token_ids,
+            hidden_states=None,
+            model=self,
+        )
+        return {
+            "token_ids": token_ids,
+            "padding_mask": _generated_mask(
+                token_ids, padding_mask, stop_token_ids
+            ),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"stateful": self.stateful, "batch_size": self.batch_size}
+        )
+        return config
+
+
+def _generated_mask(token_ids, prompt_mask, stop_token_ids):
+    """The prompt and generated tokens up to and including the first stop
+    token after the prompt (KerasHub's output convention)."""
+    if stop_token_ids is None:
+        return ops.ones_like(token_ids, dtype="bool")
+    prompt_mask = ops.cast(prompt_mask, "bool")
+    stops = ops.convert_to_tensor(list(stop_token_ids), "int32")
+    is_stop = ops.any(
+        ops.equal(ops.cast(token_ids, "int32")[..., None], stops), axis=-1
+    )
+    ends = ops.cast(
+        ops.logical_and(is_stop, ops.logical_not(prompt_mask)), "int32"
+    )
+    after = ops.cumsum(ends, axis=-1) - ends  # > 0 after the first stop
+    return ops.equal(after, 0)

@@ -1,0 +1,185 @@
+"""The decoder layer with memory: taps into a KerasHub decoder, and one run.
+
+A KerasHub backbone is a functional model whose decoder layers are built
+and called in its constructor, so a memory cannot be passed in as a
+sublayer. Instead, `install` taps three calls of one decoder layer, without
+changing its weights, their paths or its code:
+
+* the decoder layer's call: its input (the residual stream) is noted, the
+  memory's input;
+* the self-attention's query projection: its output, the queries
+  ``(B, T, H, d)``, is noted;
+* the self-attention's output projection: the memory's output is added to
+  it (``Z = Z_T + Z_LTM``, docs/math.md §3.5).
+
+The taps act only inside a `MemoryRun`, which the model with memory opens
+around one call of the family's own code (the functional graph, the cached
+decoding step or ``score``); outside one they pass through, so the
+backbone remains the plain KerasHub model for every other use.
+
+Shape letters: B batch, S segments, L segment length, C tokens of a decoding
+step, D hidden size, H query heads, d head size.
+"""
+
+import functools
+import inspect
+
+from keras import ops
+
+from keras_infmemory import segments
+from keras_infmemory.layers import segment_memory
+
+
+def install(backbone, layer_index, family):
+    """Taps decoder layer ``layer_index`` of ``backbone`` (see module)."""
+    decoder = backbone.transformer_layers[layer_index]
+    attention = getattr(decoder, family.attention, None)
+    query = getattr(attention, family.query, None)
+    output = getattr(attention, family.output, None)
+    if query is None or output is None:
+        raise ValueError(
+            f"{type(decoder).__name__} has no `{family.attention}."
+            f"{family.query}` / `.{family.output}`: this KerasHub version "
+            f"lays out the {family.name} decoder differently from the one "
+            "keras-infmemory was tested with. Received: "
+            f"{type(backbone).__name__}, layer {layer_index}"
+        )
+    first = next(iter(inspect.signature(decoder.call).parameters))
+
+    def note_input(args, kwargs):
+        run = backbone.memory_run
+        if run is not None:
+            run.inputs[layer_index] = args[0] if args else kwargs[first]
+
+    def note_query(result):
+        run = backbone.memory_run
+        if run is not None:
+            run.queries[layer_index] = result
+        return result
+
+    def add_memory(result):
+        run = backbone.memory_run
+        if run is None:
+            return result
+        return run.add_output(layer_index, result)
+
+    _tap(decoder, before=note_input)
+    _tap(query, after=note_query)
+    _tap(output, after=add_memory)
+
+
+def _tap(layer, before=None, after=None):
+    """Makes ``layer.call`` run ``before(args, kwargs)`` first and return
+    ``after(result)``; the signature Keras inspects stays the same."""
+    original = layer.call
+
+    @functools.wraps(original)
+    def call(*args, **kwargs):
+        if before is not None:
+            before(args, kwargs)
+        result = original(*args, **kwargs)
+        return result if after is None else after(result)
+
+    layer.call = call
+
+
+class MemoryRun:
+    """The memory's part of one call of a KerasHub model with memory.
+
+    Two kinds:
+
+    * **segments** (``mask`` given): the family's code runs on a batch of
+      segments, one per row ``(B·S, L)``; each memory layer runs the
+      write-then-read step over the ``S`` segments of every row in order
+      (`keras_infmemory.segments.run`).
+    * **decoding** (``position`` given): the family's cached step runs on
+      ``C`` tokens at ``position`` of their segment; a segment starting
+      there (``write``) first enters the memory.
+
+    Args:
+        backbone: the backbone with memory.
+        states: one state per memory layer (`segment_memory` layout).
+        mask: segments: ``(S, B, L)`` bool, the real tokens.
+        position: decoding: int tensor, the tokens' place in their segment.
+        write: decoding: bool tensor, a segment starts at ``position``.
+        inputs_mask: decoding: optional ``(B, C)`` bool, the real tokens.
+        regularize: segments: add the reads' KL terms (a training or
+            evaluation call; not while generating or scoring).
+
+    Attributes:
+        states: the states, updated by each memory layer as it runs.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        states,
+        mask=None,
+        position=None,
+        write=None,
+        inputs_mask=None,
+        regularize=True,
+    ):
+        self.backbone = backbone
+        self.regularize = regularize
+        self.states = list(states)
+        self.mask = mask
+        self.position = position
+        self.write = write
+        self.inputs_mask = inputs_mask
+        self.inputs = {}  # decoder layer index -> its input
+        self.queries = {}  # decoder layer index -> its queries
+
+    def add_output(self, layer_index, attention_output):
+        """``attention_output`` + the memory's output for one layer."""
+        backbone = self.backbone
+        slot = backbone.memory_layers.index(layer_index)
+        ltm = backbone.memories[slot]
+        inputs = self.inputs.pop(layer_index, None)
+        query = self.queries.pop(layer_index, None)
+        if inputs is None or query is None:
+            raise ValueError(
+                "The memory of decoder layer "
+                f"{layer_index} did not see the layer's input and queries "
+                "before its attention output: this KerasHub version calls "
+                "its layers in another order. Received: "
+                f"{type(backbone).__name__}"
+            )
+        if self.position is not None:
+            output, self.states[slot] = segment_memory.decode_step(
+                ltm,
+                query,
+                self.states[slot],
+                inputs,
+                self.position,
+                self.write,
+                self.inputs_mask,
+            )  # (B, C, D)
+        else:
+            batch = ops.shape(self.mask)[1]
+
+            def step(index, segment, state):
+                x, q, real = segment
+                return segment_memory.step(
+                    ltm,
+                    q,
+                    state,
+                    x,
+                    real,
+                    query_mask=real,
+                    regularize=self.regularize,
+                )
+
+            output, self.states[slot] = segments.run(
+                step,
+                self.states[slot],
+                [
+                    segments.rows_to_segments(inputs, batch),  # (S,B,L,D)
+                    segments.rows_to_segments(query, batch),  # (S,B,L,H,d)
+                    self.mask,
+                ],
+                layer=ltm,
+                loop=backbone.segment_loop,
+            )  # (S, B, L, D)
+            output = segments.segments_to_rows(output)  # (B·S, L, D)
+        return attention_output + ops.cast(output, attention_output.dtype)
