@@ -6,8 +6,8 @@ boundaries (docs/math.md §6–§7). `DocumentBlocks` lays tokenized documents
 out for ``model.fit(..., shuffle=False)``: each batch row is a stream of
 whole documents, and step ``k`` of the epoch holds the ``k``-th block of every
 stream. Every document starts with ``start_token_id`` (GPT-2's
-``<|endoftext|>``), so the first block of a document starts with it: that
-is the model's reset signal (``reset_token_id``).
+``<|endoftext|>``), and the inputs' ``"reset_mask"`` marks the rows where a
+document starts: a stateful model empties their memory there.
 """
 
 import os
@@ -44,33 +44,34 @@ def read_documents(paths):
     return documents
 
 
-def cut_blocks(token_ids, block_size, start_token_id, pad_id=0):
+def cut_blocks(token_ids, segment_length, start_token_id, pad_id=0):
     """One document's tokens as LM blocks.
 
     The document ``[start] + token_ids`` is cut into consecutive blocks of
-    ``block_size`` inputs; block ``k``'s targets are the next tokens (the
+    ``segment_length`` inputs; block ``k``'s targets are the next tokens (the
     first target of block ``k+1`` is the last input's successor).
 
-    Returns ``(inputs, targets, weights)``, each ``(K, block_size)``; the
-    last block is padded with ``pad_id`` and weight 0.
+    Returns ``(inputs, targets, weights)``, each ``(K, segment_length)``;
+    the last block is padded with ``pad_id`` and weight 0.
     """
-    if not isinstance(block_size, int) or block_size < 1:
+    if not isinstance(segment_length, int) or segment_length < 1:
         raise ValueError(
-            f"`block_size` must be a positive int. Received: {block_size!r}"
+            "`segment_length` must be a positive int. "
+            f"Received: segment_length={segment_length!r}"
         )
     tokens = np.concatenate(
         [[start_token_id], np.asarray(token_ids, "int64").ravel()]
     )
     count = len(tokens) - 1  # prediction targets
-    num_blocks = max(1, -(-count // block_size))
-    size = num_blocks * block_size
+    num_blocks = max(1, -(-count // segment_length))
+    size = num_blocks * segment_length
     inputs = np.full(size, pad_id, "int32")
     targets = np.full(size, pad_id, "int32")
     weights = np.zeros(size, "float32")
     inputs[:count] = tokens[:-1]
     targets[:count] = tokens[1:]
     weights[:count] = 1.0
-    shape = (num_blocks, block_size)
+    shape = (num_blocks, segment_length)
     return inputs.reshape(shape), targets.reshape(shape), weights.reshape(shape)
 
 
@@ -82,31 +83,32 @@ class DocumentBlocks:
     one after another, padded at the end with empty blocks (weight 0). Row
     ``i`` of step ``k`` is block ``k`` of stream ``i``, so with
     ``fit(..., batch_size=batch_size, shuffle=False)`` a model that carries
-    its memory across batches (``carry_batch_size=batch_size``) sees every
-    document in order, its memory emptied where a document starts.
+    its memory across batches (``stateful=True, batch_size=batch_size``)
+    sees every document in order; the inputs' ``"reset_mask"`` empties a
+    row's memory where a document starts.
 
     Example:
 
     >>> from keras_infmemory.data.documents import DocumentBlocks
-    >>> docs = [list(range(1, 30)), list(range(1, 12))]
-    >>> data = DocumentBlocks(docs, block_size=8, batch_size=2,
+    >>> docs = [list(range(1, 30)), list(range(1, 12)), list(range(1, 5))]
+    >>> data = DocumentBlocks(docs, segment_length=8, batch_size=2,
     ...                       start_token_id=0)
     >>> x, y, w = data.arrays()
     >>> x["token_ids"].shape  # 4 steps × 2 rows
     (8, 8)
-    >>> int(x["token_ids"][0, 0]), int(x["token_ids"][1, 0])  # doc starts
-    (0, 0)
+    >>> x["reset_mask"].reshape(4, 2).tolist()  # (step, row): doc starts
+    [[True, True], [False, False], [False, True], [False, False]]
 
     Args:
         documents: list of token-id sequences, one per document.
-        block_size: int, tokens per block.
+        segment_length: int, tokens per block (the model's segment).
         batch_size: int, number of parallel streams (rows).
         start_token_id: int, prepended to every document.
         pad_id: int, the padding id. Defaults to 0.
     """
 
     def __init__(
-        self, documents, block_size, batch_size, start_token_id, pad_id=0
+        self, documents, segment_length, batch_size, start_token_id, pad_id=0
     ):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(
@@ -114,12 +116,12 @@ class DocumentBlocks:
             )
         if len(documents) == 0:
             raise ValueError("`documents` must not be empty. Received: []")
-        self.block_size = block_size
+        self.segment_length = segment_length
         self.batch_size = batch_size
         self.start_token_id = start_token_id
         self.pad_id = pad_id
         blocks = [
-            cut_blocks(doc, block_size, start_token_id, pad_id)
+            cut_blocks(doc, segment_length, start_token_id, pad_id)
             for doc in documents
         ]
         streams = [[] for _ in range(batch_size)]
@@ -130,7 +132,8 @@ class DocumentBlocks:
             streams[row].append(blocks[i])
             lengths[row] += len(blocks[i][0])
         self.num_steps = max(lengths)
-        shape = (self.num_steps, batch_size, block_size)
+        shape = (self.num_steps, batch_size, segment_length)
+        self._starts = np.zeros(shape[:2], bool)  # a document starts
         self._inputs = np.full(shape, pad_id, "int32")
         self._targets = np.full(shape, pad_id, "int32")
         self._weights = np.zeros(shape, "float32")
@@ -138,6 +141,7 @@ class DocumentBlocks:
             step = 0
             for inputs, targets, weights in stream:
                 k = len(inputs)
+                self._starts[step, row] = True
                 self._inputs[step : step + k, row] = inputs
                 self._targets[step : step + k, row] = targets
                 self._weights[step : step + k, row] = weights
@@ -146,11 +150,16 @@ class DocumentBlocks:
 
     def arrays(self):
         """``(x, y, sample_weight)`` for ``fit(shuffle=False)``: ``x`` a dict
-        of ``token_ids`` and ``padding_mask``, each ``(steps·B, L)``."""
-        flat = lambda a: a.reshape(-1, self.block_size)  # noqa: E731
+        of ``token_ids`` and ``padding_mask``, each ``(steps·B, L)``, and
+        ``reset_mask`` ``(steps·B,)``, True where a document starts."""
+        flat = lambda a: a.reshape(-1, self.segment_length)  # noqa: E731
         mask = np.zeros_like(self._inputs)
         mask[self._weights > 0] = 1
-        x = {"token_ids": flat(self._inputs), "padding_mask": flat(mask)}
+        x = {
+            "token_ids": flat(self._inputs),
+            "padding_mask": flat(mask),
+            "reset_mask": self._starts.reshape(-1),
+        }
         return x, flat(self._targets), flat(self._weights)
 
     def steps(self):

@@ -494,7 +494,9 @@ class InfFormerBlock(keras.layers.Layer):
 
         # Push the segment into the STM; the one leaving it enters the LTM
         # at the next segment (write, then read: docs/math.md §4).
-        incoming = ops.stop_gradient(x)
+        incoming = ops.where(
+            valid[:, :, None], ops.stop_gradient(x), ops.zeros_like(x)
+        )  # padded positions are not even kept
         if self.stm_length:
             stm, stm_mask = state["stm"], state["stm_mask"]
             pushed = {

@@ -11,7 +11,8 @@ STM, which passes the evicted segment).
 
 The padding policy lives here and in `ContinuousLTM.write`, nowhere else:
 
-* padded positions never enter the memory (masked write);
+* padded positions never enter the memory (masked write), nor the state
+  (zeros are kept in their place);
 * a row whose current segment holds no real token keeps its whole state
   (nothing is written, nothing starts waiting);
 * a memory switched off (``ltm.enabled = False``, for ablations) is neither
@@ -96,7 +97,7 @@ def step(
         regularize=regularize,
     )  # (B, Lq, output_dim)
     new_state = {
-        "pending": ops.cast(segment, state["pending"].dtype),
+        "pending": _real_only(segment, segment_mask, state["pending"].dtype),
         "pending_mask": segment_mask,
         "ltm": ltm_state,
     }
@@ -141,7 +142,9 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
     pending_mask = ops.logical_and(pending_mask, ops.logical_not(write))
     new_state = {
         "pending": ops.slice_update(
-            pending, [0, position, 0], ops.cast(inputs, pending.dtype)
+            pending,
+            [0, position, 0],
+            _real_only(inputs, inputs_mask, pending.dtype),
         ),
         "pending_mask": ops.slice_update(
             pending_mask, [0, position], inputs_mask
@@ -155,6 +158,13 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
         regularize=False,
     )
     return output, _stop_gradient(new_state)
+
+
+def _real_only(x, mask, dtype):
+    """``x`` ``(B, L, e)`` as ``dtype``, zeros where ``mask`` ``(B, L)`` is
+    False: what lies under the padding is not even kept in the state."""
+    x = ops.cast(x, dtype)
+    return ops.where(ops.cast(mask, "bool")[:, :, None], x, ops.zeros_like(x))
 
 
 def _stop_gradient(state):

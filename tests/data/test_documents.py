@@ -24,7 +24,9 @@ def test_cut_blocks_targets_are_next_tokens():
 
 def test_document_blocks_layout():
     docs = [np.arange(1, 30), np.arange(100, 111), np.arange(200, 205)]
-    data = DocumentBlocks(docs, block_size=8, batch_size=2, start_token_id=0)
+    data = DocumentBlocks(
+        docs, segment_length=8, batch_size=2, start_token_id=0
+    )
     x, y, w = data.arrays()
     assert data.num_steps == 4 and x["token_ids"].shape == (8, 8)
     assert data.num_tokens == 29 + 11 + 5
@@ -37,6 +39,10 @@ def test_document_blocks_layout():
     # Padding: mask and weights agree; padded steps carry no weight.
     np.testing.assert_array_equal(x["padding_mask"], w > 0)
     assert w.reshape(4, 2, 8)[3, 1].sum() == 0
+    # Documents start at step 0 (both rows) and at step 2 in row 1.
+    np.testing.assert_array_equal(
+        x["reset_mask"].reshape(4, 2), [[1, 1], [0, 0], [0, 1], [0, 0]]
+    )
     steps = list(data.steps())
     assert len(steps) == 4 and steps[1][0]["token_ids"].shape == (2, 8)
 
@@ -51,7 +57,7 @@ def test_read_documents(tmp_path):
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="block_size"):
+    with pytest.raises(ValueError, match="segment_length"):
         cut_blocks([1, 2], 0, 0)
     with pytest.raises(ValueError, match="batch_size"):
         DocumentBlocks([[1]], 4, batch_size=0, start_token_id=0)

@@ -449,3 +449,43 @@ def test_weight_names_and_distinct_initial_values(gate):
     assert not np.array_equal(
         to_numpy(layer.mu_kernel), to_numpy(layer.sigma_kernel)
     )
+
+
+@pytest.mark.parametrize("sticky", [False, True])
+def test_masked_write(sticky):
+    """Padded positions never influence the memory (any values there, NaN
+    included); a row with no real token keeps its state bit for bit; a full
+    row is the unmasked write exactly."""
+    sampler = ki.StickyMemorySampler(mode="quantile") if sticky else None
+    layer = small_layer(sticky=sampler)
+    randomize(layer)
+    x, q = inputs(batch=3, length=12)
+    state = layer.get_initial_state(3)
+    for seed in (2, 3):  # a memory with content (and reads, for sticky)
+        _, state = layer(q, inputs(batch=3, length=12, seed=seed)[0], state)
+    mask = np.ones((3, 12), bool)
+    mask[0, 7:] = False  # row 0: a partly padded segment
+    mask[1, :] = False  # row 1: padding only
+    noise = np.random.default_rng(4).normal(size=x.shape) * 100.0
+    dirty = np.where(mask[..., None], x, noise).astype("float32")
+    nan = np.where(mask[..., None], x, np.nan).astype("float32")
+    written = to_numpy(layer.write(x, state, mask=mask))
+    for other in (dirty, nan):
+        again = to_numpy(layer.write(other, state, mask=mask))
+        for name in written:
+            np.testing.assert_array_equal(again[name], written[name])
+    before = to_numpy(state)
+    for name in written:
+        np.testing.assert_array_equal(written[name][1], before[name][1])
+    unmasked = to_numpy(layer.write(x, state))
+    for name in written:
+        np.testing.assert_array_equal(written[name][2], unmasked[name][2])
+    # The partly padded row is the write of its real tokens with zeros in
+    # the padded places.
+    zeros = np.where(mask[..., None], x, 0.0).astype("float32")
+    np.testing.assert_allclose(
+        written["coefficients"][0],
+        to_numpy(layer.write(zeros, state))["coefficients"][0],
+        atol=1e-6,
+    )
+    assert written["has_memory"][0] and written["has_memory"][2]

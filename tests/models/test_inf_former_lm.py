@@ -118,6 +118,29 @@ def test_streaming_reset_and_padding_dict():
     np.testing.assert_allclose(to_numpy(by_dict), to_numpy(by_arg))
 
 
+@pytest.mark.parametrize("arm", ["inf_former", "sticky"])
+def test_padding_never_enters_the_memory(arm):
+    """A partly padded segment in a stream: other ids under the padding
+    change neither the next segment's logits nor the state."""
+    model = make_model(arm)
+    tokens = random_tokens(length=2 * SEGMENT)
+    mask = np.ones_like(tokens, bool)
+    mask[:, SEGMENT - 3 : SEGMENT] = False
+    results = []
+    for fill in (0, 7):
+        ids = np.where(mask, tokens, fill).astype("int32")
+        state = model.get_initial_state(2)
+        for s in range(2):
+            window = slice(s * SEGMENT, (s + 1) * SEGMENT)
+            logits, state = model(
+                ids[:, window], state, padding_mask=mask[:, window]
+            )
+        results.append((to_numpy(logits), keras.tree.flatten(state)))
+    np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-6)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-6)
+
+
 def test_stateful():
     model = make_model(stateful=True, batch_size=2)
     reference = make_model()
