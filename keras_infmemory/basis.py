@@ -316,7 +316,8 @@ def lebesgue_function(positions, old_design, centers, widths):
     Args:
         positions: ``(P,)`` positions in [0, 1].
         old_design: ``G_old``, ``(M, N)``.
-        centers, widths: the basis, ``(N,)`` each.
+        centers: ``(N,)`` basis centres.
+        widths: ``(N,)`` basis widths.
 
     Returns:
         ``(P,)`` float64.
@@ -430,7 +431,8 @@ def sticky_focus_growth(
 
     Args:
         old_design: ``G_old``, ``(M, N)``.
-        centers, widths: the basis, ``(N,)`` each.
+        centers: ``(N,)`` basis centres.
+        widths: ``(N,)`` basis widths.
         num_bins: int, ``D``.
         mode: ``"categorical"`` or ``"quantile"``.
         min_variance: float, ``σ²_min`` of the reads.

@@ -65,16 +65,16 @@ def focused_growth(layer, mu, length, writes=30, seed=0):
     """Per-write growth of old content under a steady focus at ``mu``.
 
     The new segments are zeros (no gate), so each write maps the old
-    content alone; both updates are positively homogeneous, so the memory
-    is rescaled to norm 1 after every write and the growth is the mean of
-    the logs of the norms over the last half.
+    content alone. Growth is measured on ``ν`` (the largest grid value over
+    the channels): both updates are positively homogeneous, so the memory
+    is rescaled to ``ν = 1`` after every write, and the growth is the mean
+    of the logs of ``ν`` over the last half of the writes.
     """
     rng = np.random.default_rng(seed)
     e = layer.memory_dim
     state = layer.get_initial_state(1)
-    state = layer.write(
-        rng.normal(size=(1, length, e)).astype("float32"), state
-    )
+    x = rng.normal(size=(1, length, e)).astype("float32")
+    state = layer.write(x, state)
     zeros = np.zeros((1, length, e), "float32")
     histogram = focus_histogram(layer, mu).astype("float32")
     logs = []
@@ -82,11 +82,10 @@ def focused_growth(layer, mu, length, writes=30, seed=0):
         state = dict(state, histogram=histogram)
         state = layer.write(zeros, state)
         coefficients = to_numpy(state["coefficients"])
-        norm = float(np.linalg.norm(coefficients))
+        nu = max(float(grid_maximum(layer, coefficients, length).max()), 1e-300)
         if step >= writes // 2:
-            logs.append(math.log(max(norm, 1e-300)))
-        coefficients = (coefficients / max(norm, 1e-300)).astype("float32")
-        state = dict(state, coefficients=coefficients)
+            logs.append(math.log(nu))
+        state = dict(state, coefficients=(coefficients / nu).astype("float32"))
     return math.exp(float(np.mean(logs)))
 
 
@@ -504,6 +503,42 @@ def measure_issue(writes=1500):
     )
 
 
+def measure_gpt2(writes=60, length=512):
+    """The GPT-2 geometry (N 512, M 512, 128 bins): RMS of the issue's
+    stream for both updates and the uniform one, and how often the cap
+    acts (the share of row-channels it scales)."""
+    acted = []
+    limit_growth = basis.limit_growth
+
+    def counting(part, part_samples, samples, max_gain):
+        top = np.abs(to_numpy(part_samples)).max(1)
+        acted.append(np.mean(top > max_gain * np.abs(to_numpy(samples)).max(1)))
+        return limit_growth(part, part_samples, samples, max_gain)
+
+    basis.limit_growth = counting
+    try:
+        for update in ("exact", "bounded", None):
+            acted.clear()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sticky = None
+                if update is not None:
+                    sticky = ki.StickyMemorySampler(seed=0, update=update)
+                layer = ki.ContinuousLTM(2, 8, memory_gate=None, sticky=sticky)
+                rms = random_stream(layer, writes, length)
+            share = ""
+            if update == "bounded":
+                share = f", cap acted on {np.mean(acted):.3f}"
+            print(
+                f"GPT-2 geometry, L {length}, update={update}: RMS after "
+                f"write 1 {rms[0]:.3g}, median {np.median(rms):.3g}, max "
+                f"{rms.max():.3g}{share}",
+                flush=True,
+            )
+    finally:
+        basis.limit_growth = limit_growth
+
+
 GEOMETRIES = {
     # name: (num_basis, basis_widths, ridge, tau, num_samples, length)
     "issue (N 32, M 32, L 32)": (32, (0.005, 0.01), 0.5, 0.5, 32, 32),
@@ -630,3 +665,6 @@ if __name__ == "__main__":
         measure_geometries()
     if what in ("random", "all"):
         measure_random()
+    if what in ("gpt2", "all"):
+        measure_gpt2()
+        measure_gpt2(writes=150, length=32)
