@@ -251,9 +251,9 @@ class StickyMemorySampler(keras.layers.Layer):
             return
         warnings.warn(
             f"StickyMemorySampler '{self.name}': with update='exact' (the "
-            f"authors' sticky write), each write of {context} can grow old "
-            f"memory content by up to {growth:.2f}x when the reads keep "
-            "attending one place, so a long stream can overflow. Pass "
+            f"authors' sticky write), each write of {context} multiplies old "
+            f"memory content by {growth:.2f} while the reads keep attending "
+            "the worst place, so a long stream can overflow. Pass "
             "update='bounded' to StickyMemorySampler: writes then read the "
             "old signal between its uniform samples and cannot grow it "
             "(docs/sticky_memories.md). Received: update='exact', "
