@@ -33,6 +33,11 @@ import keras_infmemory as ki
 from keras_infmemory import basis
 from tests.testing import float64_available, to_numpy
 
+# The exact update's warning is expected wherever the tests use it.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:StickyMemorySampler .* with update='exact'"
+)
+
 # The issue's configuration: uniform updates shrink old content 40x per
 # write (ρ = 0.024), sticky ones diverged.
 ISSUE = dict(num_heads=2, key_dim=8, num_basis=32, num_samples=32)
