@@ -299,3 +299,208 @@ def quantile_positions(histogram, num_samples):
     fraction = ops.clip(fraction, 0.0, 1.0)
     index = ops.cast(index, histogram.dtype)
     return (index + fraction) / num_bins
+
+
+# ---------------------------------------------------------------------------
+# Sticky memories: where the old signal may be read (docs/sticky_memories.md)
+# ---------------------------------------------------------------------------
+
+
+def lebesgue_function(positions, old_design, centers, widths):
+    """``Λ(t) = Σ_m |(G_old ψ(t))_m|`` at ``positions`` (NumPy float64).
+
+    A write refits the old samples ``X_old`` (placed at ``τ·m/M``) with
+    ``G_old``, the first ``M`` rows of ``G_inf`` (paper eq. 7 and 12); the
+    next write reads the refitted signal at some ``t``. ``Λ(t)`` is the
+    largest ``|x̄'(t)|`` can be when every old sample is at most 1 in
+    magnitude: the per-write amplification of reading at ``t``. The uniform
+    update reads only at ``t = m/M``.
+
+    Args:
+        positions: ``(P,)`` positions in [0, 1].
+        old_design: ``G_old``, ``(M, N)``.
+        centers: ``(N,)`` basis centres.
+        widths: ``(N,)`` basis widths.
+
+    Returns:
+        ``(P,)`` float64.
+    """
+    rows = psi_numpy(positions, centers, widths) @ np.asarray(old_design).T
+    return np.abs(rows).sum(axis=-1)
+
+
+def grid_weights(positions, num_samples):
+    """Weights that read a signal from its samples at ``m/M`` (m = 1..M).
+
+    Linear interpolation between the two nearest grid points; positions
+    below ``1/M`` take the first sample (the memory is not fitted to any
+    data left of ``τ/M``, so ``x̄`` there is an extrapolation). Each row is
+    nonnegative and sums to 1: the tent ``max(0, 1 − |u − m|)`` at
+    ``u = clip(t·M, 1, M)``.
+
+    Args:
+        positions: ``(..., P)`` positions in [0, 1].
+        num_samples: int, ``M``.
+
+    Returns:
+        ``(..., P, M)`` weights, in the positions' dtype.
+    """
+    (positions,) = _tensors(positions)
+    u = positions * num_samples
+    u = floor(u, 1.0)
+    u = ops.where(u > num_samples, ops.full_like(u, num_samples), u)
+    nodes = ops.arange(1, num_samples + 1, dtype=positions.dtype)  # (M,)
+    return floor(1.0 - ops.abs(ops.expand_dims(u, -1) - nodes), 0.0)
+
+
+def limit_growth(part, part_samples, samples, max_gain):
+    """Scales ``part`` so that its grid samples stay below the old ones.
+
+    Per batch row and channel, ``max_m |part_samples|`` is brought down to
+    at most ``max_gain · max_m |samples|`` (and left alone when it already
+    is).
+
+    Args:
+        part: ``(B, N, e)`` coefficients.
+        part_samples: ``(B, M, e)``, ``S · part``.
+        samples: ``(B, M, e)``, the grid samples ``S · B`` of the memory
+            the part was computed from.
+        max_gain: float in (0, 1).
+
+    Returns:
+        ``(B, N, e)``.
+    """
+    top = ops.max(ops.abs(part_samples), axis=1)  # (B, e)
+    limit = max_gain * ops.max(ops.abs(samples), axis=1)  # (B, e)
+    scale = ops.where(
+        top > limit, limit / floor(top, 1e-30), ops.ones_like(top)
+    )
+    return part * ops.expand_dims(scale, 1)
+
+
+def bounded_old_part(
+    coefficients, positions, sample_matrix, old_design, max_gain
+):
+    """``G_oldᵀ X_old`` of a sticky write that cannot amplify old content.
+
+    ``X_old`` is read from the uniform samples ``y = S·B`` of the memory by
+    `grid_weights` (convex combinations, so ``|X_old| ≤ max_m |y_m|``),
+    refitted with ``G_old`` (paper eq. 12), and the result is scaled by
+    `limit_growth` so that its own grid samples stay within ``max_gain``
+    times ``max_m |y_m|``. Hence, per channel, the new memory's grid maximum
+    is at most ``max_gain`` times the old one plus what the new segment
+    adds, whatever the positions (docs/sticky_memories.md).
+
+    Args:
+        coefficients: ``(B, N, e)`` the old memory ``B``.
+        positions: ``(B, M)`` sticky positions in [0, 1].
+        sample_matrix: ``S``, ``(M, N)``: ψ at ``m/M``.
+        old_design: ``G_old``, ``(M, N)``.
+        max_gain: float in (0, 1).
+
+    Returns:
+        ``(B, N, e)``.
+    """
+    num_samples = sample_matrix.shape[0]
+    samples = evaluate(sample_matrix, coefficients)  # y = S B  (B, M, e)
+    weights = grid_weights(positions, num_samples)  # (B, M, M)
+    old = ops.einsum("bpm,bme->bpe", weights, samples)  # X_old (B, M, e)
+    part = fit(old_design, old)  # (B, N, e)
+    return limit_growth(part, evaluate(sample_matrix, part), samples, max_gain)
+
+
+def sticky_focus_growth(
+    old_design, centers, widths, num_bins, mode, min_variance, focus=None
+):
+    """Worst per-write growth of the exact sticky update under a steady read
+    focus (NumPy float64; docs/sticky_memories.md).
+
+    Every read since each write is the narrowest density the layer allows,
+    ``N(t; μ, σ²_min)``, at the same ``μ``; the write evaluates the old
+    signal exactly at the positions the sampler places for that histogram
+    (the authors' update, ``X_old = x̄(t̃)``) and refits it (paper eq. 12).
+    For ``mode="categorical"`` the expected draws stand in for the random
+    ones: the left edge of the bin that holds each quantile ``(m − ½)/M``.
+    The old content then follows a fixed linear map per ``μ``,
+    ``X_old ← Ψ(t̃) G_oldᵀ X_old``, whose spectral radius is the growth per
+    write. Scanned over ``focus`` (default: 65 values of ``μ`` in [0, 1],
+    and for ``"categorical"`` a flat histogram too).
+
+    ``Ψ(t̃)`` is read from a table of ``ψ(t) G_oldᵀ`` (at the left edges, or
+    for ``"quantile"`` on a grid finer than ``max(D, M)/2`` and ``w_min/8``,
+    interpolated linearly), and the radius is taken from the smaller of the two
+    products ``W·R`` and ``R·W`` (table rows ``R`` that are used, weights
+    ``W``), which share their nonzero eigenvalues.
+
+    Args:
+        old_design: ``G_old``, ``(M, N)``.
+        centers: ``(N,)`` basis centres.
+        widths: ``(N,)`` basis widths.
+        num_bins: int, ``D``.
+        mode: ``"categorical"`` or ``"quantile"``.
+        min_variance: float, ``σ²_min`` of the reads.
+        focus: optional sequence of the ``μ`` to try.
+
+    Returns:
+        float, the largest growth factor found (> 1: old content under that
+        focus grows at every write).
+    """
+    old_design = np.asarray(old_design, dtype=np.float64)
+    num_samples = old_design.shape[0]
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    cdf_edges = edges.copy()
+    cdf_edges[0], cdf_edges[-1] = -1e-6, 1.0 + 1e-6
+    if mode == "categorical":
+        table = edges[:-1]  # the left edges k/D
+    else:
+        # Spacing ≤ w_min/8 (linear interpolation of ψ within ~0.2%).
+        size = max(2 * max(num_bins, num_samples), math.ceil(8 / min(widths)))
+        table = np.linspace(0.0, 1.0, size + 1)
+    # Row r: how x̄'(table_r) responds to each old sample, (R, M).
+    response = psi_numpy(table, centers, widths) @ old_design.T
+    u = (np.arange(num_samples) + 0.5) / num_samples
+    erf = np.vectorize(math.erf)
+    scale = math.sqrt(2.0 * min_variance)
+    histograms = []
+    if focus is None:
+        focus = np.linspace(0.0, 1.0, 65)
+        if mode == "categorical":  # flat reads draw the left edge 0 too
+            histograms.append(np.full(num_bins, 1.0 / num_bins))
+    for mu in focus:
+        masses = np.diff(0.5 * (1.0 + erf((cdf_edges - mu) / scale)))
+        histograms.append(masses / masses.sum())
+    rows = np.arange(num_samples)
+    worst = 0.0
+    for histogram in histograms:
+        cdf = np.cumsum(histogram)
+        index = np.minimum((cdf[None, :] <= u[:, None]).sum(1), num_bins - 1)
+        if mode == "categorical":
+            low, weight = index, np.ones(num_samples)
+            high = low
+        else:
+            mass = histogram[index]
+            fraction = (u - (cdf[index] - mass)) / np.maximum(mass, 1e-12)
+            position = (index + np.clip(fraction, 0.0, 1.0)) / num_bins
+            q = position * (len(table) - 1)
+            low = np.minimum(np.floor(q).astype(int), len(table) - 2)
+            high, weight = low + 1, 1.0 - (q - low)
+        used, inverse = np.unique(
+            np.concatenate([low, high]), return_inverse=True
+        )
+        weights = np.zeros((num_samples, len(used)))  # W (M, U)
+        np.add.at(weights, (rows, inverse[:num_samples]), weight)
+        np.add.at(weights, (rows, inverse[num_samples:]), 1.0 - weight)
+        if len(used) < num_samples:
+            small = response[used] @ weights  # R·W (U, U)
+        else:
+            small = weights @ response[used]  # W·R (M, M)
+        worst = max(worst, _spectral_radius(small))
+    return worst
+
+
+def _spectral_radius(matrix, largest_dense=160):
+    """``max |λ|``: all eigenvalues up to ``largest_dense`` rows, else power
+    iteration (`update_growth`, which also handles a complex pair)."""
+    if matrix.shape[0] <= largest_dense:
+        return float(np.abs(np.linalg.eigvals(matrix)).max())
+    return update_growth(matrix, steps=100)

@@ -267,7 +267,7 @@ def stream_ltm(num_tokens, policy, length=512, seed=0):
     held = m // 2
     share = tau * held / m  # the signal's region [0, share] is stationary
     constants = ltm.constants(length)
-    centers, widths = ltm._centers, ltm._widths
+    centers, widths = ltm.geometry.centers, ltm.geometry.widths
     g_old = constants["G_old"]
     # The positions the LTM receives are float32: the float64 twin uses the
     # same rounded values (ψ is steep, 1e-8 moves it by about 1e-5).

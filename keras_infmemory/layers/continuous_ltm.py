@@ -217,6 +217,9 @@ class ContinuousLTM(keras.layers.Layer):
         # A switch for ablations, not config: a disabled memory is neither
         # written nor read (see `keras_infmemory.layers.segment_memory`).
         self.enabled = True
+        # Per segment length, with sticky memories: how much a write may
+        # grow old content (StickyMemorySampler.focus_growth or max_gain).
+        self.sticky_growth = {}
         self.build()
 
     # ------------------------------------------------------------------ #
@@ -420,8 +423,8 @@ class ContinuousLTM(keras.layers.Layer):
         new_part = basis.fit(constant("G_new"), x)  # (B, N, e)
         positions = sample_positions
         if positions is None and self.sticky is not None:
-            positions = self._sticky_positions(state["histogram"])
-        if positions is None:
+            old_part = self._sticky_old_part(previous, state, length)
+        elif positions is None:
             # G_oldᵀ S B_prev with G_oldᵀ S precomputed: one N×N matmul.
             old_part = ops.einsum(
                 "nk,bke->bne", constant("transition"), previous
@@ -456,6 +459,34 @@ class ContinuousLTM(keras.layers.Layer):
         uniform = self.geometry.uniform_positions(self.math_dtype)
         seen = ops.sum(histogram, axis=-1, keepdims=True) > 0  # (B, 1)
         return ops.where(seen, sticky, uniform[None, :])
+
+    def _sticky_old_part(self, previous, state, length):
+        """``G_oldᵀ X_old`` at the sticky positions, as the sampler's
+        ``update`` reads them (docs/sticky_memories.md)."""
+        if length not in self.sticky_growth:
+            growth = self.sticky.max_gain
+            if self.sticky.update == "exact":
+                growth = self.sticky.focus_growth(
+                    self.constants(length)["G_old"],
+                    self.geometry.centers,
+                    self.geometry.widths,
+                    self.min_variance,
+                )
+            self.sticky_growth[length] = growth
+            self.sticky.check_growth(
+                growth,
+                f"ContinuousLTM '{self.name}' (num_basis={self.num_basis}, "
+                f"basis_widths={self.basis_widths}, num_samples="
+                f"{self.num_samples}, tau={self.tau}, segments of {length} "
+                "tokens)",
+            )
+        positions = ops.cast(
+            self._sticky_positions(state["histogram"]), self.math_dtype
+        )
+        constants = {n: self._constant(length, n) for n in ("S", "G_old")}
+        return self.sticky.old_part(
+            previous, positions, constants, self._basis()
+        )
 
     # ------------------------------------------------------------------ #
     # Read

@@ -1,5 +1,8 @@
 """StickyMemorySampler: where the next write samples the old signal."""
 
+import hashlib
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
@@ -8,6 +11,11 @@ from keras_infmemory import basis
 from keras_infmemory import validation as check
 
 _MODES = ("categorical", "quantile")
+_UPDATES = ("exact", "bounded")
+# `update="exact"` warns when a steady read focus can grow old content by
+# more than this per write (docs/sticky_memories.md).
+_GROWTH_TOLERANCE = 1.01
+_FOCUS_GROWTH = {}  # geometry -> basis.sticky_focus_growth, per process
 
 
 @keras.saving.register_keras_serializable(package="keras_infmemory")
@@ -34,6 +42,30 @@ class StickyMemorySampler(keras.layers.Layer):
       interpolation inside the bin: the same expected number of points per
       bin, with no variance and no duplicates.
 
+    How a `ContinuousLTM` write reads the old signal at those positions
+    (docs/sticky_memories.md):
+
+    * ``update="exact"`` (the authors' write): ``X_old = x̄(t̃)``, the fitted
+      signal at each position. A uniform write moves old content towards 0
+      and shrinks it; a sticky write copies what the reads attended again,
+      so while the reads keep attending one place every write multiplies
+      that content by the refit's overshoot there: 1.07 for the GPT-2
+      geometry with 128 bins, 2.9 for ``num_basis=32`` with the default
+      widths (whose fit is spiky between the uniform samples ``m/M``). Long
+      streams can then diverge. The layer computes this growth
+      (``ContinuousLTM.sticky_growth``) and warns, once per segment length,
+      when it exceeds 1% per write.
+    * ``update="bounded"`` (the default): ``X_old`` is interpolated
+      linearly between the uniform samples ``x̄(m/M)`` of the old memory
+      (so it is never larger than they are), and the refitted old part is
+      scaled down, per
+      channel, where its largest uniform sample would exceed ``max_gain``
+      times the old memory's. With ``ν(B) = max_m |(S·B)_m|`` every write
+      then has ``ν(B_t) ≤ max_gain·ν(B_{t−1}) + ν(G_newᵀ x_t)``: the memory
+      stays bounded whatever the reads and the geometry. Where the
+      positions lie on the grid and the cap is idle, it is the authors'
+      write.
+
     Example:
 
     >>> import numpy as np
@@ -49,6 +81,14 @@ class StickyMemorySampler(keras.layers.Layer):
             (the authors').
         mode: ``"categorical"`` or ``"quantile"``, how sample positions are
             placed. Defaults to ``"categorical"`` (the authors').
+        update: ``"bounded"`` or ``"exact"``, how a write reads the old
+            signal at the positions. Defaults to ``"bounded"``, safe in
+            endless streams; ``"exact"`` is the authors' write (their
+            released code wipes its memory every 2,048 tokens, before the
+            growth shows; ours is unbounded).
+        max_gain: float in (0, 1), with ``update="bounded"``: per write and
+            channel, the old part's largest uniform sample is at most
+            ``max_gain`` times the old memory's. Defaults to 0.99.
         seed: int or `keras.random.SeedGenerator`, seeds the categorical
             draws.
         **kwargs: base `keras.layers.Layer` arguments.
@@ -62,7 +102,15 @@ class StickyMemorySampler(keras.layers.Layer):
         The normalised histogram, ``(B, num_bins)``.
     """
 
-    def __init__(self, num_bins=128, mode="categorical", seed=None, **kwargs):
+    def __init__(
+        self,
+        num_bins=128,
+        mode="categorical",
+        seed=None,
+        update="bounded",
+        max_gain=0.99,
+        **kwargs,
+    ):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         num_bins = check.check_int("num_bins", num_bins)
@@ -70,6 +118,12 @@ class StickyMemorySampler(keras.layers.Layer):
             raise ValueError(
                 f"`mode` must be one of {_MODES}. Received: mode={mode!r}"
             )
+        if update not in _UPDATES:
+            raise ValueError(
+                f"`update` must be one of {_UPDATES}. "
+                f"Received: update={update!r}"
+            )
+        max_gain = check.check_range("max_gain", max_gain, 0.0, 1.0)
         if seed is not None and not isinstance(
             seed, (int, np.integer, keras.random.SeedGenerator)
         ):
@@ -80,6 +134,8 @@ class StickyMemorySampler(keras.layers.Layer):
         self.num_bins = num_bins
         self.mode = mode
         self.seed = seed
+        self.update = update
+        self.max_gain = max_gain
         if isinstance(seed, keras.random.SeedGenerator):
             self.seed_generator = seed
         else:
@@ -143,6 +199,72 @@ class StickyMemorySampler(keras.layers.Layer):
         )
         return ops.sort(left, axis=-1)
 
+    def old_part(self, coefficients, positions, constants, basis_values):
+        """``G_oldᵀ X_old`` of a sticky write (paper eq. 12, old rows).
+
+        Args:
+            coefficients: ``(B, N, e)`` the old memory.
+            positions: ``(B, M)`` sample positions, same dtype.
+            constants: dict with ``"S"`` ``(M, N)`` and ``"G_old"``
+                ``(M, N)`` tensors of that dtype.
+            basis_values: ``(centers, widths)`` tensors, for ψ.
+
+        Returns:
+            ``(B, N, e)``.
+        """
+        if self.update == "bounded":
+            return basis.bounded_old_part(
+                coefficients,
+                positions,
+                constants["S"],
+                constants["G_old"],
+                self.max_gain,
+            )
+        psi = basis.psi(positions, *basis_values)  # (B, M, N)
+        old = basis.evaluate(psi, coefficients)  # X_old = x̄(t̃)  (B, M, e)
+        return basis.fit(constants["G_old"], old)
+
+    def focus_growth(self, old_design, centers, widths, min_variance):
+        """How much one exact write can grow old content under a steady
+        read focus: `basis.sticky_focus_growth` for this sampler (NumPy;
+        cached per geometry)."""
+        old_design = np.asarray(old_design, dtype=np.float64)
+        key = (
+            hashlib.sha1(old_design.tobytes()).hexdigest(),
+            old_design.shape,
+            np.asarray(widths, dtype=np.float64).tobytes(),
+            self.num_bins,
+            self.mode,
+            float(min_variance),
+        )
+        if key not in _FOCUS_GROWTH:
+            _FOCUS_GROWTH[key] = basis.sticky_focus_growth(
+                old_design,
+                centers,
+                widths,
+                self.num_bins,
+                self.mode,
+                min_variance,
+            )
+        return _FOCUS_GROWTH[key]
+
+    def check_growth(self, growth, context):
+        """Warns when the exact update can grow old content (``growth``
+        from `focus_growth`) by more than 1% per write."""
+        if self.update != "exact" or growth <= _GROWTH_TOLERANCE:
+            return
+        warnings.warn(
+            f"StickyMemorySampler '{self.name}': with update='exact' (the "
+            f"authors' sticky write), each write of {context} multiplies old "
+            f"memory content by {growth:.2f} while the reads keep attending "
+            "the worst place, so a long stream can overflow. Pass "
+            "update='bounded' to StickyMemorySampler: writes then read the "
+            "old signal between its uniform samples and cannot grow it "
+            "(docs/sticky_memories.md). Received: update='exact', "
+            f"mode={self.mode!r}, num_bins={self.num_bins}",
+            stacklevel=4,
+        )
+
     def compute_output_shape(self, mu_shape, variance_shape=None, mask=None):
         return (mu_shape[0], self.num_bins)
 
@@ -152,7 +274,13 @@ class StickyMemorySampler(keras.layers.Layer):
         if isinstance(seed, keras.random.SeedGenerator):
             seed = keras.saving.serialize_keras_object(seed)
         config.update(
-            {"num_bins": self.num_bins, "mode": self.mode, "seed": seed}
+            {
+                "num_bins": self.num_bins,
+                "mode": self.mode,
+                "seed": seed,
+                "update": self.update,
+                "max_gain": self.max_gain,
+            }
         )
         return config
 

@@ -104,8 +104,11 @@ def test_decoding_path_matches_prefill_path():
 
 
 def test_sticky_quantile_matches_reference_positions():
-    """Sticky writes evaluate the old signal at the sampler's positions."""
-    sampler = ki.StickyMemorySampler(num_bins=16, mode="quantile")
+    """The authors' sticky write (``update="exact"``) evaluates the old
+    signal at the sampler's positions."""
+    sampler = ki.StickyMemorySampler(
+        num_bins=16, mode="quantile", update="exact"
+    )
     layer = small_layer(sticky=sampler)
     randomize(layer)
     reference = ReferenceLTM(
