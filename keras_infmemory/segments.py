@@ -108,7 +108,7 @@ def run(step, state, inputs, layer, loop="python", first_tracked=0):
     Args:
         step: ``step(index, segment, state) -> (output, state)``;
             ``segment`` is the list of the ``index``-th slices of
-            ``inputs``; ``output`` one tensor.
+            ``inputs``; ``output`` a tensor or a nest of tensors.
         state: the initial state (any nest of tensors).
         inputs: a list of tensors laid out by segment, ``(S, B, L, ...)``.
         layer: the `keras.layers.Layer` whose variables ``step`` uses
@@ -123,8 +123,8 @@ def run(step, state, inputs, layer, loop="python", first_tracked=0):
             stop-gradient (truncated back-propagation).
 
     Returns:
-        ``(outputs, state)``: the outputs stacked ``(S, ...)`` and the last
-        state.
+        ``(outputs, state)``: the outputs stacked ``(S, ...)`` (each
+        tensor of the nest) and the last state.
     """
     num_segments = inputs[0].shape[0]
     backend = keras.backend.backend()
@@ -133,9 +133,12 @@ def run(step, state, inputs, layer, loop="python", first_tracked=0):
         for index in range(num_segments):
             output, state = step(index, [x[index] for x in inputs], state)
             if index < first_tracked:
-                output = ops.stop_gradient(output)
+                output = keras.tree.map_structure(ops.stop_gradient, output)
             outputs.append(output)
-        return ops.stack(outputs, axis=0), state
+        stacked = keras.tree.map_structure(
+            lambda *x: ops.stack(x, axis=0), *outputs
+        )
+        return stacked, state
     return _traced_run(step, state, inputs, layer, first_tracked)
 
 
@@ -163,10 +166,13 @@ def _traced_run(step, state, inputs, layer, first_tracked):
             output, state = step(index, segment, state)
         if isinstance(index, int):
             if index < first_tracked:
-                output = ops.stop_gradient(output)
+                output = keras.tree.map_structure(ops.stop_gradient, output)
         else:
-            output = ops.where(
-                index >= first_tracked, output, ops.stop_gradient(output)
+            output = keras.tree.map_structure(
+                lambda x: ops.where(
+                    index >= first_tracked, x, ops.stop_gradient(x)
+                ),
+                output,
             )
         adds_losses.append(bool(scope.losses))
         loss = ops.zeros((), "float32")
@@ -198,18 +204,22 @@ def _traced_run(step, state, inputs, layer, first_tracked):
         # output's shape (the number of segments may be unknown).
         num_segments = ops.shape(inputs[0])[0]
         output, loss, state, updated_values = run_step(0, state, updated_values)
-        buffer = ops.zeros(
-            (num_segments,) + tuple(ops.shape(output)), output.dtype
-        )
 
         def place(outputs, index, output):  # outputs[index] = output
-            here = ops.reshape(
-                ops.arange(num_segments) == index,
-                (-1,) + (1,) * len(output.shape),
-            )
-            return ops.where(here, output[None], outputs)  # (S, ...)
+            def one(buffer, x):
+                here = ops.reshape(
+                    ops.arange(num_segments) == index,
+                    (-1,) + (1,) * len(x.shape),
+                )
+                return ops.where(here, x[None], buffer)  # (S, ...)
 
-        outputs = place(buffer, 0, output)
+            return keras.tree.map_structure(one, outputs, output)
+
+        buffers = keras.tree.map_structure(
+            lambda x: ops.zeros((num_segments,) + tuple(ops.shape(x)), x.dtype),
+            output,
+        )
+        outputs = place(buffers, 0, output)
 
         def loop_step(index, carry):
             state, updated_values, outputs, loss = carry

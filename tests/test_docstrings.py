@@ -13,8 +13,12 @@ MODULES = [
     "keras_infmemory.basis",
     "keras_infmemory.interop",
     "keras_infmemory.state",
+    "keras_infmemory.segments",
+    "keras_infmemory.validation",
+    "keras_infmemory.optimizers",
     "keras_infmemory.layers.continuous_ltm",
     "keras_infmemory.layers.sticky_memory_sampler",
+    "keras_infmemory.models.hub.attach",
 ]
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE

@@ -58,6 +58,7 @@ def step(
     query_mask=None,
     active=None,
     regularize=True,
+    return_density=False,
 ):
     """One segment: what waits enters the memory, the memory is read, and
     ``segment`` waits.
@@ -74,14 +75,20 @@ def step(
             token (default: any of ``segment_mask``); the other rows keep
             their state.
         regularize: add the read's KL term (see `ContinuousLTM.read`).
+        return_density: also return where the read looked (inspection).
 
     Returns:
         ``(output, state)``: ``output`` ``(B, Lq, output_dim)`` and the new
-        state (stop-gradient).
+        state (stop-gradient); with ``return_density``, ``(output, state,
+        density)``, ``density`` a dict of the read's ``"mu"`` and
+        ``"variance"`` ``(B, H, Lq)`` and ``"has_memory"`` ``(B,)``
+        (whether the memory read held anything).
     """
     batch, length = ops.shape(query)[0], query.shape[1]
     if not ltm.enabled:
         output = ops.zeros((batch, length, ltm.output_dim), ltm.compute_dtype)
+        if return_density:
+            return output, state, _no_density(ltm, query)
         return output, state
     segment_mask = ops.cast(segment_mask, "bool")
     if active is None:
@@ -102,6 +109,14 @@ def step(
         "ltm": ltm_state,
     }
     new_state = where_rows(active, new_state, state)
+    if return_density:
+        mu, variance = ltm.density(query, written)
+        density = {
+            "mu": mu,
+            "variance": variance,
+            "has_memory": written["has_memory"],
+        }
+        return output, _stop_gradient(new_state), _stop_gradient(density)
     return output, _stop_gradient(new_state)
 
 
@@ -158,6 +173,17 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
         regularize=False,
     )
     return output, _stop_gradient(new_state)
+
+
+def _no_density(ltm, query):
+    """The density record of a memory switched off: nothing was read."""
+    batch, length = ops.shape(query)[0], query.shape[1]
+    zeros = ops.zeros((batch, ltm.num_heads, length), ltm.math_dtype)
+    return {
+        "mu": zeros,
+        "variance": zeros,
+        "has_memory": ops.zeros((batch,), "bool"),
+    }
 
 
 def _real_only(x, mask, dtype):

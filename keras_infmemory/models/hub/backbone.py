@@ -175,7 +175,9 @@ class InfMemoryBackbone:
         finally:
             self.memory_run = previous
 
-    def run_segments(self, function, inputs, state, regularize=True):
+    def run_segments(
+        self, function, inputs, state, regularize=True, record=False
+    ):
         """Runs ``function`` on ``inputs`` laid out as segment rows.
 
         Args:
@@ -187,9 +189,10 @@ class InfMemoryBackbone:
                 tensors ``(B, T, ...)``.
             state: the memory state before the first segment.
             regularize: add the memories' KL terms (see `MemoryRun`).
+            record: keep where the reads looked (`MemoryRun.densities`).
 
         Returns:
-            ``(output (B, T, ...), new_state)``.
+            ``(output (B, T, ...), run)``: ``run.states`` is the new state.
         """
         length = self.segment_length
         token_ids = inputs["token_ids"]
@@ -217,9 +220,10 @@ class InfMemoryBackbone:
             state,
             mask=segments.by_segment(mask, length),
             regularize=regularize,
+            record=record,
         ) as run:
             output = function(rows)  # (B·S, L, ...)
-        return segments.from_rows(output, batch)[:, :total], run.states
+        return segments.from_rows(output, batch)[:, :total], run
 
     # ------------------------------------------------------------------ #
     # Keras

@@ -14,6 +14,7 @@ import inspect
 
 from keras import ops
 
+from keras_infmemory import segments
 from keras_infmemory import validation as check
 from keras_infmemory.state import StateHolder
 
@@ -175,9 +176,10 @@ class InfMemoryCausalLM:
         if reset_mask is not None:
             state = self.backbone.reset_rows(state, reset_mask)
         parent = super().call
-        logits, state = self.backbone.run_segments(
+        logits, run = self.backbone.run_segments(
             lambda rows: parent(rows, training=training, **kw), inputs, state
         )  # (B, T, V)
+        state = run.states
         if self.stateful:
             self._state_holder.assign(state)
         return (logits, state) if explicit else logits
@@ -219,6 +221,42 @@ class InfMemoryCausalLM:
             score_rows, inputs, self.get_initial_state(batch), regularize=False
         )
         return scores
+
+    def memory_densities(self, inputs, state=None):
+        """Where each memory layer's reads look, token by token.
+
+        Runs ``inputs`` (as `call`; from an empty memory, or ``state``)
+        without the head and returns, per memory layer (in the order of
+        ``backbone.memory_layers``), a dict of NumPy-convertible tensors:
+        ``"mu"`` and ``"variance"`` ``(B, H, T)``, the Gaussian density of
+        each token's read of each head over the memory's time axis (0: the
+        oldest, 1: the latest segment), and ``"has_memory"`` ``(B, T)``,
+        whether that read found anything (False in a row's first segment).
+        Also returns the new state: ``(densities, state)``.
+        """
+        inputs = dict(inputs)
+        token_ids = inputs["token_ids"]
+        batch, total = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
+        if state is None:
+            state = self.get_initial_state(batch)
+        _, run = self.backbone.run_segments(
+            self.backbone, inputs, state, regularize=False, record=True
+        )
+        length = self.backbone.segment_length
+        densities = []
+        for density in run.densities:
+            by_token = {
+                name: ops.moveaxis(
+                    segments.from_segments(ops.moveaxis(density[name], 2, 3)),
+                    2,
+                    1,
+                )[..., :total]
+                for name in ("mu", "variance")
+            }  # (S, B, H, L) -> (B, H, T)
+            seen = ops.repeat(density["has_memory"][:, :, None], length, 2)
+            by_token["has_memory"] = segments.from_segments(seen)[:, :total]
+            densities.append(by_token)
+        return densities, run.states
 
     # ------------------------------------------------------------------ #
     # Generation: the memory rides in the sampler's cache
@@ -262,12 +300,13 @@ class InfMemoryCausalLM:
         done = ops.broadcast_to(
             ops.arange(total)[None, :] < start, (batch, total)
         )
-        _, state = self.backbone.run_segments(
+        _, run = self.backbone.run_segments(
             self.backbone,
             {"token_ids": token_ids, "padding_mask": done},
             state,
             regularize=False,
         )
+        state = run.states
         padded = ops.pad(token_ids, ((0, 0), (0, size)))
         segment = ops.slice(padded, [0, start], [batch, size])  # (B, L)
         real = ops.arange(size)[None, :] < length - start

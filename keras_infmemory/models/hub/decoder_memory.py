@@ -105,9 +105,13 @@ class MemoryRun:
         inputs_mask: decoding: optional ``(B, C)`` bool, the real tokens.
         regularize: segments: add the reads' KL terms (a training or
             evaluation call; not while generating or scoring).
+        record: segments: keep where each read looked (``densities``).
 
     Attributes:
         states: the states, updated by each memory layer as it runs.
+        densities: with ``record``, per memory layer a dict of the reads'
+            ``"mu"`` and ``"variance"`` ``(S, B, H, L)`` and
+            ``"has_memory"`` ``(S, B)``.
     """
 
     def __init__(
@@ -119,9 +123,12 @@ class MemoryRun:
         write=None,
         inputs_mask=None,
         regularize=True,
+        record=False,
     ):
         self.backbone = backbone
         self.regularize = regularize
+        self.record = record
+        self.densities = [None] * len(states)
         self.states = list(states)
         self.mask = mask
         self.position = position
@@ -160,7 +167,7 @@ class MemoryRun:
 
             def step(index, segment, state):
                 x, q, real = segment
-                return segment_memory.step(
+                result = segment_memory.step(
                     ltm,
                     q,
                     state,
@@ -168,7 +175,12 @@ class MemoryRun:
                     real,
                     query_mask=real,
                     regularize=self.regularize,
+                    return_density=self.record,
                 )
+                if self.record:
+                    output, state, density = result
+                    return (output, density), state
+                return result
 
             output, self.states[slot] = segments.run(
                 step,
@@ -181,5 +193,7 @@ class MemoryRun:
                 layer=ltm,
                 loop=backbone.segment_loop,
             )  # (S, B, L, D)
+            if self.record:
+                output, self.densities[slot] = output
             output = segments.segments_to_rows(output)  # (B·S, L, D)
         return attention_output + ops.cast(output, attention_output.dtype)

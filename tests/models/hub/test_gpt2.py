@@ -214,3 +214,24 @@ def test_from_preset_gives_a_plain_preset_a_memory(gpt2, tmp_path):
         from keras_infmemory.models import InfMemoryLlama3CausalLM
 
         InfMemoryLlama3CausalLM.from_preset(path)
+
+
+def test_memory_densities(model):
+    """Where each token's read looks: one density per head and token."""
+    x = tokens(3 * L - 2)
+    densities, state = model.memory_densities(x)
+    assert len(densities) == 2
+    mu, variance = (
+        to_numpy(densities[0]["mu"]),
+        to_numpy(densities[0]["variance"]),
+    )
+    assert mu.shape == variance.shape == (2, 2, 3 * L - 2)
+    assert ((mu > 0) & (mu < 1)).all() and (variance > 0).all()
+    seen = to_numpy(densities[1]["has_memory"])
+    assert not seen[:, :L].any() and seen[:, L:].all()
+    # The state is the call's.
+    _, expected = model(x, state=model.get_initial_state(2))
+    for a, b in zip(
+        keras.tree.flatten(state), keras.tree.flatten(expected), strict=True
+    ):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-6)
