@@ -75,3 +75,24 @@ def data_parallel(num_devices=None, device_type=None):
     )
     keras.distribution.set_distribution(distribution)
     return distribution
+
+
+def shard_rows(state):
+    """Lays every tensor of ``state`` (a nest of ``(B, ...)`` tensors) out
+    along its first axis like the data, under the distribution in effect
+    (`keras.distribution.DataParallel` or ``ModelParallel``); unchanged
+    when there is none.
+
+    A memory state is per batch row: a row never needs another device's
+    rows. Under model parallelism XLA would otherwise lay the state out
+    like the hidden features (KerasHub's layouts shard the hidden axis).
+    """
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return state
+
+    def shard(x):
+        layout = distribution.get_data_layout(tuple(x.shape))
+        return keras.distribution.distribute_tensor(x, layout)
+
+    return keras.tree.map_structure(shard, state)

@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_infmemory import segments
 from keras_infmemory import validation as check
+from keras_infmemory.distribution import shard_rows
 from keras_infmemory.layers.continuous_ltm import ContinuousLTM
 from keras_infmemory.layers.inf_former_block import InfFormerBlock
 from keras_infmemory.layers.sticky_memory_sampler import StickyMemorySampler
@@ -417,7 +418,8 @@ class InfFormerLM(keras.Model):
             loop=self.segment_loop,
             first_tracked=first_tracked,
         )  # (S, B, L, V)
-        return segments.from_segments(logits)[:, :total], state  # (B, T, V)
+        logits = segments.from_segments(logits)[:, :total]  # (B, T, V)
+        return logits, shard_rows(state)
 
     def _segment(self, token_ids, state, padding_mask, training):
         """One segment through the stack: ``(B, L)`` → ``(B, L, V)``."""

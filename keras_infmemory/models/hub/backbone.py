@@ -19,6 +19,7 @@ from keras import ops
 
 from keras_infmemory import segments
 from keras_infmemory import validation as check
+from keras_infmemory.distribution import shard_rows
 from keras_infmemory.layers import segment_memory
 from keras_infmemory.layers.continuous_ltm import ContinuousLTM
 from keras_infmemory.models.hub import decoder_memory
@@ -223,6 +224,7 @@ class InfMemoryBackbone:
             record=record,
         ) as run:
             output = function(rows)  # (B·S, L, ...)
+        run.states = shard_rows(run.states)
         return segments.from_rows(output, batch)[:, :total], run
 
     # ------------------------------------------------------------------ #
