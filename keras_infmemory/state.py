@@ -52,7 +52,8 @@ class StateHolder:
     >>> layer = keras.layers.Layer()
     >>> template = {"x": np.zeros((2, 3), "float32"), "seen": np.zeros(2, bool)}
     >>> holder = StateHolder(layer, template)
-    >>> holder.assign({"x": np.ones((2, 3), "float32"), "seen": [True, True]})
+    >>> ones = {"x": np.ones((2, 3), "float32"), "seen": np.ones(2, bool)}
+    >>> holder.assign(ones)
     >>> holder.reset(np.array([False, True]))
     >>> keras.ops.convert_to_numpy(holder.read()["seen"]).tolist()
     [True, False]

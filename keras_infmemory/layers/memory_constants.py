@@ -19,8 +19,11 @@ class MemoryConstants:
     """Float64 constants per segment length, and their backend tensors.
 
     Args:
-        num_basis, basis_widths, ridge_penalty, tau, samples: the memory's
-            geometry (see `ContinuousLTM`).
+        num_basis: int, ``N``.
+        basis_widths: tuple of floats, the Gaussian widths.
+        ridge_penalty: float, ``λ``.
+        tau: float, ``τ``.
+        samples: int, ``M``, samples of the old signal per write.
         name: the layer's name, for warnings.
     """
 

@@ -43,7 +43,6 @@ def attach_memory(causal_lm, memory_layers=None, **memory_options):
         Example:
 
         >>> import keras_hub
-    from keras import ops
         >>> from keras_infmemory.models import attach_memory
         >>> llama = keras_hub.models.Llama3CausalLM(
         ...     keras_hub.models.Llama3Backbone(

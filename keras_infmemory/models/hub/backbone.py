@@ -52,7 +52,7 @@ class InfMemoryBackbone:
     `keras_infmemory.models.attach_memory` or ``from_preset``.
 
     Args:
-        *args, **kwargs: the family backbone's arguments.
+        *args: the family backbone's positional arguments.
         segment_length: int, tokens per segment ``L``. Defaults to 512 (the
             paper's), capped at the family's ``max_sequence_length``.
         memory_layers: ``None`` (every decoder layer) or a list of layer
@@ -63,6 +63,7 @@ class InfMemoryBackbone:
         segment_loop: ``"python"`` or ``"scan"``, how each memory steps
             through the segments of a call (see
             `keras_infmemory.segments.run`).
+        **kwargs: the family backbone's keyword arguments.
     """
 
     family = None  # the `Family`, set on each class by `classes`
