@@ -34,45 +34,45 @@ MODEL_ARGUMENTS = (
 def attach_memory(causal_lm, memory_layers=None, **memory_options):
     """Gives a KerasHub causal LM an ∞-former memory.
 
-        Builds the family's causal LM with memory (same configuration, same
-        preprocessor), copies every weight unchanged and adds a fresh
-        `ContinuousLTM` to each chosen decoder layer. Supported families:
-        GPT-2, OPT, Llama, Llama 3, Mistral, Qwen (2), Qwen 3, Gemma, Gemma 3
-        and Phi-3 (see `keras_infmemory.models.hub.families`).
+    Builds the family's causal LM with memory (same configuration, same
+    preprocessor), copies every weight unchanged and adds a fresh
+    `ContinuousLTM` to each chosen decoder layer. Supported families:
+    GPT-2, OPT, Llama, Llama 3, Mistral, Qwen (2), Qwen 3, Gemma, Gemma 3
+    and Phi-3 (see `keras_infmemory.models.hub.families`).
 
-        Example:
+    Example:
 
-        >>> import keras_hub
-        >>> from keras_infmemory.models import attach_memory
-        >>> llama = keras_hub.models.Llama3CausalLM(
-        ...     keras_hub.models.Llama3Backbone(
-        ...         vocabulary_size=16, num_layers=1, num_query_heads=4,
-        ...         num_key_value_heads=2, hidden_dim=16, intermediate_dim=32,
-        ...     )
-        ... )
-        >>> lm = attach_memory(llama, segment_length=8, num_basis=16,
-        ...                    num_samples=16)
-        >>> type(lm).__name__, lm.backbone.memories[0].num_heads
-        ('InfMemoryLlama3CausalLM', 4)
+    >>> import keras_hub
+    >>> from keras_infmemory.models import attach_memory
+    >>> llama = keras_hub.models.Llama3CausalLM(
+    ...     keras_hub.models.Llama3Backbone(
+    ...         vocabulary_size=16, num_layers=1, num_query_heads=4,
+    ...         num_key_value_heads=2, hidden_dim=16, intermediate_dim=32,
+    ...     )
+    ... )
+    >>> lm = attach_memory(llama, segment_length=8, num_basis=16,
+    ...                    num_samples=16)
+    >>> type(lm).__name__, lm.backbone.memories[0].num_heads
+    ('InfMemoryLlama3CausalLM', 4)
 
-        Args:
-            causal_lm: a KerasHub causal LM of a supported family (with or
-                without a memory; on one with a memory, the options given
-                replace its own).
-            memory_layers: ``None`` (every decoder layer) or a list of layer
-                indices that get a memory.
-            **memory_options: ``segment_length`` (default 512, capped at the
-                model's ``max_sequence_length``), ``segment_loop``,
-                ``stateful`` and ``batch_size`` (see `InfMemoryCausalLM`),
-                ``memory_options`` (a dict) and any `ContinuousLTM` argument
-                (``num_basis``, ``tau``, ``sticky``, …).
+    Args:
+        causal_lm: a KerasHub causal LM of a supported family (with or
+            without a memory; on one with a memory, the options given
+            replace its own).
+        memory_layers: ``None`` (every decoder layer) or a list of layer
+            indices that get a memory.
+        **memory_options: ``segment_length`` (default 512, capped at the
+            model's ``max_sequence_length``), ``segment_loop``,
+            ``stateful`` and ``batch_size`` (see `InfMemoryCausalLM`),
+            ``memory_options`` (a dict) and any `ContinuousLTM` argument
+            (``num_basis``, ``tau``, ``sticky``, …).
 
-        Returns:
-            The family's `InfMemoryCausalLM` (a `keras_hub.models.CausalLM`).
+    Returns:
+        The family's `InfMemoryCausalLM` (a `keras_hub.models.CausalLM`).
 
-        Raises:
-            ValueError: for an unsupported class (naming the supported ones) or
-                an unknown option.
+    Raises:
+        ValueError: for an unsupported class (naming the supported ones) or
+            an unknown option.
     """
     classes = memory_classes(causal_lm)
     options = dict(memory_options)
