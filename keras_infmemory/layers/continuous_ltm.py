@@ -18,6 +18,17 @@ from keras_infmemory.state import where_rows
 _GATES = ("conv", None)
 
 
+def fresh_initializer(initializer):
+    """A new instance of a Keras initializer, for one more weight.
+
+    An unseeded Keras initializer instance draws the same values at every
+    call, which would make e.g. ``W_K = W_V = W_O`` at initialisation. The
+    copy is rebuilt from its config, not serialized: Keras' serialization
+    imports TensorFlow wherever it is installed.
+    """
+    return initializer.__class__.from_config(initializer.get_config())
+
+
 @keras.saving.register_keras_serializable(package="keras_infmemory")
 class ContinuousLTM(keras.layers.Layer):
     """Continuous-attention long-term memory (∞-former, Martins et al. 2022).
@@ -231,14 +242,9 @@ class ContinuousLTM(keras.layers.Layer):
             return
         e, hd, n = self.memory_dim, self.heads_dim, self.num_basis
 
-        # A fresh initializer per weight: an unseeded Keras initializer
-        # instance draws the same values at every call, which would make
-        # W_K = W_V = W_O and w_μ = w_σ at initialisation. (Rebuilt from its
-        # config, not serialized: serializing imports TensorFlow.)
         def kernel(name, shape, initializer=None):
             if initializer is None:
-                base = self.kernel_initializer
-                initializer = base.__class__.from_config(base.get_config())
+                initializer = fresh_initializer(self.kernel_initializer)
             # Never autocast: read/write math stays float32 under mixed
             # precision.
             return self.add_weight(

@@ -8,7 +8,10 @@ from keras import ops
 from keras_infmemory import segments
 from keras_infmemory import validation as check
 from keras_infmemory.layers import segment_memory
-from keras_infmemory.layers.continuous_ltm import ContinuousLTM
+from keras_infmemory.layers.continuous_ltm import (
+    ContinuousLTM,
+    fresh_initializer,
+)
 from keras_infmemory.state import where_rows
 
 _MAX_WAVELENGTH = 10000.0
@@ -226,9 +229,7 @@ class InfFormerBlock(keras.layers.Layer):
                 f"num_heads={self.ltm.num_heads}, key_dim={self.ltm.key_dim}"
             )
         self.hidden_dim, self.head_dim = hidden, head_dim
-        init = lambda: keras.initializers.get(  # noqa: E731
-            keras.initializers.serialize(self.kernel_initializer)
-        )
+        init = lambda: fresh_initializer(self.kernel_initializer)  # noqa: E731
         seq = (None, None, hidden)
 
         def projection(name):

@@ -296,3 +296,17 @@ def test_bad_call_arguments():
         wrong.build((None, None, 2 * HIDDEN))
     with pytest.raises(ValueError, match="num_heads"):
         InfFormerBlock(3, 32, SEGMENT).build((None, None, HIDDEN))
+
+
+def test_sequence_mode_takes_any_length_in_a_compiled_predict():
+    """A Sequential with a block (`Input((None, D))`) predicts on one
+    length, then another: also in a TensorFlow graph, where the length is
+    unknown while tracing."""
+    model = keras.Sequential(
+        [keras.Input((None, HIDDEN)), make_block("inf"), keras.layers.Dense(3)]
+    )
+    for length in (96, 64):
+        x = random_input(batch=2, length=length)
+        y = model.predict(x, verbose=0)
+        assert y.shape == (2, length, 3)
+        np.testing.assert_allclose(y, to_numpy(model(x)), atol=1e-5)
