@@ -7,14 +7,13 @@ check that `data_parallel` refuses them clearly.
 """
 
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
 from keras_infmemory.distribution import data_parallel
+from tests.testing import run_on_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,21 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="keras.distribution is JAX-only"
 )
-def test_data_parallel_step_equals_one_device(tmp_path):
-    path = os.path.join(tmp_path, "result.npz")
-    env = dict(
-        os.environ,
-        KERAS_BACKEND="jax",
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
-    )
-    subprocess.run(
-        [sys.executable, "-m", "tests.data_parallel_case", path, "4"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=600,
-    )
-    result = np.load(path)
+def test_data_parallel_step_equals_one_device():
+    result = run_on_devices("tests.data_parallel_case", 4, timeout=600)
     assert int(result["num_devices"]) == 4
     # Same loss and the same updated weights, up to float32 reduction order.
     np.testing.assert_allclose(

@@ -6,36 +6,21 @@ along the batch axis. The flag that makes 4 devices must be set before JAX
 starts, so the case runs in its own process (`tests.model_parallel_case`).
 """
 
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.testing import run_on_devices
+
 FAMILIES = ("llama3", "gemma")
 
 
 @pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="keras.distribution is JAX-only"
 )
-def test_model_parallel_equals_one_device(tmp_path):
-    path = os.path.join(tmp_path, "result.npz")
-    env = dict(
-        os.environ,
-        KERAS_BACKEND="jax",
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
-    )
-    subprocess.run(
-        [sys.executable, "-m", "tests.model_parallel_case", path, *FAMILIES],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=900,
-    )
-    result = np.load(path)
+def test_model_parallel_equals_one_device():
+    result = run_on_devices("tests.model_parallel_case", *FAMILIES)
     for family in FAMILIES:
         r = {
             k.split("/", 1)[1]: v

@@ -73,3 +73,31 @@ def variable_grads(fn, variables):
             return fn()
 
     return jax.grad(stateless)([v.value for v in variables])
+
+
+def run_on_devices(module, *args, devices=4, timeout=900):
+    """Runs ``python -m module OUT.npz *args`` on JAX with ``devices``
+    simulated CPU devices (the flag must be set before JAX starts, so in a
+    process of its own) and returns the arrays it saved."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="jax",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "result.npz")
+        subprocess.run(
+            [sys.executable, "-m", module, path, *map(str, args)],
+            cwd=root,
+            env=env,
+            check=True,
+            timeout=timeout,
+        )
+        with np.load(path) as saved:
+            return dict(saved)
