@@ -6,7 +6,6 @@ set before JAX starts, so it runs in its own process. Torch and TensorFlow
 check that `data_parallel` refuses them clearly.
 """
 
-import os
 
 import keras
 import numpy as np
@@ -15,7 +14,6 @@ import pytest
 from keras_infmemory.distribution import data_parallel
 from tests.testing import run_on_devices
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.skipif(
