@@ -6,14 +6,12 @@ set before JAX starts, so it runs in its own process. Torch and TensorFlow
 check that `data_parallel` refuses them clearly.
 """
 
-
 import keras
 import numpy as np
 import pytest
 
 from keras_infmemory.distribution import data_parallel
 from tests.testing import run_on_devices
-
 
 
 @pytest.mark.skipif(

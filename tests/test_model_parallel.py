@@ -6,7 +6,6 @@ along the batch axis. The flag that makes 4 devices must be set before JAX
 starts, so the case runs in its own process (`tests.model_parallel_case`).
 """
 
-
 import keras
 import numpy as np
 import pytest
