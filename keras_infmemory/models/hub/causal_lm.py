@@ -85,6 +85,9 @@ class InfMemoryCausalLM:
             batch_size = check.check_int("batch_size", batch_size)
         self.stateful = stateful
         self.batch_size = batch_size
+        # The memory `generate` was given, kept in a plain object (Keras
+        # would wrap a list attribute in a tracker).
+        self._generation = _GenerationMemory()
         self._state_holder = None
         if stateful:
             self._state_holder = StateHolder(
@@ -191,9 +194,11 @@ class InfMemoryCausalLM:
         scoring_mode="logits",
         layer_intercept_fn=None,
         target_ids=None,
+        memory=None,
     ):
         """The family's ``score`` over segments, the memory carried (from
-        empty). ``layer_intercept_fn`` sees the activations of segment rows
+        empty, or from ``memory``, e.g. an absorbed document: see `absorb`).
+        ``layer_intercept_fn`` sees the activations of segment rows
         ``(B·S, L, D)``."""
         parent = getattr(super(), "score", None)
         if parent is None:
@@ -216,11 +221,68 @@ class InfMemoryCausalLM:
                 target_ids=rows.get("target_ids"),
             )
 
-        batch = ops.shape(token_ids)[0]
+        if memory is None:
+            memory = self.get_initial_state(ops.shape(token_ids)[0])
         scores, _ = self.backbone.run_segments(
-            score_rows, inputs, self.get_initial_state(batch), regularize=False
+            score_rows, inputs, memory, regularize=False
         )
         return scores
+
+    def absorb(self, inputs, memory=None):
+        """Writes a long text into the memory, segment by segment.
+
+        The text runs through the backbone in segments (no logits are
+        computed) and the memory after it is returned, to read from with
+        ``generate(prompt, memory=...)``, ``score(..., memory=...)`` or a
+        call with ``state=``: the next text starts a new segment, and the
+        text's last segment enters the memory when it starts. Absorbing a
+        document and then calling on a prompt equals one call over the
+        document (padded to whole segments) and the prompt.
+
+        Args:
+            inputs: strings (tokenized by the preprocessor, whole: never
+                truncated) or a dict of ``"token_ids"`` ``(B, T)`` and
+                ``"padding_mask"``: several documents of different lengths
+                per batch (right padding).
+            memory: the memory to add to (default: an empty one).
+
+        Returns:
+            The memory state (see `get_initial_state`).
+        """
+        if not isinstance(inputs, dict):
+            inputs = self._tokenize_whole(inputs)
+        inputs = dict(inputs)
+        token_ids = ops.convert_to_tensor(inputs["token_ids"])
+        check.check_token_ids(
+            "token_ids", token_ids, self.backbone.vocabulary_size
+        )
+        if memory is None:
+            memory = self.get_initial_state(ops.shape(token_ids)[0])
+        _, run = self.backbone.run_segments(
+            self.backbone, inputs, memory, regularize=False
+        )
+        return run.states
+
+    def _tokenize_whole(self, texts):
+        """Strings → right-padded ``token_ids`` and ``padding_mask``."""
+        if self.preprocessor is None:
+            raise ValueError(
+                "Text needs a preprocessor (its tokenizer); pass token ids "
+                "instead. Received: preprocessor=None"
+            )
+        if isinstance(texts, str):
+            texts = [texts]
+        tokenizer = self.preprocessor.tokenizer
+        ids = [
+            [int(i) for i in ops.convert_to_numpy(tokenizer(t))] for t in texts
+        ]
+        length = max(1, max(len(i) for i in ids))
+        token_ids = [i + [0] * (length - len(i)) for i in ids]
+        mask = [[1] * len(i) + [0] * (length - len(i)) for i in ids]
+        return {
+            "token_ids": ops.convert_to_tensor(token_ids, "int32"),
+            "padding_mask": ops.convert_to_tensor(mask, "int32"),
+        }
 
     def memory_densities(self, inputs, state=None):
         """Where each memory layer's reads look, token by token.
@@ -278,7 +340,9 @@ class InfMemoryCausalLM:
         key_value, state = cache
         index = ops.cast(cache_update_index, "int32")
         position = ops.mod(index, self.backbone.segment_length)
-        write = ops.logical_and(ops.equal(position, 0), index > 0)
+        # A segment starts: what waits enters the memory (a no-op when
+        # nothing waits, e.g. at the start of a text).
+        write = ops.equal(position, 0)
         with self.backbone.open_run(
             state, position=position, write=write
         ) as run:
@@ -313,7 +377,7 @@ class InfMemoryCausalLM:
         with self.backbone.open_run(
             state,
             position=ops.zeros((), "int32"),
-            write=start > 0,
+            write=ops.ones((), "bool"),
             inputs_mask=ops.broadcast_to(real, (batch, size)),
         ) as run:
             extra = len(inspect.signature(super()._build_cache).parameters)
@@ -321,6 +385,45 @@ class InfMemoryCausalLM:
                 segment, *([None] * (extra - 1))
             )
         return key_value, run.states
+
+    def generate(
+        self,
+        inputs,
+        max_length=None,
+        stop_token_ids="auto",
+        strip_prompt=False,
+        memory=None,
+    ):
+        """KerasHub's ``generate``, optionally from a ``memory`` (e.g. an
+        absorbed document, see `absorb`) instead of an empty one: the prompt
+        starts a new segment after it. With a memory, ``inputs`` is one
+        batch of as many rows as the memory."""
+        self._generation.memory = memory
+        try:
+            return super().generate(
+                inputs,
+                max_length=max_length,
+                stop_token_ids=stop_token_ids,
+                strip_prompt=strip_prompt,
+            )
+        finally:
+            self._generation.memory = None
+
+    def make_generate_function(self):
+        """The family's compiled generation function, fed the memory given
+        to `generate` as an input (never baked into the compiled code)."""
+        if self.generate_function is not None:
+            return self.generate_function
+        compiled = super().make_generate_function()
+
+        def generate_function(inputs, stop_token_ids=None):
+            memory = self._generation.memory
+            if memory is not None:
+                inputs = dict(inputs, memory=memory)
+            return compiled(inputs, stop_token_ids)
+
+        self.generate_function = generate_function
+        return generate_function
 
     def generate_step(self, inputs, stop_token_ids=None):
         """A compilable generation function for one batch, with the memory
@@ -330,10 +433,11 @@ class InfMemoryCausalLM:
         token_ids, padding_mask = inputs["token_ids"], inputs["padding_mask"]
         batch = ops.shape(token_ids)[0]
         index = ops.min(ops.sum(ops.cast(padding_mask, "int32"), axis=-1))
+        memory = inputs.get("memory")
+        if memory is None:
+            memory = self.get_initial_state(batch)
         # The sampler's first step recomputes token index - 1.
-        cache = self._prefill(
-            token_ids, index - 1, self.get_initial_state(batch)
-        )
+        cache = self._prefill(token_ids, index - 1, memory)
 
         def next(prompt, cache, index):
             prompt = ops.slice(prompt, [0, index - 1], [batch, 1])
@@ -365,6 +469,12 @@ class InfMemoryCausalLM:
             {"stateful": self.stateful, "batch_size": self.batch_size}
         )
         return config
+
+
+class _GenerationMemory:
+    """Where `generate` leaves its memory for the generation function."""
+
+    memory = None
 
 
 def _generated_mask(token_ids, prompt_mask, stop_token_ids):
