@@ -386,26 +386,14 @@ class InfMemoryCausalLM:
             )
         return key_value, run.states
 
-    def generate(
-        self,
-        inputs,
-        max_length=None,
-        stop_token_ids="auto",
-        strip_prompt=False,
-        memory=None,
-    ):
-        """KerasHub's ``generate``, optionally from a ``memory`` (e.g. an
-        absorbed document, see `absorb`) instead of an empty one: the prompt
-        starts a new segment after it. With a memory, ``inputs`` is one
-        batch of as many rows as the memory."""
+    def generate(self, inputs, *args, memory=None, **kwargs):
+        """The family's ``generate`` (same arguments), optionally from a
+        ``memory`` (e.g. an absorbed document, see `absorb`) instead of an
+        empty one: the prompt starts a new segment after it. With a memory,
+        ``inputs`` is one batch of as many rows as the memory."""
         self._generation.memory = memory
         try:
-            return super().generate(
-                inputs,
-                max_length=max_length,
-                stop_token_ids=stop_token_ids,
-                strip_prompt=strip_prompt,
-            )
+            return super().generate(inputs, *args, **kwargs)
         finally:
             self._generation.memory = None
 
