@@ -42,9 +42,9 @@ def plot_memory_attention(
 ):
     """Per layer, the read density over the memory's time axis.
 
-    One panel per memory layer: rows are the query positions of a block,
+    One panel per memory layer: rows are the query positions of a segment,
     columns the memory's time axis ``t ∈ [0, 1]`` (0 oldest, 1 the latest
-    block), colour the read density averaged over heads. An optional last
+    segment), colour the read density averaged over heads. An optional last
     panel shows a sticky-memory histogram (where the next write samples).
 
     Example:
@@ -121,7 +121,7 @@ def plot_memory_attention(
         axes[i].set_title(f"layer {layers[i]}")
         axes[i].set_xlabel("memory time t (0 = oldest)")
         if i == 0:
-            axes[i].set_ylabel("query position in block")
+            axes[i].set_ylabel("query position in segment")
     if histogram is not None:
         histogram = np.asarray(histogram, "float64")
         edges = np.linspace(0, 1, len(histogram) + 1)
