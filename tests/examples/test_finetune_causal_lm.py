@@ -254,9 +254,9 @@ def test_saved_preset_loads_with_the_same_logits(run):
     assert loaded.backbone.memories[0].num_basis == 16
     assert isinstance(loaded.preprocessor, family_classes(run.family)[1])
     vocabulary = model.backbone.vocabulary_size
-    ids = np.random.default_rng(0).integers(0, vocabulary, (2, 24))
+    ids = np.random.default_rng(0).integers(0, vocabulary, (2, 24), "int32")
     # Three segments: the later ones read the earlier ones from memory.
-    x = {"token_ids": ids.astype("int32"), "padding_mask": np.ones_like(ids)}
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
     expected = to_numpy(model(x))
     np.testing.assert_allclose(to_numpy(loaded(x)), expected, atol=1e-5)
     # Memory switched off, the outputs change: the memory is read.
@@ -274,8 +274,8 @@ def test_baseline_model(run, example):
     base = example.load_memory_model(run.base_preset, args, memory_layers=[])
     assert base.backbone.memories == [] and base.stateful
     vocabulary = plain.backbone.vocabulary_size
-    ids = np.random.default_rng(1).integers(0, vocabulary, (2, 8))
-    x = {"token_ids": ids.astype("int32"), "padding_mask": np.ones_like(ids)}
+    ids = np.random.default_rng(1).integers(0, vocabulary, (2, 8), "int32")
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
     base.reset_state()
     np.testing.assert_allclose(to_numpy(base(x)), to_numpy(plain(x)), atol=1e-5)
 
