@@ -254,8 +254,10 @@ def test_saved_preset_loads_with_the_same_logits(run):
     assert loaded.backbone.memories[0].num_basis == 16
     assert isinstance(loaded.preprocessor, family_classes(run.family)[1])
     vocabulary = model.backbone.vocabulary_size
-    ids = np.random.default_rng(0).integers(0, vocabulary, (2, 24), "int32")
-    # Three segments: the later ones read the earlier ones from memory.
+    # Three segments: the later ones read the earlier ones from memory. (One
+    # row of 3 segments, as the example's plot: on JAX the operations run
+    # one by one are compiled once per shape.)
+    ids = np.random.default_rng(0).integers(0, vocabulary, (1, 24), "int32")
     x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
     expected = to_numpy(model(x))
     np.testing.assert_allclose(to_numpy(loaded(x)), expected, atol=1e-5)
