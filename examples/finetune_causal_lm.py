@@ -291,7 +291,8 @@ def build_parser():
         "--generate-length",
         type=int,
         default=64,
-        help="tokens of prompt plus continuation (greedy sampler)",
+        help="at most this many tokens of prompt and continuation (greedy; "
+        "generation stops at the end token)",
     )
     out.add_argument(
         "--output",
@@ -785,9 +786,9 @@ def main(argv=None):
     }
     # Written before generating, and again with the text after.
     write_record(record, paths["record"], start_time)
-    text = lm.generate(
-        args.prompt, max_length=args.generate_length, stop_token_ids=None
-    )
+    # Greedy, stopping at the end token (the family's default): the tiny
+    # tokenizers keep it apart from the padding id, or it would stop at once.
+    text = lm.generate(args.prompt, max_length=args.generate_length)
     record["generated"] = text if isinstance(text, str) else str(text)
     print(f"Greedy continuation of {args.prompt!r}: {record['generated']!r}")
     write_record(record, paths["record"], start_time)

@@ -240,6 +240,9 @@ def test_plots_are_pngs(run):
 
 
 def test_generation_makes_new_tokens(run):
+    """Greedy, with the family's stop token (the end token): were it the
+    padding id, as in finetune_gpt2.py's tokenizer, generate() would give
+    the prompt back unchanged."""
     prompt, text = run.record["prompt"], run.record["generated"]
     assert isinstance(text, str) and text.startswith(prompt)
     assert len(text) > len(prompt)
