@@ -17,7 +17,6 @@ OUTSIDE = re.compile(r"\bSPEC\b|\.\./shared|shared/reference|shared/SPEC")
 # Empty this once they cite docs/math.md.
 PENDING_REWRITE = (
     "docs/gpt2.md",
-    "examples/finetune_gpt2.py",
     "keras_infmemory/models/gpt2.py",
 )
 # Not part of the repository: environments, builds, caches, run outputs.
