@@ -38,6 +38,7 @@ MODULES = (
     "keras_infmemory.optimizers",
     "keras_infmemory.data.sorting",
     "keras_infmemory.data.documents",
+    "keras_infmemory.data.tokenizers",
     "keras_infmemory.checkpoint",
     "keras_infmemory.plotting",
     "keras_infmemory.interop",
