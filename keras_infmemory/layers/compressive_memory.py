@@ -1,6 +1,6 @@
 """CompressiveMemory: the Compressive Transformer's compressed memory.
 
-The Compressive Transformer (Rae et al. 2020, §3) keeps, beside the
+The Compressive Transformer (Rae et al. 2020) keeps, beside the
 short-term memory (STM) of past block inputs, a FIFO of ``memory_length``
 *compressed* vectors: each segment leaving the STM is compressed ``c``-fold
 (``L`` vectors → ``L / c``) and pushed in, the oldest compressed vectors
@@ -19,11 +19,11 @@ segments (the state is stop-gradient, as the STM's).
 
 Compression functions (``compression``): ``"conv"`` (default), a 1-D
 convolution with kernel = stride = ``c``, one output per ``c`` inputs
-(``y_j = b + Σ_{i<c} W_i x_{jc+i}``, the paper's best); ``"mean"``, mean
+(``y_j = b + Σ_{i<c} W_i x_{jc+i}``, the paper's main choice); ``"mean"``, mean
 pooling over each window (no weights).
 
-Attention-reconstruction loss (``reconstruction_weight > 0``; the paper's
-§3.2): ``‖attn(h, old) − attn(h, compress(old))‖²`` for the queries ``h``
+Attention-reconstruction loss (``reconstruction_weight > 0``; Rae et al.
+2020): ``‖attn(h, old) − attn(h, compress(old))‖²`` for the queries ``h``
 of the segment that first reads the compressed vectors, with the block's
 own query, key and value projections (content attention: no positions, no
 causal mask), added with ``add_loss``. As in the paper, everything but the
@@ -272,7 +272,7 @@ class CompressiveMemory(keras.layers.Layer):
         return keras.tree.map_structure(ops.stop_gradient, new_state)
 
     # ------------------------------------------------------------------ #
-    # Attention-reconstruction loss (Rae et al. 2020, §3.2)
+    # Attention-reconstruction loss (Rae et al. 2020)
     # ------------------------------------------------------------------ #
 
     def add_reconstruction_loss(

@@ -48,8 +48,9 @@ class InfFormerBlock(keras.layers.Layer):
     Rae et al. 2020) the segment leaving the STM is also compressed into a
     FIFO of compressed vectors that attention reads before the STM:
     attention over ``[compressed; STM; segment]``, the compressed vectors
-    at relative positions ``−N−S..−S−1`` (one position each, as in the
-    paper). See `keras_infmemory.layers.compressive_memory`.
+    at relative positions ``−N−S..−S−1`` (one position per vector, as if
+    they were part of the sequence). See
+    `keras_infmemory.layers.compressive_memory`.
 
     Positions are relative, with rotary embeddings (RoPE, Su et al. 2021):
     queries sit at ``0..L−1`` and keys at ``−stm_length..L−1`` relative to the
