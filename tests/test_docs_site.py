@@ -23,6 +23,7 @@ MODULES = (
     "keras_infmemory.basis",
     "keras_infmemory.layers",
     "keras_infmemory.layers.segment_memory",
+    "keras_infmemory.layers.compressive_memory",
     "keras_infmemory.layers.memory_constants",
     "keras_infmemory.segments",
     "keras_infmemory.models.inf_former_lm",
