@@ -6,10 +6,8 @@ from keras import ops
 from keras_infmemory import segments
 from keras_infmemory import validation as check
 from keras_infmemory.layers import attention, segment_memory
-from keras_infmemory.layers.continuous_ltm import (
-    ContinuousLTM,
-    fresh_initializer,
-)
+from keras_infmemory.layers.continuous_ltm import ContinuousLTM
+from keras_infmemory.layers.ltm_options import fresh_initializer
 from keras_infmemory.state import where_rows
 
 
