@@ -7,18 +7,24 @@ segment itself), causally and only to valid keys. Positions are relative,
 through rotary embeddings (RoPE, Su et al. 2021): the score of a query at
 ``p`` and a key at ``p'`` depends only on ``p − p'``.
 
-Without attention dropout the scores, mask, softmax and weighted sum go
-through ``keras.ops.dot_product_attention`` (fused kernels where the
-backend has them: ``torch``'s scaled-dot-product attention, cuDNN or flash
-attention on GPU). With dropout on the probabilities the same steps run
-op by op, so the dropout layer can act between the softmax and the sum.
+On torch and TensorFlow, without attention dropout, the scores, mask,
+softmax and weighted sum go through ``keras.ops.dot_product_attention``
+(torch's fused scaled-dot-product attention). On JAX, and with dropout on
+the probabilities (the dropout layer acts between the softmax and the
+sum), the same steps run op by op. Measured at the sorting configuration
+(2 rows, 1,024 queries, 2,048 keys, 6 heads of 50; forward, in turns, one
+process): fused ÷ op by op 0.36× on torch eager, 1.00× on TensorFlow XLA,
+1.58× on JAX ``jit`` (JAX's XLA path of ``jax.nn.dot_product_attention``
+on CPU), hence the exception.
 """
 
 import math
 
+import keras
 from keras import ops
 
 MAX_WAVELENGTH = 10000.0
+FUSED_BACKENDS = ("torch", "tensorflow")
 
 
 def rotate(x, positions):
@@ -80,7 +86,8 @@ def causal_attention(query, key, value, key_valid, dropout=None, training=None):
     query = rotate(query, ops.arange(0, length, dtype="float32"))
     key = rotate(key, ops.arange(-memory, length, dtype="float32"))
     allowed = allowed_keys(key_valid, length)  # (B, 1, L, S+L)
-    if dropout is None or dropout.rate == 0 or not training:
+    no_dropout = dropout is None or dropout.rate == 0 or not training
+    if no_dropout and keras.backend.backend() in FUSED_BACKENDS:
         return ops.dot_product_attention(
             query, key, value, mask=allowed, scale=1.0 / math.sqrt(head_dim)
         )
@@ -88,5 +95,7 @@ def causal_attention(query, key, value, key_valid, dropout=None, training=None):
     scores = ops.cast(scores, "float32") / math.sqrt(head_dim)
     scores = ops.where(allowed, scores, -1e9)
     probs = ops.softmax(scores, axis=-1)  # (B, H, L, S+L)
-    probs = dropout(ops.cast(probs, value.dtype), training=training)
+    probs = ops.cast(probs, value.dtype)
+    if not no_dropout:
+        probs = dropout(probs, training=training)
     return ops.einsum("bhqk,bkhd->bqhd", probs, value)  # (B, L, H, d)
