@@ -372,17 +372,18 @@ def report(results, size, repeats, load, command, out_dir):
     header = ["model", "measure", "target"]
     header += [f"{b} ({MODE[b]}, {results[b]['device']})" for b in backends]
     rows = []
-    names = [m["model"] for m in results[backends[0]]["models"]]
+    names = _model_names(results)
     measures = (
         ("train step with ÷ without", "train_ratio", "≤ 1.3×"),
         ("peak memory of a step with ÷ without", "memory_ratio", "≤ 1.2×"),
         ("generation tokens/s with ÷ without", "generate_ratio", "≥ 0.85×"),
     )
-    for i, name in enumerate(names):
+    for name in names:
         for label, key, target in measures:
             row = [name, label, target]
             for b in backends:
-                row.append(f"{results[b]['models'][i][key]:.2f}")
+                m = _model(results[b], name)
+                row.append("-" if m is None else f"{m[key]:.2f}")
             rows.append(row)
     table = common.markdown_table(header, rows)
     times_header = ["model", "backend", "step with s", "without s"]
@@ -445,6 +446,17 @@ def report(results, size, repeats, load, command, out_dir):
         )
 
 
+def _model_names(results):
+    names = []
+    for r in results.values():
+        names += [m["model"] for m in r["models"] if m["model"] not in names]
+    return names
+
+
+def _model(result, name):
+    return next((m for m in result["models"] if m["model"] == name), None)
+
+
 def _plot(results, measures, path):
     import matplotlib
 
@@ -452,12 +464,15 @@ def _plot(results, measures, path):
     import matplotlib.pyplot as plt
 
     backends = list(results)
-    names = [m["model"] for m in results[backends[0]]["models"]]
+    names = _model_names(results)
     fig, axes = plt.subplots(1, len(measures), figsize=(12, 3.6))
     width = 0.8 / len(backends)
     for ax, (label, key, target) in zip(axes, measures, strict=True):
         for i, b in enumerate(backends):
-            values = [m[key] for m in results[b]["models"]]
+            values = [
+                float("nan") if m is None else m[key]
+                for m in (_model(results[b], n) for n in names)
+            ]
             ax.bar(
                 [
                     k + (i - (len(backends) - 1) / 2) * width
@@ -480,6 +495,26 @@ def _plot(results, measures, path):
     fig.savefig(path, dpi=110)
 
 
+def merge(paths, size, repeats):
+    """A record from backends measured in separate runs (each still in its
+    own process, arms interleaved): worker files ``{"backend": ...}`` or
+    records ``{"results": {backend: ...}}``. The record lists the files
+    and the load now."""
+    results = {}
+    for path in paths:
+        with open(path) as f:
+            payload = json.load(f)
+        if "results" in payload:
+            results.update(payload["results"])
+        else:
+            results[payload["backend"]] = payload
+    load = common.loadavg()
+    command = "python benchmarks/model_overhead.py --merge " + " ".join(
+        os.path.basename(p) for p in paths
+    )
+    report(results, size, repeats, (load, load), command, common.RESULTS)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
@@ -499,6 +534,13 @@ def main(argv=None):
         action="store_true",
         help="check the sizes and print the plan; build nothing",
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="write the record from these finished worker files or "
+        "records (one backend or more each) instead of running",
+    )
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
@@ -513,6 +555,9 @@ def main(argv=None):
         return
     if args.worker:
         worker(size, families, repeats, args.out)
+        return
+    if args.merge:
+        merge(args.merge, size, repeats)
         return
     command = "python benchmarks/model_overhead.py " + " ".join(sys.argv[1:])
     load_start = common.loadavg()
