@@ -13,10 +13,14 @@ BACKENDS = ("torch", "jax", "tensorflow")
 
 
 def output_dir(quick):
-    """Where a run writes its JSON/PNG/Markdown: ``benchmarks/results``, or
-    a scratch folder for ``--quick`` runs (which only check the plumbing)."""
+    """Where a run writes its JSON/PNG/Markdown: ``benchmarks/results`` (or
+    the folder in ``$BENCHMARK_RESULTS``, e.g. ``benchmarks/gpu.sh``'s
+    ``benchmarks/results/gpu``), or a scratch folder for ``--quick`` runs
+    (which only check the plumbing)."""
     if not quick:
-        return RESULTS
+        path = os.environ.get("BENCHMARK_RESULTS") or RESULTS
+        os.makedirs(path, exist_ok=True)
+        return path
     import tempfile
 
     path = os.path.join(tempfile.gettempdir(), "keras_infmemory_benchmarks")

@@ -182,7 +182,10 @@ def floor(x, value):
 
 
 def fit(design_matrix, values):
-    """Ridge fit ``B = Gᵀ X``: G (P, N), X (B, P, e) -> (B, N, e)."""
+    """Ridge fit ``B = Gᵀ X``: G (P, N) or per row (B, P, N), X (B, P, e)
+    -> (B, N, e)."""
+    if len(design_matrix.shape) == 3:
+        return ops.einsum("bpn,bpe->bne", design_matrix, values)
     return ops.einsum("pn,bpe->bne", design_matrix, values)
 
 

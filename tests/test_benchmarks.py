@@ -78,6 +78,10 @@ def test_peak_rss_is_measured():
         # in-process test above covers every backend's modes.
         (["backends.py", "--backends", "jax", "--modes", "jit"], "÷ JAX"),
         (["overheads.py", "--backends", "jax"], "block with LTM ÷"),
+        (
+            ["model_overhead.py", "--backends", "jax", "--families", "none"],
+            "train step with ÷ without",
+        ),
     ],
 )
 def test_benchmark_quick(command, expected):
@@ -95,3 +99,34 @@ def test_benchmark_quick(command, expected):
     table = [line for line in result.stdout.splitlines() if "|" in line]
     assert len(table) >= 3, result.stdout[-3000:]
     assert "nan" not in " ".join(table).lower()
+
+
+def test_gpu_script_plans_within_budget():
+    """benchmarks/gpu.sh parses, its steps fit 8 minutes, and the model
+    benchmark accepts the full (GPU) sizes without building anything."""
+    script = os.path.join(ROOT, "benchmarks", "gpu.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    result = subprocess.run(
+        ["bash", script, "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHON=sys.executable),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "total budget" in result.stdout
+    assert "train 2 rows × 4 segments of 512" in result.stdout
+    assert "prompt 2048 + 256 new" in result.stdout
+
+
+def test_model_overhead_refuses_a_prompt_off_the_segments():
+    from benchmarks import model_overhead
+
+    sizes = dict(model_overhead.SIZES["quick"], generate=(1, 12, 4))
+    model_overhead.SIZES["broken"] = sizes
+    try:
+        with pytest.raises(ValueError, match="whole segments of 8"):
+            model_overhead.check_sizes("broken", [])
+    finally:
+        del model_overhead.SIZES["broken"]

@@ -3,30 +3,14 @@
 import math
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_infmemory import basis
 from keras_infmemory import validation as check
+from keras_infmemory.layers import ltm_options
 from keras_infmemory.layers.memory_constants import MemoryConstants
-from keras_infmemory.layers.sticky_memory_sampler import (
-    StickyMemorySampler,
-    normalize,
-)
+from keras_infmemory.layers.sticky_memory_sampler import normalize
 from keras_infmemory.state import where_rows
-
-_GATES = ("conv", None)
-
-
-def fresh_initializer(initializer):
-    """A new instance of a Keras initializer, for one more weight.
-
-    An unseeded Keras initializer instance draws the same values at every
-    call, which would make e.g. ``W_K = W_V = W_O`` at initialisation. The
-    copy is rebuilt from its config, not serialized: Keras' serialization
-    imports TensorFlow wherever it is installed.
-    """
-    return initializer.__class__.from_config(initializer.get_config())
 
 
 @keras.saving.register_keras_serializable(package="keras_infmemory")
@@ -167,62 +151,32 @@ class ContinuousLTM(keras.layers.Layer):
         # variables are not autocast; outputs are cast back.
         kwargs.pop("autocast", None)
         super().__init__(autocast=False, **kwargs)
-        check.check_int("num_heads", num_heads)
-        check.check_int("key_dim", key_dim)
-        check.check_int("num_basis", num_basis)
-        check.check_int("num_samples", num_samples)
-        widths = check.check_basis_widths(basis_widths, num_basis)
-        check.check_range("ridge_penalty", ridge_penalty, 0.0, None)
-        check.check_range("tau", tau, 0.0, 1.0)
-        check.check_range("min_variance", min_variance, 0.0, None)
-        check.check_range("kl_sigma", kl_sigma, 0.0, None)
-        check.check_range("kl_weight", kl_weight, 0.0, None, low_ok=True)
-        if kl_prior_mean is not None and not np.isfinite(kl_prior_mean):
-            raise ValueError(
-                "`kl_prior_mean` must be None or a finite float. "
-                f"Received: kl_prior_mean={kl_prior_mean}"
-            )
-        if memory_gate not in _GATES:
-            raise ValueError(
-                f"`memory_gate` must be one of {_GATES}. "
-                f"Received: memory_gate={memory_gate!r}"
-            )
-        if isinstance(sticky, dict):
-            sticky = keras.saving.deserialize_keras_object(sticky)
-        if sticky is not None and not isinstance(sticky, StickyMemorySampler):
-            raise ValueError(
-                "`sticky` must be None or a StickyMemorySampler. "
-                f"Received: sticky={sticky!r}"
-            )
-        self.num_heads = num_heads
-        self.key_dim = key_dim
-        self.heads_dim = num_heads * key_dim
-        if memory_dim is not None:
-            check.check_int("memory_dim", memory_dim)
-        if output_dim is not None:
-            check.check_int("output_dim", output_dim)
-        self.memory_dim = int(memory_dim or self.heads_dim)
-        self.output_dim = int(output_dim or self.memory_dim)
-        self.num_basis = num_basis
-        self.basis_widths = widths
-        self.ridge_penalty = float(ridge_penalty)
-        self.tau = float(tau)
-        self.num_samples = num_samples
-        self.min_variance = float(min_variance)
-        self.kl_sigma = float(kl_sigma)
-        self.kl_weight = float(kl_weight)
-        self.kl_prior_mean = (
-            None if kl_prior_mean is None else float(kl_prior_mean)
+        options = ltm_options.check_arguments(
+            num_heads,
+            key_dim,
+            num_basis,
+            basis_widths,
+            ridge_penalty,
+            tau,
+            num_samples,
+            min_variance,
+            kl_sigma,
+            kl_weight,
+            kl_prior_mean,
+            memory_gate,
+            sticky,
+            memory_dim,
+            output_dim,
         )
-        self.memory_gate = memory_gate
-        self.sticky = sticky
+        for name, value in options.items():
+            setattr(self, name, value)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.geometry = MemoryConstants(
-            num_basis,
-            widths,
+            self.num_basis,
+            self.basis_widths,
             self.ridge_penalty,
             self.tau,
-            num_samples,
+            self.num_samples,
             self.name,
         )
         # A switch for ablations, not config: a disabled memory is neither
@@ -244,7 +198,9 @@ class ContinuousLTM(keras.layers.Layer):
 
         def kernel(name, shape, initializer=None):
             if initializer is None:
-                initializer = fresh_initializer(self.kernel_initializer)
+                initializer = ltm_options.fresh_initializer(
+                    self.kernel_initializer
+                )
             # Never autocast: read/write math stays float32 under mixed
             # precision.
             return self.add_weight(
@@ -334,34 +290,7 @@ class ContinuousLTM(keras.layers.Layer):
         return where_rows(reset_mask, empty, state)  # zeros, has_memory False
 
     def _check_state(self, state):
-        expected = {"coefficients", "has_memory"}
-        if self.sticky is not None:
-            expected.add("histogram")
-        if not isinstance(state, dict) or set(state) != expected:
-            got = sorted(state) if isinstance(state, dict) else type(state)
-            raise ValueError(
-                f"`state` must be a dict with keys {sorted(expected)}, as "
-                f"returned by get_initial_state(). Received: state={got}"
-            )
-        shape = check.shape_of(state["coefficients"])
-        if len(shape) != 3 or shape[1:] != (self.num_basis, self.memory_dim):
-            raise ValueError(
-                "`state['coefficients']` must have shape "
-                f"(batch, {self.num_basis}, {self.memory_dim}). "
-                f"Received: shape={shape}"
-            )
-        batch = shape[0]
-        check.check_shape(
-            "state['has_memory']", state["has_memory"], (batch,), "(batch,)"
-        )
-        if self.sticky is not None:
-            check.check_shape(
-                "state['histogram']",
-                state["histogram"],
-                (batch, self.sticky.num_bins),
-                f"(batch, {self.sticky.num_bins})",
-            )
-        return batch
+        return ltm_options.check_state(self, state)
 
     # ------------------------------------------------------------------ #
     # Write
@@ -425,8 +354,16 @@ class ContinuousLTM(keras.layers.Layer):
         previous = ops.stop_gradient(state["coefficients"])  # (B, N, e)
         constant = lambda name: self._constant(length, name)  # noqa: E731
 
-        first = basis.fit(constant("G_L"), x)  # B = G_Lᵀ X  (B, N, e)
-        new_part = basis.fit(constant("G_new"), x)  # (B, N, e)
+        has_memory = state["has_memory"]
+        # One fit per row: G_newᵀ X for rows with memory, G_Lᵀ X for a
+        # first write (docs/math.md §4), chosen row by row, so a batch never
+        # pays both fits.
+        design = ops.where(
+            has_memory[:, None, None],
+            constant("G_new")[None],
+            constant("G_L")[None],
+        )  # (B, L, N)
+        new_part = basis.fit(design, x)  # (B, N, e)
         positions = sample_positions
         if positions is None and self.sticky is not None:
             old_part = self._sticky_old_part(previous, state, length)
@@ -440,11 +377,10 @@ class ContinuousLTM(keras.layers.Layer):
             psi = basis.psi(positions, *self._basis())  # (B, M, N)
             old = basis.evaluate(psi, previous)  # X_old  (B, M, e)
             old_part = basis.fit(constant("G_old"), old)
-        update = old_part + new_part  # B = G_infᵀ [X_old; X]  (eq. 12)
-        has_memory = state["has_memory"]
-        coefficients = ops.where(
-            has_memory[:, None, None], update, first
-        )  # (B, N, e)
+        # B = G_infᵀ [X_old; X] (eq. 12); a first write keeps G_Lᵀ X alone
+        # (an empty row's coefficients are zeros, so its old part is too).
+        keep = ops.cast(has_memory, old_part.dtype)[:, None, None]
+        coefficients = new_part + old_part * keep  # (B, N, e)
         new_state = {
             "coefficients": coefficients,
             "has_memory": ops.ones_like(has_memory),
@@ -655,30 +591,5 @@ class ContinuousLTM(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.pop("autocast", None)
-        config.update(
-            {
-                "num_heads": self.num_heads,
-                "key_dim": self.key_dim,
-                "num_basis": self.num_basis,
-                "basis_widths": list(self.basis_widths),
-                "ridge_penalty": self.ridge_penalty,
-                "tau": self.tau,
-                "num_samples": self.num_samples,
-                "min_variance": self.min_variance,
-                "kl_sigma": self.kl_sigma,
-                "kl_weight": self.kl_weight,
-                "kl_prior_mean": self.kl_prior_mean,
-                "memory_gate": self.memory_gate,
-                "sticky": (
-                    None
-                    if self.sticky is None
-                    else keras.saving.serialize_keras_object(self.sticky)
-                ),
-                "memory_dim": self.memory_dim,
-                "output_dim": self.output_dim,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-            }
-        )
+        config.update(ltm_options.config(self))
         return config

@@ -1,24 +1,18 @@
 """InfFormerBlock: a transformer block with short- and long-term memory."""
 
-import math
-
 import keras
 from keras import ops
 
 from keras_infmemory import segments
 from keras_infmemory import validation as check
-from keras_infmemory.layers import segment_memory
+from keras_infmemory.layers import attention, segment_memory
 from keras_infmemory.layers.compressive_memory import (
     STATE_KEYS as COMPRESSED_KEYS,
 )
 from keras_infmemory.layers.compressive_memory import CompressiveMemory
-from keras_infmemory.layers.continuous_ltm import (
-    ContinuousLTM,
-    fresh_initializer,
-)
+from keras_infmemory.layers.continuous_ltm import ContinuousLTM
+from keras_infmemory.layers.ltm_options import fresh_initializer
 from keras_infmemory.state import where_rows
-
-_MAX_WAVELENGTH = 10000.0
 
 
 @keras.saving.register_keras_serializable(package="keras_infmemory")
@@ -625,29 +619,21 @@ class InfFormerBlock(keras.layers.Layer):
         return y, new_state
 
     def _attend(self, query, key, value, key_valid, training):
-        """Causal softmax attention with rotary relative positions.
+        """Causal softmax attention with rotary relative positions
+        (`keras_infmemory.layers.attention.causal_attention`).
 
         ``query`` ``(B, L, H, d)`` at positions ``0..L−1``; ``key`` and
         ``value`` ``(B, S+L, H, d)`` at ``−S..L−1``; ``key_valid``
         ``(B, S+L)``.
         """
-        length, total = query.shape[1], key.shape[1]
-        memory = total - length
-        query = _rotate(query, ops.arange(0, length, dtype="float32"))
-        key = _rotate(key, ops.arange(-memory, length, dtype="float32"))
-        scores = ops.einsum("bqhd,bkhd->bhqk", query, key)  # (B,H,L,S+L)
-        scores = ops.cast(scores, "float32") / math.sqrt(self.head_dim)
-        causal = ops.arange(total)[None, :] <= (
-            ops.arange(length)[:, None] + memory
-        )  # (L, S+L)
-        allowed = ops.logical_and(
-            causal[None, None], key_valid[:, None, None, :]
-        )  # (B, 1, L, S+L)
-        scores = ops.where(allowed, scores, -1e9)
-        probs = ops.softmax(scores, axis=-1)  # (B, H, L, S+L)
-        probs = ops.cast(probs, self.compute_dtype)
-        probs = self.attention_dropout(probs, training=training)
-        return ops.einsum("bhqk,bkhd->bqhd", probs, value)  # (B, L, H, d)
+        return attention.causal_attention(
+            query,
+            key,
+            value,
+            key_valid,
+            dropout=self.attention_dropout,
+            training=training,
+        )  # (B, L, H, d)
 
     # ------------------------------------------------------------------ #
     # Shapes, masks, config
@@ -717,23 +703,3 @@ class InfFormerBlock(keras.layers.Layer):
                 config["compressor"]
             )
         return cls(**config)
-
-
-def _rotate(x, positions):
-    """Rotary embedding of ``x`` ``(B, T, H, d)`` at ``positions`` ``(T,)``.
-
-    Rotates pairs ``(x_i, x_{i+d/2})`` by ``position · θ_i`` with
-    ``θ_i = 10000^{−2i/d}``: the score of a rotated query at ``p`` and key at
-    ``p'`` depends only on ``p − p'``.
-    """
-    half = x.shape[-1] // 2
-    inverse = 1.0 / (
-        _MAX_WAVELENGTH ** (ops.arange(0, half, dtype="float32") / float(half))
-    )  # (d/2,)
-    angles = positions[:, None] * inverse[None, :]  # (T, d/2)
-    cos = ops.cast(ops.cos(angles), x.dtype)[None, :, None, :]
-    sin = ops.cast(ops.sin(angles), x.dtype)[None, :, None, :]
-    first, second = x[..., :half], x[..., half:]
-    return ops.concatenate(
-        [first * cos - second * sin, second * cos + first * sin], axis=-1
-    )
