@@ -66,7 +66,7 @@ import keras
 from keras import ops
 
 from keras_infmemory import validation as check
-from keras_infmemory.layers.continuous_ltm import fresh_initializer
+from keras_infmemory.layers.ltm_options import fresh_initializer
 from keras_infmemory.state import where_rows
 
 COMPRESSIONS = ("conv", "mean")
