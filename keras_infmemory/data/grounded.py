@@ -1,0 +1,226 @@
+"""An offline grounded-dialogue task, written in CMU-DoG's layout.
+
+CMU-DoG cannot be downloaded here, so `write_dataset` generates a small
+task of the same shape (docs/documents.md), where a reply can only come
+from the document:
+
+* each document is about one of 8 topics: its section 0 names the topic
+  (``genre: sea``) and sections 1–3 are short sentences (``the boat finds
+  wave .``) whose content words all belong to the topic; two of them, the
+  document's *key words*, are much more frequent than the others (a fixed
+  number of times each, the first more often than the second);
+* each conversation has three turns: a greeting and a question, both drawn
+  from fixed lists (they say nothing about the document), then the answer
+  ``<topic> : <key word 1> and <key word 2>``: the topic and the two most
+  frequent content words of the document.
+
+Only the 3rd turn is evaluated (the recipe generates every turn from the
+3rd on), and nothing but the document tells its content: with the
+document out of reach a model can only guess the topic (1 in 8) and the
+key words. The documents are longer than a segment, so with segments of
+32 tokens the document sits in the memory when the answer is generated.
+
+`word_tokenizer` builds a GPT-2 byte-pair tokenizer in which every word of
+the task is one token.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from keras_infmemory.data.cmu_dog import SPECIAL_TOKENS
+
+TOPICS = {
+    "sea": "boat wave shell fish sail anchor reef tide crab gull island harbor",
+    "music": "guitar drum song piano violin choir melody rhythm flute "
+    "singer chord stage",
+    "forest": "tree moss fern owl deer branch acorn leaf bark trail mushroom "
+    "fox",
+    "kitchen": "pan spoon oven knife bread soup pepper salt kettle plate "
+    "flour butter",
+    "space": "rocket planet comet star orbit moon galaxy astronaut crater "
+    "satellite nebula meteor",
+    "farm": "cow barn tractor hay goat sheep pig field fence egg hen plow",
+    "city": "street taxi tower bridge subway market square traffic "
+    "lamp office crowd alley",
+    "winter": "snow ice sled scarf frost glove skate blizzard cabin "
+    "fireplace icicle mitten",
+}
+VERBS = ("finds", "meets", "follows", "holds", "sees", "likes")
+GREETINGS = ("hi", "hello", "hey there", "good morning")
+QUESTIONS = (
+    "what is it about ?",
+    "tell me about it .",
+    "what did you read ?",
+    "so what was in it ?",
+)
+PUNCTUATION = (".", ",", ":", "?")
+EXTRA_WORDS = ("the", "and", "genre:")
+
+
+def vocabulary_words():
+    """Every word the task uses (without the special tokens)."""
+    words = list(EXTRA_WORDS) + list(VERBS) + list(PUNCTUATION)
+    for topic, content in TOPICS.items():
+        words += [topic] + content.split()
+    for text in GREETINGS + QUESTIONS:
+        words += text.split()
+    return sorted(set(words))
+
+
+def word_tokenizer(words=None, special_tokens=SPECIAL_TOKENS):
+    """A `keras_hub.models.GPT2Tokenizer` where each word is one token.
+
+    GPT-2's layout: id 0 is an ordinary token (``"!"``, the padding id),
+    then the characters, each word after a space (``"Ġword"``, built by
+    merges from its characters, each prefix an entry, as byte-pair
+    vocabularies need), ``<|endoftext|>`` and the
+    ``special_tokens``, never split.
+
+    Returns:
+        ``(tokenizer, special_ids)``.
+    """
+    import keras_hub
+
+    words = vocabulary_words() if words is None else list(words)
+    # "Ċ" is the newline byte (between the document's sections).
+    vocabulary = {"!": 0, "Ġ": 1, "Ċ": 2, "ĊĊ": 3}
+    merges = ["Ċ Ċ"]
+    for word in words:
+        for char in word:
+            vocabulary.setdefault(char, len(vocabulary))
+    # Words after a space, and "the" also bare (a section's first word
+    # follows a newline, not a space).
+    for word in [f"Ġ{w}" for w in words] + ["the"]:
+        piece = word[0]
+        for char in word[1:]:
+            merge = f"{piece} {char}"
+            if merge not in merges:
+                merges.append(merge)
+            piece += char
+            vocabulary.setdefault(piece, len(vocabulary))  # every prefix
+    vocabulary["<|endoftext|>"] = len(vocabulary)
+    special_ids = {}
+    for token in special_tokens:
+        special_ids[token] = vocabulary.setdefault(token, len(vocabulary))
+    tokenizer = keras_hub.models.GPT2Tokenizer(
+        vocabulary=vocabulary,
+        merges=merges,
+        unsplittable_tokens=["<|endoftext|>", *special_tokens],
+    )
+    return tokenizer, special_ids
+
+
+def make_document(rng, num_sentences=(10, 16), key_counts=(8, 5)):
+    """One document: ``(wiki, answer)``, ``wiki`` in WikiData's layout.
+
+    Args:
+        rng: a `numpy.random.Generator`.
+        num_sentences: ``(low, high)``, inclusive range of sentences (two
+            content words each).
+        key_counts: how often the two key words occur.
+
+    Returns:
+        ``wiki`` (sections ``"0"``–``"3"``) and the answer turn's text.
+    """
+    topic = str(rng.choice(sorted(TOPICS)))
+    content = TOPICS[topic].split()
+    count = int(rng.integers(num_sentences[0], num_sentences[1] + 1))
+    slots = 2 * count
+    if sum(key_counts) > slots:
+        raise ValueError(
+            f"`key_counts` must fit in {slots} content slots. "
+            f"Received: key_counts={key_counts}"
+        )
+    keys = [str(w) for w in rng.choice(content, 2, replace=False)]
+    others = [w for w in content if w not in keys]
+    words = [keys[0]] * key_counts[0] + [keys[1]] * key_counts[1]
+    words += [
+        str(w) for w in rng.choice(others, slots - len(words), replace=True)
+    ]
+    words = [words[i] for i in rng.permutation(slots)]
+    sentences = [
+        f"the {words[2 * i]} {rng.choice(VERBS)} {words[2 * i + 1]} ."
+        for i in range(count)
+    ]
+    thirds = np.array_split(np.arange(count), 3)
+    wiki = {"0": {"genre": topic}}
+    for section, rows in zip(("1", "2", "3"), thirds, strict=True):
+        wiki[section] = " ".join(sentences[i] for i in rows)
+    answer = f"{topic} : {keys[0]} and {keys[1]}"
+    return wiki, answer
+
+
+def write_dataset(folder, sizes=(1500, 100, 100), seed=0, **document_args):
+    """Writes the task in CMU-DoG's layout under ``folder``.
+
+    One document per conversation (``WikiData/<i>.json``, its
+    ``wikiDocumentIdx`` ``i``) and ``Conversations/{train,valid,test}/
+    <i>.json`` with ``history`` (3 turns), ``whoSawDoc`` and
+    ``wikiDocumentIdx``; ``sizes`` conversations per split.
+
+    Example:
+
+    >>> import tempfile
+    >>> from keras_infmemory.data import cmu_dog, grounded
+    >>> folder = tempfile.mkdtemp()
+    >>> grounded.write_dataset(folder, sizes=(3, 1, 1))
+    >>> conversation = cmu_dog.read_split(folder, "test")[0]
+    >>> len(conversation.turns), conversation.document.startswith("genre: ")
+    (3, True)
+
+    Args:
+        folder: where to write (created).
+        sizes: conversations in train, valid and test.
+        seed: int, the generator's seed.
+        **document_args: passed to `make_document`.
+    """
+    if len(sizes) != 3 or any(int(s) < 0 for s in sizes):
+        raise ValueError(
+            "`sizes` must be 3 counts (train, valid, test). "
+            f"Received: sizes={sizes!r}"
+        )
+    rng = np.random.default_rng(seed)
+    folder = os.fspath(folder)
+    os.makedirs(os.path.join(folder, "WikiData"), exist_ok=True)
+    index = 0
+    for split, size in zip(("train", "valid", "test"), sizes, strict=True):
+        os.makedirs(os.path.join(folder, "Conversations", split), exist_ok=True)
+        for _ in range(int(size)):
+            wiki, answer = make_document(rng, **document_args)
+            wiki["wikiDocumentIdx"] = index
+            turns = [
+                str(rng.choice(GREETINGS)),
+                str(rng.choice(QUESTIONS)),
+                answer,
+            ]
+            users = ["user2", "user1", "user2"]
+            history = [
+                {
+                    "docIdx": 1,
+                    "text": text,
+                    "uid": user,
+                    "utcTimestamp": "2018-01-01T00:00:00",
+                }
+                for text, user in zip(turns, users, strict=True)
+            ]
+            conversation = {
+                "date": "2018-01-01",
+                "history": history,
+                "rating": 3,
+                "status": 1,
+                "whoSawDoc": ["user2"],
+                "wikiDocumentIdx": index,
+            }
+            _write(os.path.join(folder, "WikiData", f"{index}.json"), wiki)
+            _write(
+                os.path.join(folder, "Conversations", split, f"{index}.json"),
+                conversation,
+            )
+            index += 1
+
+
+def _write(path, value):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1)
