@@ -187,16 +187,14 @@ def run_one(arm, length, args):
 
 
 def ablate_ltm(model, dataset):
-    """Answer accuracy of the same weights with every LTM read silenced
-    (its output projection zeroed): how much the model relies on the
-    long-term memory."""
-    kernels = [block.ltm.output_kernel for block in model.blocks]
-    saved = [kernel.numpy() for kernel in kernels]
-    for kernel in kernels:
-        kernel.assign(np.zeros(kernel.shape, "float32"))
-    metrics = model.evaluate(dataset, verbose=0, return_dict=True)
-    for kernel, value in zip(kernels, saved, strict=True):
-        kernel.assign(value)
+    """Answer accuracy of the same weights with every LTM switched off
+    (``memory_enabled = False``: neither written nor read): how much the
+    model relies on the long-term memory."""
+    model.memory_enabled = False
+    try:
+        metrics = model.evaluate(dataset, verbose=0, return_dict=True)
+    finally:
+        model.memory_enabled = True
     return float(metrics["accuracy"])
 
 

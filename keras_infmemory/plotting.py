@@ -38,12 +38,13 @@ def plot_memory_attention(
     path=None,
     title="Where the memory is read",
     num_points=200,
+    layers=None,
 ):
     """Per layer, the read density over the memory's time axis.
 
-    One panel per memory layer: rows are the query positions of a block,
+    One panel per memory layer: rows are the query positions of a segment,
     columns the memory's time axis ``t ∈ [0, 1]`` (0 oldest, 1 the latest
-    block), colour the read density averaged over heads. An optional last
+    segment), colour the read density averaged over heads. An optional last
     panel shows a sticky-memory histogram (where the next write samples).
 
     Example:
@@ -54,14 +55,32 @@ def plot_memory_attention(
     >>> figure = plot_memory_attention([(mu, np.full((2, 8), 1e-3))])
     >>> len(figure.axes) >= 1
     True
+    >>> figure = plot_memory_attention(
+    ...     [{"mu": mu, "variance": np.full((2, 8), 1e-3)}], layers=[3]
+    ... )
+    >>> figure.axes[0].get_title()
+    'layer 3'
+
+    With a KerasHub model with memory, `memory_densities` gives per layer
+    a dict of ``(B, H, T)`` arrays; one row and one segment of each:
+
+        densities, _ = lm.memory_densities(inputs)
+        plot_memory_attention(
+            [{k: np.asarray(d[k])[0, :, -L:] for k in ("mu", "variance")}
+             for d in densities],
+            layers=lm.backbone.memory_layers,
+        )
 
     Args:
-        densities: list over layers of ``(mu, variance)`` ``(H, Lq)``
-            arrays, e.g. one row of `InfMemoryGPT2CausalLM.memory_densities`.
+        densities: list over layers of ``(mu, variance)`` pairs or
+            ``{"mu": mu, "variance": variance}`` dicts of ``(H, Lq)``
+            arrays (heads, query positions).
         histogram: optional ``(num_bins,)`` sticky histogram.
         path: optional file to save the figure to (PNG).
         title: figure title.
         num_points: grid points on [0, 1].
+        layers: optional layer index of each panel, for its title
+            (default: 0, 1, …).
 
     Returns:
         The `matplotlib.figure.Figure`.
@@ -71,6 +90,16 @@ def plot_memory_attention(
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    densities = [
+        (d["mu"], d["variance"]) if isinstance(d, dict) else d
+        for d in densities
+    ]
+    layers = list(range(len(densities))) if layers is None else list(layers)
+    if len(layers) != len(densities):
+        raise ValueError(
+            "`layers` must name one layer per entry of `densities` "
+            f"({len(densities)}). Received: layers={layers}"
+        )
     panels = len(densities) + (histogram is not None)
     if panels == 0:
         raise ValueError("Nothing to plot. Received: densities=[]")
@@ -89,10 +118,10 @@ def plot_memory_attention(
             extent=(t[0], t[-1], 0, density.shape[0]),
             cmap="viridis",
         )
-        axes[i].set_title(f"layer {i}")
+        axes[i].set_title(f"layer {layers[i]}")
         axes[i].set_xlabel("memory time t (0 = oldest)")
         if i == 0:
-            axes[i].set_ylabel("query position in block")
+            axes[i].set_ylabel("query position in segment")
     if histogram is not None:
         histogram = np.asarray(histogram, "float64")
         edges = np.linspace(0, 1, len(histogram) + 1)

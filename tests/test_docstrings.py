@@ -19,6 +19,8 @@ MODULES = [
     "keras_infmemory.layers.continuous_ltm",
     "keras_infmemory.layers.sticky_memory_sampler",
     "keras_infmemory.models.hub.attach",
+    "keras_infmemory.data.tokenizers",
+    "keras_infmemory.plotting",
 ]
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE

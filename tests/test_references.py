@@ -8,18 +8,9 @@ repository (the golden data the tests need ships in ``tests/golden``).
 import os
 import re
 
-import pytest
-
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 # Citations of a file the reader does not have, and paths out of the clone.
 OUTSIDE = re.compile(r"\bSPEC\b|\.\./shared|shared/reference|shared/SPEC")
-# Files being rewritten on another branch, which still cite the old way.
-# Empty this once they cite docs/math.md.
-PENDING_REWRITE = (
-    "docs/gpt2.md",
-    "examples/finetune_gpt2.py",
-    "keras_infmemory/models/gpt2.py",
-)
 # Not part of the repository: environments, builds, caches, run outputs.
 _SKIP_TOP = {".git", ".venv", ".site", "site", "build", "dist", "runs"}
 _SKIP_TOP |= {"results"}
@@ -75,14 +66,8 @@ def test_no_reference_points_outside_the_repository():
         for hits in [outside_references(path)]
         if hits
     }
-    offenders = {p: h for p, h in found.items() if p not in PENDING_REWRITE}
-    assert not offenders, "\n".join(
+    assert not found, "\n".join(
         f"{path}:{number}: {line}"
-        for path, hits in offenders.items()
+        for path, hits in found.items()
         for number, line in hits
     )
-    if found:
-        pytest.skip(
-            "still to rewrite (PENDING_REWRITE): "
-            + ", ".join(f"{p} ({len(h)} lines)" for p, h in found.items())
-        )
