@@ -20,8 +20,8 @@ document out of reach a model can only guess the topic (1 in 8) and the
 key words. The documents are longer than a segment, so with segments of
 32 tokens the document sits in the memory when the answer is generated.
 
-`word_tokenizer` builds a GPT-2 byte-pair tokenizer in which every word of
-the task is one token.
+`word_tokenizer` trains a GPT-2 byte-pair tokenizer on the task's words, so
+that each is one token.
 """
 
 import json
@@ -70,46 +70,26 @@ def vocabulary_words():
 
 
 def word_tokenizer(words=None, special_tokens=SPECIAL_TOKENS):
-    """A `keras_hub.models.GPT2Tokenizer` where each word is one token.
+    """A GPT-2 tokenizer where each word of the task is one token.
 
-    GPT-2's layout: id 0 is an ordinary token (``"!"``, the padding id),
-    then the characters, each word after a space (``"Ġword"``, built by
-    merges from its characters, each prefix an entry, as byte-pair
-    vocabularies need), ``<|endoftext|>`` and the
-    ``special_tokens``, never split.
+    A byte-level BPE vocabulary is trained on the task's words
+    (`keras_infmemory.data.tokenizers.train_tokenizer`, GPT-2's layout: id
+    0 an ordinary token, the padding id; ``<|endoftext|>`` appended), then
+    the ``special_tokens`` are added, never split
+    (`keras_infmemory.dialogue.add_special_tokens`).
 
     Returns:
         ``(tokenizer, special_ids)``.
     """
-    import keras_hub
+    from keras_infmemory.data.tokenizers import train_tokenizer
+    from keras_infmemory.dialogue import add_special_tokens
 
     words = vocabulary_words() if words is None else list(words)
-    # "Ċ" is the newline byte (between the document's sections).
-    vocabulary = {"!": 0, "Ġ": 1, "Ċ": 2, "ĊĊ": 3}
-    merges = ["Ċ Ċ"]
-    for word in words:
-        for char in word:
-            vocabulary.setdefault(char, len(vocabulary))
-    # Words after a space, and "the" also bare (a section's first word
-    # follows a newline, not a space).
-    for word in [f"Ġ{w}" for w in words] + ["the"]:
-        piece = word[0]
-        for char in word[1:]:
-            merge = f"{piece} {char}"
-            if merge not in merges:
-                merges.append(merge)
-            piece += char
-            vocabulary.setdefault(piece, len(vocabulary))  # every prefix
-    vocabulary["<|endoftext|>"] = len(vocabulary)
-    special_ids = {}
-    for token in special_tokens:
-        special_ids[token] = vocabulary.setdefault(token, len(vocabulary))
-    tokenizer = keras_hub.models.GPT2Tokenizer(
-        vocabulary=vocabulary,
-        merges=merges,
-        unsplittable_tokens=["<|endoftext|>", *special_tokens],
-    )
-    return tokenizer, special_ids
+    # Each word after a space and after a newline (a section's first word),
+    # twice: BPE keeps merges seen at least twice.
+    texts = [" ".join(words), "\n".join(words)] * 2
+    tokenizer, _ = train_tokenizer("gpt2", texts, vocabulary_size=1024)
+    return add_special_tokens(tokenizer, special_tokens)
 
 
 def make_document(rng, num_sentences=(10, 16), key_counts=(8, 5)):
