@@ -15,17 +15,25 @@ Two ways to run it:
   decay, clipping 1.0, KL weight 1e-5 (downloads the preset).
 * ``--offline``: no download. A task in the same layout is generated
   (`keras_infmemory.data.grounded`: the answer is the document's topic and
-  its two most frequent words), a word-level GPT-2 tokenizer is built, and
-  a small GPT-2 with memory is trained from scratch, once per seed; each
-  is evaluated with the document in memory, with the memory switched off
-  (same weights) and with no document.
+  its two most frequent words, the document beyond the attention window),
+  a GPT-2 byte-level tokenizer is trained on its words, and a small GPT-2
+  with memory is trained from scratch, once per seed; each is evaluated on
+  the answer turn with the document in memory, with the memory switched
+  off (same weights) and with no document. With ``--data DIR`` the small
+  model trains on that CMU-DoG folder instead (every turn from the 3rd on
+  evaluated).
+
+The first seed's model also draws the paper's Figs. 4 and 5 (PNG and
+HTML): where the reads that predict a reply's words look in the document,
+and how much room each sentence takes in the memory.
 
 Example (CPU minutes; benchmarks/results/grounded_offline.md)::
 
     KERAS_BACKEND=jax python examples/grounded_dialogue.py --offline \\
         --seeds 0 1 2 --output benchmarks/results
 
-``--figures-only`` redraws the figures from a run's saved model.
+``--figures-only`` redraws the figures from a run's saved model (the
+first seed's) and writes what they show to ``*_figures.json``.
 """
 
 import argparse
@@ -81,6 +89,12 @@ def parse_args(argv=None):
     p.add_argument("--hidden-dim", type=int, default=64)
     p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--figures-only", action="store_true")
+    p.add_argument(
+        "--closing-turn",
+        action="store_true",
+        help="offline task: a closing turn after the answer (see "
+        "keras_infmemory.data.grounded)",
+    )
     args = p.parse_args(argv)
     if not args.offline and not args.data:
         p.error("give --data CMU_DOG_DIR, or --offline")
@@ -110,9 +124,12 @@ def load_task(args):
     import keras_hub
 
     if args.offline:
-        folder = os.path.join(args.output, "grounded_data")
+        folder = args.data or os.path.join(args.output, "grounded_data")
         if not os.path.isdir(os.path.join(folder, "WikiData")):
-            grounded.write_dataset(folder, sizes=args.sizes, seed=1234)
+            grounded.write_dataset(
+                folder, sizes=args.sizes, seed=1234, closing=args.closing_turn
+            )
+        # Byte-level: any text tokenizes; the task's words are one token.
         tokenizer, special_ids = grounded.word_tokenizer()
 
         def base_model(seed):
@@ -234,6 +251,11 @@ def without_documents(conversations):
     ]
 
 
+def first_turn(args):
+    """The first turn generated: the 3rd (the recipe), offline the answer."""
+    return grounded.answer_turn() if args.offline and not args.data else 2
+
+
 def evaluate_conditions(model, conversations, tokenizer, special_ids, args):
     tokenize = tokenize_fn(tokenizer)
     stops = [special_ids[t] for t in ("<eos>", "<speaker1>", "<speaker2>")] + [
@@ -241,15 +263,25 @@ def evaluate_conditions(model, conversations, tokenizer, special_ids, args):
     ]
     examples = {
         "memory": cmu_dog.reply_examples(
-            conversations, tokenize, special_ids, max_examples=args.max_eval
+            conversations,
+            tokenize,
+            special_ids,
+            first_turn=first_turn(args),
+            max_examples=args.max_eval,
         ),
         "no_document": cmu_dog.reply_examples(
             without_documents(conversations),
             tokenize,
             special_ids,
+            first_turn=first_turn(args),
             max_examples=args.max_eval,
         ),
     }
+    if args.offline and not args.data:  # the answer only, not the closing
+        examples = {
+            k: [e for e in v if e.turn == first_turn(args)]
+            for k, v in examples.items()
+        }
     examples["memory_off"] = examples["memory"]
     results, samples = {}, {}
     for condition in CONDITIONS:
@@ -283,6 +315,94 @@ def _format(scores):
         for k, v in scores.items()
         if isinstance(v, float) and k != "count"
     )
+
+
+# --------------------------------------------------------------------- #
+# Figures 4 and 5
+# --------------------------------------------------------------------- #
+
+
+def draw_figures(model, conversations, tokenizer, special_ids, args, name):
+    """The paper's Figs. 4 and 5 on the first test conversation, as PNG and
+    HTML: the document's tokens shaded by how much the read that predicts
+    each word of the reference reply looks at them (Fig. 4), and by the
+    room each sentence takes in the memory (Fig. 5)."""
+    from keras_infmemory.memory_map import MemoryTracker, phrase_weights
+    from keras_infmemory.plotting import highlight_html, plot_highlighted_text
+
+    tokenize = tokenize_fn(tokenizer)
+    (example,) = cmu_dog.reply_examples(
+        conversations[:1], tokenize, special_ids, first_turn(args), 1
+    )
+    length = args.segment_length
+    chunks, mask, prompt = cmu_dog.split_context(
+        example.context_ids, length, length - args.max_new_tokens
+    )
+    reply = [int(i) for i in tokenize(" " + example.reference)]
+    tokens = np.concatenate([prompt, reply])[:length].astype("int32")
+    tracker = MemoryTracker(model, batch_size=1)
+    memory = tracker.absorb(
+        {"token_ids": chunks[None], "padding_mask": mask[None].astype("int32")}
+    )
+    densities, _ = tracker.memory_densities(
+        {"token_ids": tokens[None], "padding_mask": np.ones_like(tokens)[None]},
+        memory,
+    )
+    absorbed = [int(i) for i in chunks[mask.astype(bool)]]
+    pieces = [_piece(tokenizer, i) for i in absorbed]
+    count = len(absorbed)
+    record = {"reference": example.reference, "words": {}}
+    words = [_piece(tokenizer, i) for i in reply]
+    pages = []
+    words = words[: len(tokens) - len(prompt)]
+    shown = min(2, len(words) - 1)  # offline: the first key word
+    for k, word in enumerate(words):
+        position = len(prompt) + k - 1  # the read that predicts the word
+        weights = tracker.token_weights(densities, 0, position)[:count]
+        top = np.argsort(-weights)[:5]
+        record["words"][word.strip() or word] = [
+            [pieces[i], round(float(weights[i]), 4)] for i in top
+        ]
+        title = f"Fig. 4: where the read predicting {word.strip()!r} looks"
+        pages.append(highlight_html(pieces, weights, title))
+        if k == shown:
+            plot_highlighted_text(
+                pieces, weights, os.path.join(args.output, f"{name}_fig4.png"),
+                title, line_width=70,
+            )  # fmt: skip
+    # Fig. 5: the room each sentence takes now (sticky writes give more room
+    # to what the reads attended).
+    room = tracker.room(0)[:count]
+    special = set(special_ids.values())
+    starts = [0] + [
+        pieces[k - 1].strip() in (".", "?") or absorbed[k] in special
+        for k in range(1, count)
+    ]  # a sentence, a turn or a tag starts a phrase
+    phrases = np.cumsum(starts)
+    per_phrase = phrase_weights(room, phrases)
+    sizes = np.bincount(phrases)
+    shade = (per_phrase / sizes)[phrases]  # room per token of the sentence
+    title = "Fig. 5: room per token of each sentence in the memory"
+    pages.append(highlight_html(pieces, shade, title))
+    plot_highlighted_text(
+        pieces, shade, os.path.join(args.output, f"{name}_fig5.png"), title,
+        line_width=70,
+    )  # fmt: skip
+    order = np.argsort(-per_phrase)[:5]
+    record["sentences_by_room"] = [
+        ["".join(p for p, q in zip(pieces, phrases, strict=True) if q == i)
+         .strip(), round(float(per_phrase[i]), 4)]
+        for i in order
+    ]  # fmt: skip
+    with open(os.path.join(args.output, f"{name}_figures.html"), "w") as f:
+        f.write("<html><body>\n" + "\n".join(pages) + "</body></html>\n")
+    return record
+
+
+def _piece(tokenizer, token_id):
+    text = tokenizer.detokenize([[int(token_id)]])
+    text = np.asarray(keras.ops.convert_to_numpy(text)).reshape(-1)[0]
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
 
 
 # --------------------------------------------------------------------- #
@@ -359,12 +479,15 @@ def main(argv=None):
     splits, tokenizer, special_ids, base_model = load_task(args)
     weights = os.path.join(args.output, f"{name}_seed{args.seeds[0]}")
     if args.figures_only:
-        from figures import draw_figures  # noqa: F401 (next to this file)
-
         model = memory_model(base_model(args.seeds[0]), args, 0, False)
         model.load_weights(weights + ".weights.h5")
-        draw_figures(model, splits["test"], tokenizer, special_ids, args, name)
-        return None
+        figures = draw_figures(
+            model, splits["test"], tokenizer, special_ids, args, name
+        )
+        path = os.path.join(args.output, f"{name}_figures.json")
+        with open(path, "w") as f:
+            json.dump(figures, f, indent=1)
+        return figures
     start = time.time()
     runs = []
     for i, seed in enumerate(args.seeds):
@@ -374,6 +497,9 @@ def main(argv=None):
         runs.append(record)
         if i == 0:
             model.save_weights(weights + ".weights.h5")
+            record_figures = draw_figures(
+                model, splits["test"], tokenizer, special_ids, args, name
+            )
     record = {
         "backend": keras.backend.backend(),
         "task": "offline grounded task" if args.offline else "CMU-DoG",
@@ -381,6 +507,7 @@ def main(argv=None):
         "conversations": {s: len(v) for s, v in splits.items()},
         "summary": summarize(runs),
         "runs": runs,
+        "figures": record_figures,
         "seconds": round(time.time() - start, 1),
     }
     with open(os.path.join(args.output, f"{name}.json"), "w") as f:

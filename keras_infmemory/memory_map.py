@@ -197,9 +197,12 @@ def read_weights(mu, variance, positions):
     """Weights over the absorbed tokens of one read.
 
     Each head's read is the density ``N(t; μ, σ²)`` on the time axis; a
-    token's weight is the density's mass over the token's stretch of the
-    axis (between the midpoints to its neighbours), averaged over the
-    heads. Tokens that wait (NaN) weigh 0; the weights sum to 1.
+    token's weight is the density's share of its mass on ``[0, 1]`` (where
+    the memory holds a signal) that falls in the token's stretch of the
+    axis (between the midpoints to its neighbours, clipped to ``[0, 1]``),
+    averaged over the heads. Tokens that wait (NaN) weigh 0; the weights
+    sum to 1. (Unclipped, a wide read's mass outside ``[0, 1]`` would land
+    on the first and the last token.)
 
     Example:
 
@@ -228,8 +231,11 @@ def read_weights(mu, variance, positions):
     real = share > 0
     weights = np.zeros(len(share))
     if real.any():
-        cdf = _normal_cdf
-        mass = cdf((upper[real] - mu) / sigma) - cdf((lower[real] - mu) / sigma)
+        cdf = lambda t: _normal_cdf((t - mu) / sigma)  # noqa: E731
+        lo = np.clip(lower[real], 0.0, 1.0)
+        hi = np.clip(upper[real], 0.0, 1.0)
+        inside = np.maximum(cdf(1.0) - cdf(0.0), 1e-300)  # (H, 1)
+        mass = (cdf(hi) - cdf(lo)) / inside
         weights[real] = mass.mean(axis=0) * share[real]
     return weights
 

@@ -9,16 +9,23 @@ from the document:
   wave .``) whose content words all belong to the topic; two of them, the
   document's *key words*, are much more frequent than the others (a fixed
   number of times each, the first more often than the second);
-* each conversation has three turns: a greeting and a question, both drawn
-  from fixed lists (they say nothing about the document), then the answer
+* each conversation has ``chat_turns`` turns of small talk drawn from fixed
+  lists (they say nothing about the document), a question, then the answer
   ``<topic> : <key word 1> and <key word 2>``: the topic and the two most
-  frequent content words of the document.
+  frequent content words of the document; with ``closing=True`` a closing
+  turn of 1 to 6 words follows (then the answer does not always sit at the
+  same place of the conversation's last segment, which is cut from the
+  end: without it a model with learned positions can find the answer turn
+  by its position alone, and generation, which puts the reply after a
+  prompt of fixed length, does not match training; see
+  benchmarks/results/grounded_offline.md).
 
-Only the 3rd turn is evaluated (the recipe generates every turn from the
-3rd on), and nothing but the document tells its content: with the
-document out of reach a model can only guess the topic (1 in 8) and the
-key words. The documents are longer than a segment, so with segments of
-32 tokens the document sits in the memory when the answer is generated.
+Only the answer is evaluated (`answer_turn`), and nothing but the document
+tells its content: with the document out of reach a model can only guess
+the topic (1 in 8) and the key words. The small talk and the question
+take at least 34 tokens, so with segments of 32 the whole document lies
+beyond the attention window when the answer is generated or learned: it
+can only be read from the memory.
 
 `word_tokenizer` trains a GPT-2 byte-pair tokenizer on the task's words, so
 that each is one token.
@@ -55,6 +62,24 @@ QUESTIONS = (
     "what did you read ?",
     "so what was in it ?",
 )
+CHAT = (
+    "i am fine thanks",
+    "nice to meet you",
+    "how are you today ?",
+    "it is a good day",
+    "i like this chat",
+    "did you sleep well ?",
+    "yes very well thanks",
+    "that is good to hear",
+)
+CLOSINGS = (
+    "thanks",
+    "ok thanks",
+    "great thank you",
+    "ok that is good",
+    "thanks a lot for that",
+    "ok that is good to hear",
+)
 PUNCTUATION = (".", ",", ":", "?")
 EXTRA_WORDS = ("the", "and", "genre:")
 
@@ -64,7 +89,9 @@ def vocabulary_words():
     words = list(EXTRA_WORDS) + list(VERBS) + list(PUNCTUATION)
     for topic, content in TOPICS.items():
         words += [topic] + content.split()
-    for text in GREETINGS + QUESTIONS:
+    # Not the CLOSINGS: the tokenizer stays that of the runs recorded in
+    # benchmarks/results/grounded_offline.md (byte-level BPE splits them).
+    for text in GREETINGS + QUESTIONS + CHAT:
         words += text.split()
     return sorted(set(words))
 
@@ -132,13 +159,26 @@ def make_document(rng, num_sentences=(10, 16), key_counts=(8, 5)):
     return wiki, answer
 
 
-def write_dataset(folder, sizes=(1500, 100, 100), seed=0, **document_args):
+def answer_turn(chat_turns=6):
+    """The index of the answer turn (0-based) with ``chat_turns``."""
+    return int(chat_turns) + 1
+
+
+def write_dataset(
+    folder,
+    sizes=(1500, 100, 100),
+    seed=0,
+    chat_turns=6,
+    closing=False,
+    **document_args,
+):
     """Writes the task in CMU-DoG's layout under ``folder``.
 
     One document per conversation (``WikiData/<i>.json``, its
     ``wikiDocumentIdx`` ``i``) and ``Conversations/{train,valid,test}/
-    <i>.json`` with ``history`` (3 turns), ``whoSawDoc`` and
-    ``wikiDocumentIdx``; ``sizes`` conversations per split.
+    <i>.json`` with ``history`` (``chat_turns`` + 2 turns, one more with
+    ``closing``), ``whoSawDoc`` and ``wikiDocumentIdx``; ``sizes``
+    conversations per split.
 
     Example:
 
@@ -148,14 +188,26 @@ def write_dataset(folder, sizes=(1500, 100, 100), seed=0, **document_args):
     >>> grounded.write_dataset(folder, sizes=(3, 1, 1))
     >>> conversation = cmu_dog.read_split(folder, "test")[0]
     >>> len(conversation.turns), conversation.document.startswith("genre: ")
-    (3, True)
+    (8, True)
 
     Args:
         folder: where to write (created).
         sizes: conversations in train, valid and test.
         seed: int, the generator's seed.
+        chat_turns: int, turns of small talk before the question.
+        closing: bool, whether a closing turn follows the answer.
         **document_args: passed to `make_document`.
     """
+    if isinstance(chat_turns, bool) or not isinstance(chat_turns, int):
+        raise ValueError(
+            "`chat_turns` must be an int >= 1. "
+            f"Received: chat_turns={chat_turns!r}"
+        )
+    if chat_turns < 1:
+        raise ValueError(
+            "`chat_turns` must be an int >= 1. "
+            f"Received: chat_turns={chat_turns!r}"
+        )
     if len(sizes) != 3 or any(int(s) < 0 for s in sizes):
         raise ValueError(
             "`sizes` must be 3 counts (train, valid, test). "
@@ -170,12 +222,12 @@ def write_dataset(folder, sizes=(1500, 100, 100), seed=0, **document_args):
         for _ in range(int(size)):
             wiki, answer = make_document(rng, **document_args)
             wiki["wikiDocumentIdx"] = index
-            turns = [
-                str(rng.choice(GREETINGS)),
-                str(rng.choice(QUESTIONS)),
-                answer,
-            ]
-            users = ["user2", "user1", "user2"]
+            turns = [str(rng.choice(GREETINGS))]
+            turns += [str(rng.choice(CHAT)) for _ in range(chat_turns - 1)]
+            turns += [str(rng.choice(QUESTIONS)), answer]
+            if closing:
+                turns += [str(rng.choice(CLOSINGS))]
+            users = [("user2", "user1")[k % 2] for k in range(len(turns))]
             history = [
                 {
                     "docIdx": 1,
