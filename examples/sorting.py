@@ -8,7 +8,9 @@ Each arm is the same `InfFormerLM` with a different memory (docs/math.md
 * ``window``: each segment alone;
 * ``transformer_xl``: plus one segment of short-term memory (STM);
 * ``inf_former``: plus the continuous long-term memory (LTM);
-* ``sticky``: the LTM with sticky memories.
+* ``sticky``: the LTM with sticky memories;
+* ``compressive``: the Compressive Transformer (Rae et al. 2020), the STM
+  plus a FIFO of compressed past segments.
 
 For every arm and length the script trains on fresh batches, evaluates the
 answer accuracy on held-out batches, prints a table and writes

@@ -18,6 +18,7 @@ MODULES = [
     "keras_infmemory.optimizers",
     "keras_infmemory.layers.continuous_ltm",
     "keras_infmemory.layers.sticky_memory_sampler",
+    "keras_infmemory.layers.compressive_memory",
     "keras_infmemory.models.hub.attach",
     "keras_infmemory.data.tokenizers",
     "keras_infmemory.plotting",

@@ -8,6 +8,10 @@ from keras import ops
 from keras_infmemory import segments
 from keras_infmemory import validation as check
 from keras_infmemory.layers import segment_memory
+from keras_infmemory.layers.compressive_memory import (
+    STATE_KEYS as COMPRESSED_KEYS,
+)
+from keras_infmemory.layers.compressive_memory import CompressiveMemory
 from keras_infmemory.layers.continuous_ltm import (
     ContinuousLTM,
     fresh_initializer,
@@ -39,6 +43,14 @@ class InfFormerBlock(keras.layers.Layer):
     as the raw block inputs (the residual stream, not layer-normed). With
     ``ltm=None`` the block is a plain Transformer-XL block (``stm_length > 0``)
     or a windowed causal block (``stm_length=0``).
+
+    Compressive Transformer. With a `CompressiveMemory` (``compressor=``;
+    Rae et al. 2020) the segment leaving the STM is also compressed into a
+    FIFO of compressed vectors that attention reads before the STM:
+    attention over ``[compressed; STM; segment]``, the compressed vectors
+    at relative positions ``−N−S..−S−1`` (one position per vector, as if
+    they were part of the sequence). See
+    `keras_infmemory.layers.compressive_memory`.
 
     Positions are relative, with rotary embeddings (RoPE, Su et al. 2021):
     queries sit at ``0..L−1`` and keys at ``−stm_length..L−1`` relative to the
@@ -118,6 +130,9 @@ class InfFormerBlock(keras.layers.Layer):
             mode iterates over segments: unrolled (fastest steps; compile
             time grows with the number of segments) or traced once
             (compile time flat, steps slower; see `InfFormerLM`).
+        compressor: ``None`` or a `CompressiveMemory` (Compressive
+            Transformer); ``segment_length`` must be a multiple of its
+            ``compression_rate``.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -149,6 +164,7 @@ class InfFormerBlock(keras.layers.Layer):
         layer_norm_epsilon=1e-5,
         kernel_initializer="glorot_uniform",
         segment_loop="python",
+        compressor=None,
         **kwargs,
     ):
         # Inputs are cast to the compute dtype in `call`, but the state is
@@ -164,12 +180,24 @@ class InfFormerBlock(keras.layers.Layer):
             raise ValueError(
                 f"`ltm` must be None or a ContinuousLTM. Received: ltm={ltm!r}"
             )
+        if isinstance(compressor, dict):
+            compressor = keras.saving.deserialize_keras_object(compressor)
+        if compressor is not None and not isinstance(
+            compressor, CompressiveMemory
+        ):
+            raise ValueError(
+                "`compressor` must be None or a CompressiveMemory. "
+                f"Received: compressor={compressor!r}"
+            )
         if segment_length is None and stm_length > 0:
             segment_length = stm_length
-        if segment_length is None and ltm is not None:
+        if segment_length is None and (
+            ltm is not None or compressor is not None
+        ):
             raise ValueError(
                 "`segment_length` is required when `stm_length=0` and an "
-                f"`ltm` is given. Received: segment_length={segment_length}"
+                "`ltm` or a `compressor` is given. "
+                f"Received: segment_length={segment_length}"
             )
         if segment_length is not None:
             segment_length = check.check_int("segment_length", segment_length)
@@ -179,6 +207,8 @@ class InfFormerBlock(keras.layers.Layer):
                     f"`segment_length`={segment_length}. "
                     f"Received: stm_length={stm_length}"
                 )
+            if compressor is not None:
+                compressor.check_segment_length(segment_length)
         segments.check_loop(segment_loop)
         check.check_range("dropout", dropout, 0.0, 1.0, low_ok=True)
         check.check_range("layer_norm_epsilon", layer_norm_epsilon, 0.0, None)
@@ -193,6 +223,7 @@ class InfFormerBlock(keras.layers.Layer):
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.segment_loop = segment_loop
+        self.compressor = compressor
         self.supports_masking = True
         self.hidden_dim = None
 
@@ -292,6 +323,8 @@ class InfFormerBlock(keras.layers.Layer):
         self.feedforward_dropout = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy, name="feedforward_dropout"
         )
+        if self.compressor is not None:
+            self.compressor.build(seq)
         self.built = True
 
     # ------------------------------------------------------------------ #
@@ -308,7 +341,10 @@ class InfFormerBlock(keras.layers.Layer):
         * ``"pending"`` ``(B, L, D)`` float32 and ``"pending_mask"``
           ``(B, L)``: the segment that has left the STM and enters the LTM
           at the next call, and ``"ltm"``, the `ContinuousLTM` state (the
-          layout of `keras_infmemory.layers.segment_memory`).
+          layout of `keras_infmemory.layers.segment_memory`);
+        * with a compressor, ``"compressed"``, ``"compressed_mask"``,
+          ``"uncompressed"`` and ``"uncompressed_mask"`` (see
+          `CompressiveMemory.get_initial_state`).
         """
         if self.hidden_dim is None:
             raise ValueError(
@@ -330,10 +366,16 @@ class InfFormerBlock(keras.layers.Layer):
                     self.ltm, batch_size, self.segment_length
                 )
             )
+        if self.compressor is not None:
+            state.update(
+                self.compressor.get_initial_state(
+                    batch_size, self.segment_length, self.compute_dtype
+                )
+            )
         return state
 
     def reset_state(self, state, reset_mask):
-        """Empties the STM and LTM of the rows where ``reset_mask`` is True."""
+        """Empties the memories of the rows where ``reset_mask`` is True."""
         batch = self._check_state(state)
         check.check_shape("reset_mask", reset_mask, (batch,), "(batch,)")
         reset = ops.cast(reset_mask, "bool")  # (B,)
@@ -347,6 +389,9 @@ class InfFormerBlock(keras.layers.Layer):
             new_state.update(
                 segment_memory.reset_state(self.ltm, memory, reset)
             )
+        if self.compressor is not None:
+            compressed = {k: state[k] for k in COMPRESSED_KEYS}
+            new_state.update(self.compressor.reset_state(compressed, reset))
         return new_state
 
     def _check_state(self, state):
@@ -356,6 +401,8 @@ class InfFormerBlock(keras.layers.Layer):
             expected |= {"stm", "stm_mask"}
         if self.ltm is not None:
             expected |= {"pending", "pending_mask", "ltm"}
+        if self.compressor is not None:
+            expected |= set(COMPRESSED_KEYS)
         if not isinstance(state, dict) or set(state) != expected:
             got = sorted(state) if isinstance(state, dict) else type(state)
             raise ValueError(
@@ -363,9 +410,12 @@ class InfFormerBlock(keras.layers.Layer):
                 f"returned by get_initial_state(). Received: state={got}"
             )
         batch = None
+        compressor = self.compressor
         for name, length in (
             ("stm", self.stm_length),
             ("pending", self.segment_length),
+            ("compressed", compressor and compressor.memory_length),
+            ("uncompressed", self.segment_length),
         ):
             if name not in state:
                 continue
@@ -488,6 +538,16 @@ class InfFormerBlock(keras.layers.Layer):
             key_valid = ops.concatenate([state["stm_mask"], valid], axis=1)
         else:
             context, key_valid = h, valid
+        if self.compressor is not None:  # [compressed; STM; segment]
+
+            def norm(m):  # what attention sees of a block input
+                return self.attention_norm(m) if self.normalize_first else m
+
+            compressed, compressed_mask, fresh, fresh_mask = (
+                self.compressor.read(state, self.compute_dtype)
+            )  # (B, N, D): the waiting segment compressed and pushed
+            context = ops.concatenate([norm(compressed), context], axis=1)
+            key_valid = ops.concatenate([compressed_mask, key_valid], axis=1)
         key = self.key_dense(context)  # (B, S+L, H, d)
         value = self.value_dense(context)  # (B, S+L, H, d)
         attended = self._attend(query, key, value, key_valid, training)
@@ -512,6 +572,27 @@ class InfFormerBlock(keras.layers.Layer):
             evicted, evicted_mask = stm[:, :length], stm_mask[:, :length]
         else:
             evicted, evicted_mask = incoming, valid
+        if self.compressor is not None:
+            compressed_state = {k: state[k] for k in COMPRESSED_KEYS}
+            new_state.update(
+                self.compressor.next_state(
+                    compressed_state,
+                    compressed,
+                    compressed_mask,
+                    evicted,
+                    evicted_mask,
+                    active,
+                )
+            )
+            self.compressor.add_reconstruction_loss(
+                query,
+                compressed_state,
+                fresh,
+                fresh_mask,
+                lambda m: (self.key_dense(norm(m)), self.value_dense(norm(m))),
+                [self.attention_norm, self.key_dense, self.value_dense],
+                query_mask=valid,
+            )
         if self.ltm is not None:
             ltm_output, memory_state = segment_memory.step(
                 self.ltm,
@@ -617,6 +698,11 @@ class InfFormerBlock(keras.layers.Layer):
                     self.kernel_initializer
                 ),
                 "segment_loop": self.segment_loop,
+                "compressor": (
+                    None
+                    if self.compressor is None
+                    else keras.saving.serialize_keras_object(self.compressor)
+                ),
             }
         )
         return config
@@ -626,6 +712,10 @@ class InfFormerBlock(keras.layers.Layer):
         config = dict(config)
         if isinstance(config.get("ltm"), dict):
             config["ltm"] = keras.saving.deserialize_keras_object(config["ltm"])
+        if isinstance(config.get("compressor"), dict):
+            config["compressor"] = keras.saving.deserialize_keras_object(
+                config["compressor"]
+            )
         return cls(**config)
 
 

@@ -6,6 +6,7 @@ from keras import ops
 from keras_infmemory import segments
 from keras_infmemory import validation as check
 from keras_infmemory.distribution import shard_rows
+from keras_infmemory.layers.compressive_memory import CompressiveMemory
 from keras_infmemory.layers.continuous_ltm import ContinuousLTM
 from keras_infmemory.layers.inf_former_block import InfFormerBlock
 from keras_infmemory.layers.sticky_memory_sampler import StickyMemorySampler
@@ -17,7 +18,11 @@ from keras_infmemory.models.options import (
 )
 from keras_infmemory.state import StateHolder
 
-ARMS = ("window", "transformer_xl", "inf_former", "sticky")
+ARMS = ("window", "transformer_xl", "inf_former", "sticky", "compressive")
+
+# The "compressive" arm's defaults (this library's choice, with
+# ``memory_length`` = the STM length): 4-fold compression by convolution.
+COMPRESSIVE_DEFAULTS = {"compression_rate": 4}
 
 
 @keras.saving.register_keras_serializable(package="keras_infmemory")
@@ -33,7 +38,9 @@ class InfFormerLM(keras.Model):
     * ``"window"``: ``stm_length=0``, no LTM (each segment alone);
     * ``"transformer_xl"``: ``stm_length=segment_length``, no LTM;
     * ``"inf_former"``: STM and LTM;
-    * ``"sticky"``: STM and an LTM with sticky memories.
+    * ``"sticky"``: STM and an LTM with sticky memories;
+    * ``"compressive"``: the Compressive Transformer (Rae et al. 2020): STM
+      and a FIFO of compressed past segments (`CompressiveMemory`).
 
     Call modes (B: batch, L: segment length, T: sequence length, V: vocab):
 
@@ -94,6 +101,9 @@ class InfFormerLM(keras.Model):
         memory_options: ``None`` (no long-term memory) or a dict of
             `ContinuousLTM` arguments other than ``num_heads`` and
             ``key_dim`` (set from the model); each block gets its own LTM.
+        compressive_options: ``None`` (no compressed memory) or a dict of
+            `CompressiveMemory` arguments; each block gets its own
+            compressor (Compressive Transformer).
         dropout: float, dropout rate of the blocks.
         normalize_first: bool, pre-LayerNorm blocks and a final LayerNorm.
         bptt_segments: ``None`` (all segments) or int ≥ 1, the number of
@@ -132,6 +142,7 @@ class InfFormerLM(keras.Model):
         stateful=False,
         batch_size=None,
         segment_loop="python",
+        compressive_options=None,
         **kwargs,
     ):
         # No input autocast: under mixed precision Keras would cast the
@@ -164,6 +175,14 @@ class InfFormerLM(keras.Model):
                 f"{num_heads}. Received: hidden_dim={hidden_dim}"
             )
         memory_options = check_memory_options(memory_options)
+        if compressive_options is not None and not isinstance(
+            compressive_options, dict
+        ):
+            raise ValueError(
+                "`compressive_options` must be None or a dict of "
+                "CompressiveMemory arguments. "
+                f"Received: compressive_options={compressive_options!r}"
+            )
         self.vocabulary_size = vocabulary_size
         self.num_layers = num_layers
         self.hidden_dim = hidden_dim
@@ -178,6 +197,9 @@ class InfFormerLM(keras.Model):
         self.stateful = stateful
         self.batch_size = batch_size
         self.segment_loop = segment_loop
+        self.compressive_options = (
+            None if compressive_options is None else dict(compressive_options)
+        )
 
         self.embedding = keras.layers.Embedding(
             vocabulary_size, hidden_dim, name="token_embedding"
@@ -192,6 +214,11 @@ class InfFormerLM(keras.Model):
                     name=f"ltm_{i}",
                     **fresh_memory_options(memory_options),
                 )
+            compressor = None
+            if compressive_options is not None:
+                compressor = CompressiveMemory(
+                    name=f"compressor_{i}", **compressive_options
+                )
             self.blocks.append(
                 InfFormerBlock(
                     num_heads=num_heads,
@@ -201,6 +228,7 @@ class InfFormerLM(keras.Model):
                     segment_length=segment_length,
                     dropout=dropout,
                     normalize_first=normalize_first,
+                    compressor=compressor,
                     name=f"block_{i}",
                 )
             )
@@ -213,12 +241,22 @@ class InfFormerLM(keras.Model):
         self._state_holder = None
 
     @classmethod
-    def arm(cls, arm, segment_length, memory_options=None, **kwargs):
+    def arm(
+        cls,
+        arm,
+        segment_length,
+        memory_options=None,
+        compressive_options=None,
+        **kwargs,
+    ):
         """One of the paper's configurations, by name (see `ARMS`).
 
         ``memory_options`` tunes the LTM of ``"inf_former"`` and
         ``"sticky"`` (``"sticky"`` adds a quantile `StickyMemorySampler`
-        unless one is given); the other keyword arguments go to the
+        unless one is given); ``compressive_options`` the compressor of
+        ``"compressive"`` (default: rate 4, as many compressed vectors as
+        the STM holds, convolution, no reconstruction loss); each is
+        ignored by the other arms. The other keyword arguments go to the
         constructor.
         """
         if arm not in ARMS:
@@ -231,10 +269,20 @@ class InfFormerLM(keras.Model):
         else:
             memory_options.pop("sticky", None)
         has_ltm = arm in ("inf_former", "sticky")
+        stm_length = 0 if arm == "window" else segment_length
+        if arm == "compressive":
+            compressive_options = {
+                **COMPRESSIVE_DEFAULTS,
+                "memory_length": stm_length,
+                **dict(compressive_options or {}),
+            }
+        else:
+            compressive_options = None
         return cls(
             segment_length=segment_length,
-            stm_length=0 if arm == "window" else segment_length,
+            stm_length=stm_length,
             memory_options=memory_options if has_ltm else None,
+            compressive_options=compressive_options,
             **kwargs,
         )
 
@@ -477,6 +525,7 @@ class InfFormerLM(keras.Model):
                 "stateful": self.stateful,
                 "batch_size": self.batch_size,
                 "segment_loop": self.segment_loop,
+                "compressive_options": self.compressive_options,
             }
         )
         return config

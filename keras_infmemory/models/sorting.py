@@ -97,7 +97,9 @@ def sorting_transformer(arm="inf_former", preset="paper", **overrides):
 
     Args:
         arm: one of `ARMS`: ``"window"``, ``"transformer_xl"``,
-            ``"inf_former"``, ``"sticky"``.
+            ``"inf_former"``, ``"sticky"``, ``"compressive"`` (the
+            Compressive Transformer: 4-fold compression into as many
+            vectors as the STM holds; ``"cpu"``: 64, the LTM's ``N``).
         preset: ``"paper"`` or ``"cpu"`` (see `SORTING_PRESETS`).
         **overrides: `InfFormerLM` arguments replacing the preset's; an
             ``memory_options`` dict is merged into the preset's LTM settings.

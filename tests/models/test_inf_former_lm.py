@@ -89,6 +89,13 @@ def test_arms_are_configurations():
     assert sticky.blocks[1].ltm.sticky.mode == "quantile"
     # Each block owns its memory.
     assert sticky.blocks[0].ltm is not sticky.blocks[1].ltm
+    compressive = make_model("compressive")
+    block = compressive.blocks[1]
+    assert block.ltm is None and block.stm_length == SEGMENT
+    assert block.compressor.compression_rate == 4
+    assert block.compressor.memory_length == SEGMENT
+    assert block.compressor is not compressive.blocks[0].compressor
+    assert xl.blocks[0].compressor is None
 
 
 def test_causal():
@@ -118,7 +125,7 @@ def test_streaming_reset_and_padding_dict():
     np.testing.assert_allclose(to_numpy(by_dict), to_numpy(by_arg))
 
 
-@pytest.mark.parametrize("arm", ["inf_former", "sticky"])
+@pytest.mark.parametrize("arm", ["inf_former", "sticky", "compressive"])
 def test_padding_never_enters_the_memory(arm):
     """A partly padded segment in a stream: other ids under the padding
     change neither the next segment's logits nor the state."""
@@ -311,8 +318,9 @@ def test_sequential_composition_long_sequences():
     np.testing.assert_allclose(np.concatenate(outputs, 1), expected, atol=1e-4)
 
 
-def test_save_and_load(tmp_path):
-    model = make_model("sticky", dropout=0.1)
+@pytest.mark.parametrize("arm", ["sticky", "compressive"])
+def test_save_and_load(arm, tmp_path):
+    model = make_model(arm, dropout=0.1)
     tokens = random_tokens()
     expected = to_numpy(model(tokens))
     path = os.path.join(tmp_path, "model.keras")
@@ -345,6 +353,16 @@ def test_mixed_precision():
         ({"memory_options": [1]}, "memory_options"),
         ({"stm_length": 12}, "stm_length=12"),
         ({"segment_loop": "while"}, "segment_loop='while'"),
+        ({"compressive_options": [4]}, "compressive_options"),
+        (
+            {
+                "compressive_options": {
+                    "compression_rate": 3,
+                    "memory_length": 4,
+                }
+            },
+            "segment_length=8",
+        ),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -361,7 +379,7 @@ def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         InfFormerLM(**arguments)
     with pytest.raises(ValueError, match="arm"):
-        InfFormerLM.arm("compressive", segment_length=8)
+        InfFormerLM.arm("lstm", segment_length=8)
 
 
 _SHAPE = re.compile(r"(?:torch\.Size|TensorShape)\(\[([^\]]*)\]\)")
@@ -385,3 +403,30 @@ def test_docstring_example(obj):
     report = []
     runner.run(test, out=report.append)
     assert runner.summarize(verbose=False).failed == 0, "".join(report)
+
+
+def test_compressive_fit_moves_every_weight():
+    """The compressive arm with the reconstruction loss trains every weight
+    (the compressor by that loss alone; without it, by the task loss: see
+    tests/models/test_sorting.py)."""
+    model = make_model(
+        "compressive",
+        num_layers=1,
+        bptt_segments=1,
+        compressive_options={"reconstruction_weight": 1.0},
+    )
+    x, y = copy_task(num_examples=8)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.build(x.shape)
+    before = {w.path: to_numpy(w) for w in model.trainable_weights}
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    still = [
+        w.path
+        for w in model.trainable_weights
+        if np.array_equal(to_numpy(w), before[w.path])
+    ]
+    assert not still, still
+    assert any("compressor" in path for path in before)
