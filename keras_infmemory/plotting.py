@@ -1,4 +1,5 @@
-"""Plots: where the memory is read (the paper's Fig. 4/5 idea), curves.
+"""Plots: where the memory is read (the paper's Fig. 4/5 idea), highlighted
+text (Figs. 4 and 5 themselves), curves.
 
 Needs ``matplotlib`` (imported on use, with the non-interactive Agg
 backend).
@@ -207,6 +208,119 @@ def plot_accuracy_by_length(results, path=None, title="Sorting"):
     axis.set_ylim(0.0, 1.0)
     axis.legend()
     axis.set_title(title)
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path, dpi=120)
+    return figure
+
+
+def _check_pieces(pieces, weights):
+    pieces = [str(p) for p in pieces]
+    weights = np.asarray(weights, "float64").reshape(-1)
+    if len(pieces) != len(weights) or not np.isfinite(weights).all():
+        raise ValueError(
+            "`weights` must hold one finite value per piece of text "
+            f"({len(pieces)}). Received: weights of shape {weights.shape}"
+        )
+    top = weights.max() if len(weights) and weights.max() > 0 else 1.0
+    return pieces, np.clip(weights / top, 0.0, 1.0)
+
+
+def highlight_html(pieces, weights, title=None):
+    """Text with each piece highlighted by its weight (the paper's Figs. 4
+    and 5): the darker, the more weight (scaled to the largest).
+
+    Example:
+
+    >>> from keras_infmemory.plotting import highlight_html
+    >>> html = highlight_html(["the", " boat", " sails"], [0.0, 1.0, 0.5])
+    >>> 'rgba(214, 39, 40, 1.000)">&nbsp;boat' in html
+    True
+
+    Args:
+        pieces: list of strings, the text's pieces in order (e.g. each
+            token decoded), concatenated as they are.
+        weights: ``(n,)`` non-negative weights, one per piece (e.g.
+            `keras_infmemory.memory_map.read_weights`).
+        title: optional heading.
+
+    Returns:
+        A self-contained HTML string.
+    """
+    import html
+
+    pieces, shades = _check_pieces(pieces, weights)
+    spans = []
+    for piece, shade in zip(pieces, shades, strict=True):
+        text = html.escape(piece).replace(" ", "&nbsp;").replace("\n", "<br>")
+        spans.append(
+            f'<span title="{shade:.3f}" style="background-color: '
+            f'rgba(214, 39, 40, {shade:.3f})">{text}</span>'
+        )
+    head = f"<h3>{html.escape(title)}</h3>\n" if title else ""
+    return (
+        '<div style="font-family: monospace; line-height: 1.6">\n'
+        f"{head}{''.join(spans)}\n</div>\n"
+    )
+
+
+def plot_highlighted_text(
+    pieces, weights, path=None, title=None, line_width=80
+):
+    """`highlight_html` as a figure (PNG with ``path``): the pieces laid out
+    in a monospace font, wrapped at ``line_width`` characters, each on a
+    background as dark as its weight.
+
+    Example:
+
+    >>> from keras_infmemory.plotting import plot_highlighted_text
+    >>> figure = plot_highlighted_text(["the", " boat"], [0.2, 1.0])
+    >>> len(figure.axes)
+    1
+
+    Returns:
+        The `matplotlib.figure.Figure`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    pieces, shades = _check_pieces(pieces, weights)
+    placed, line, column = [], 0, 0
+    for piece, shade in zip(pieces, shades, strict=True):
+        for k, part in enumerate(piece.split("\n")):
+            if k > 0 or column + len(part) > line_width:
+                line, column = line + 1, 0
+            if part:
+                placed.append((part, line, column, shade))
+                column += len(part)
+    lines = line + 1
+    figure, axis = plt.subplots(
+        figsize=(0.09 * line_width + 0.4, 0.22 * lines + 0.6)
+    )
+    colours = matplotlib.colormaps["Reds"]
+    for part, row, column, shade in placed:
+        axis.text(
+            column,
+            lines - row - 0.5,
+            part.replace(" ", "\u00a0"),
+            family="monospace",
+            fontsize=9,
+            va="center",
+            ha="left",
+            bbox={
+                "facecolor": colours(0.85 * shade),
+                "edgecolor": "none",
+                "pad": 0.6,
+                "alpha": 1.0 if shade > 0 else 0.0,
+            },
+        )
+    axis.set_xlim(0, line_width)
+    axis.set_ylim(0, lines)
+    axis.axis("off")
+    if title:
+        axis.set_title(title, fontsize=10)
     figure.tight_layout()
     if path is not None:
         figure.savefig(path, dpi=120)

@@ -22,6 +22,11 @@ MODULES = [
     "keras_infmemory.models.hub.attach",
     "keras_infmemory.data.tokenizers",
     "keras_infmemory.plotting",
+    "keras_infmemory.data.cmu_dog",
+    "keras_infmemory.data.grounded",
+    "keras_infmemory.dialogue",
+    "keras_infmemory.evaluation",
+    "keras_infmemory.memory_map",
 ]
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE

@@ -105,10 +105,21 @@ class DocumentBlocks:
         batch_size: int, number of parallel streams (rows).
         start_token_id: int, prepended to every document.
         pad_id: int, the padding id. Defaults to 0.
+        cut: bool. ``False``: ``documents`` are already cut, each an
+            ``(inputs, targets, weights)`` of ``(K, segment_length)`` arrays
+            (as `cut_blocks` returns; ``start_token_id`` is unused), with
+            an optional fourth, the padding mask (default: ``weights >
+            0``). Defaults to True.
     """
 
     def __init__(
-        self, documents, segment_length, batch_size, start_token_id, pad_id=0
+        self,
+        documents,
+        segment_length,
+        batch_size,
+        start_token_id,
+        pad_id=0,
+        cut=True,
     ):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(
@@ -120,10 +131,14 @@ class DocumentBlocks:
         self.batch_size = batch_size
         self.start_token_id = start_token_id
         self.pad_id = pad_id
-        blocks = [
-            cut_blocks(doc, segment_length, start_token_id, pad_id)
-            for doc in documents
-        ]
+        if cut:
+            blocks = [
+                cut_blocks(doc, segment_length, start_token_id, pad_id)
+                for doc in documents
+            ]
+        else:
+            blocks = [tuple(np.asarray(a) for a in doc) for doc in documents]
+        blocks = [_with_mask(block, segment_length) for block in blocks]
         streams = [[] for _ in range(batch_size)]
         lengths = [0] * batch_size
         order = sorted(range(len(blocks)), key=lambda i: -len(blocks[i][0]))
@@ -137,14 +152,16 @@ class DocumentBlocks:
         self._inputs = np.full(shape, pad_id, "int32")
         self._targets = np.full(shape, pad_id, "int32")
         self._weights = np.zeros(shape, "float32")
+        self._mask = np.zeros(shape, "int32")
         for row, stream in enumerate(streams):
             step = 0
-            for inputs, targets, weights in stream:
+            for inputs, targets, weights, mask in stream:
                 k = len(inputs)
                 self._starts[step, row] = True
                 self._inputs[step : step + k, row] = inputs
                 self._targets[step : step + k, row] = targets
                 self._weights[step : step + k, row] = weights
+                self._mask[step : step + k, row] = mask
                 step += k
         self.num_tokens = int(self._weights.sum())
 
@@ -153,11 +170,9 @@ class DocumentBlocks:
         of ``token_ids`` and ``padding_mask``, each ``(steps·B, L)``, and
         ``reset_mask`` ``(steps·B,)``, True where a document starts."""
         flat = lambda a: a.reshape(-1, self.segment_length)  # noqa: E731
-        mask = np.zeros_like(self._inputs)
-        mask[self._weights > 0] = 1
         x = {
             "token_ids": flat(self._inputs),
-            "padding_mask": flat(mask),
+            "padding_mask": flat(self._mask),
             "reset_mask": self._starts.reshape(-1),
         }
         return x, flat(self._targets), flat(self._weights)
@@ -173,3 +188,27 @@ class DocumentBlocks:
                 y[rows],
                 w[rows],
             )
+
+
+def _with_mask(block, segment_length):
+    """``(inputs, targets, weights, mask)``; the mask defaults to where the
+    weights are > 0."""
+    if len(block) == 3:
+        block = (*block, block[2] > 0)
+    if len(block) != 4:
+        raise ValueError(
+            "A cut document must be (inputs, targets, weights[, mask]). "
+            f"Received: {len(block)} arrays"
+        )
+    inputs, targets, weights, mask = block
+    shapes = [np.shape(a) for a in block]
+    if (
+        len(shapes[0]) != 2
+        or shapes[0][1] != segment_length
+        or any(s != shapes[0] for s in shapes)
+    ):
+        raise ValueError(
+            "Each cut document's arrays must all have the shape (K, "
+            f"segment_length={segment_length}). Received: shapes {shapes}"
+        )
+    return inputs, targets, weights, np.asarray(mask).astype("int32")
