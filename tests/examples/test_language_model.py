@@ -147,6 +147,20 @@ def test_arms_default_to_every_arm_of_the_model(example):
     from keras_infmemory.models.inf_former_lm import ARMS
 
     assert example.parse_args([]).arms == list(ARMS)
-    assert example.parse_args(["--preset", "paper"]).config["model"][
-        "segment_length"
-    ] == 150
+    assert (
+        example.parse_args(["--preset", "paper"]).config["model"][
+            "segment_length"
+        ]
+        == 150
+    )
+
+
+def test_merge_rebuilds_the_summary(example, tiny_run, tmp_path):
+    """``--merge`` (one process per seed) gives back the same summary."""
+    _, record, _, output = tiny_run
+    merged = example.main(
+        ["--merge", str(output / "language_model.json")]
+        + ["--output", str(tmp_path), "--name", "merged"]
+    )
+    assert merged["summary"] == json.loads(json.dumps(record["summary"]))
+    assert (tmp_path / "merged.png").is_file()
