@@ -603,14 +603,17 @@ def _probe_block(block, hidden, state, out):
     out["attention_rms"].append(round(rms(attention), 6))
 
 
+_GRADIENTS = {}  # id(model) -> (stateless copy, jitted gradient)
+
+
 def _jax_ltm_gradient_norms(model, probe):
     """Gradient norm of each LTM weight (name → per layer) on the probe,
     the whole-sequence loss from an empty memory (JAX only; a stateless
-    copy of the model and its jitted gradient are kept on the model)."""
+    copy of the model and its jitted gradient are kept per model)."""
     import jax
 
     x, y, w = probe
-    cached = getattr(model, "_diagnostic_gradient", None)
+    cached = _GRADIENTS.get(id(model))
     if cached is None:
         stateless = InfFormerLM.from_config(
             {**model.get_config(), "stateful": False, "batch_size": None}
@@ -625,7 +628,7 @@ def _jax_ltm_gradient_norms(model, probe):
             return (loss * w).sum() / w.sum()
 
         cached = (stateless, jax.jit(jax.grad(loss_fn)))
-        model._diagnostic_gradient = cached
+        _GRADIENTS[id(model)] = cached
     stateless, gradient = cached
     values = {v.path: v for v in model.weights}
     for variable in stateless.weights:
@@ -892,21 +895,29 @@ def write_record(record, output, name):
 
 def merge(paths, output, name):
     """One record from several runs' JSON files (e.g. one process per
-    seed): same preset, settings and held-out data; runs concatenated."""
+    seed or per arm): same preset, settings and held-out data; runs
+    concatenated, arms in the order of `ARMS`."""
     records = []
     for path in paths:
         with open(path) as f:
             records.append(json.load(f))
     first = records[0]
     for other in records[1:]:
-        for key in ("preset", "config", "arms", "held_out_documents"):
+        for key in ("preset", "config", "held_out_documents"):
             if other[key] != first[key]:
                 raise ValueError(
                     f"--merge: the records differ in {key!r}. Received: "
                     f"{first[key]!r} and {other[key]!r}"
                 )
     merged = dict(first)
-    merged["runs"] = [run for r in records for run in r["runs"]]
+    arms = {arm for r in records for arm in r["arms"]}
+    merged["arms"] = [arm for arm in ARMS if arm in arms] + sorted(
+        arms.difference(ARMS)
+    )
+    merged["runs"] = sorted(
+        (run for r in records for run in r["runs"]),
+        key=lambda run: (run["seed"], merged["arms"].index(run["arm"])),
+    )
     merged["bucket_starts"] = first["summary"]["bucket_starts"]
     merged["merged_from"] = [os.path.basename(p) for p in paths]
     merged["args"] = [r["args"] for r in records]
