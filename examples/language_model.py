@@ -410,7 +410,8 @@ def evaluation_model(model, arm, args, batch_size):
 
 
 def ltm_weight_change(model, initial):
-    """``‖W − W₀‖ / ‖W₀‖`` of every LTM weight (name → list per layer)."""
+    """``‖W − W₀‖ / ‖W₀‖`` of every LTM weight (name → list per layer);
+    ``‖W − W₀‖`` for a weight that starts at zero (the gate's bias)."""
     change = {}
     for block in model.blocks:
         if block.ltm is None:
@@ -418,7 +419,7 @@ def ltm_weight_change(model, initial):
         for weight in block.ltm.trainable_weights:
             before = initial[weight.path]
             after = keras.ops.convert_to_numpy(weight)
-            scale = max(float(np.linalg.norm(before)), 1e-12)
+            scale = float(np.linalg.norm(before)) or 1.0
             change.setdefault(weight.name, []).append(
                 round(float(np.linalg.norm(after - before)) / scale, 4)
             )
