@@ -247,8 +247,14 @@ def plot_language_model(summary, path=None, title="Language model"):
         right.fill_between(starts, mean - std, mean + std, alpha=0.2)
     left.set_xticks(range(len(arms)), arms, rotation=20)
     left.set_ylabel("held-out perplexity (mean ± std)")
-    low = min(summary[a]["perplexity"]["mean"] for a in arms)
-    high = max(summary[a]["perplexity"]["mean"] for a in arms)
+    spans = [
+        (
+            min(p["values"] + [p["mean"] - p["std"]]),
+            max(p["values"] + [p["mean"] + p["std"]]),
+        )
+        for p in (summary[a]["perplexity"] for a in arms)
+    ]
+    low, high = min(s[0] for s in spans), max(s[1] for s in spans)
     left.set_ylim(0.9 * low, high + 0.1 * (high - low) + 0.05 * high)
     right.set_xscale("log", base=2)
     right.set_xlabel("token position in the document (bucket start)")
