@@ -94,8 +94,9 @@ PRESETS = {
             "global_clipnorm": 0.25,
         },
     },
-    # Two CPU cores: 5 arms × 3 seeds in about 40 minutes (sized from a
-    # timed run; see benchmarks/results/language_model_cpu.md).
+    # Two CPU cores. 600 steps: 4 arms × 3 seeds in about 40 CPU minutes
+    # by the pilot's timing (benchmarks/results/language_model_pilot.md);
+    # the CPU record had to cut it to 200 (language_model_cpu.md).
     "cpu": {
         "model": {
             "num_layers": 2,
