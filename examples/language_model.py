@@ -645,7 +645,7 @@ def _jax_ltm_gradient_norms(model, probe):
     ):
         if "ltm_" in variable.path:
             norms.setdefault(variable.name, []).append(
-                round(float(np.linalg.norm(np.asarray(grad))), 6)
+                float(f"{float(np.linalg.norm(np.asarray(grad))):.3g}")
             )
     return norms
 
