@@ -89,10 +89,8 @@ def test_record_structure(tiny_run):
     assert all(v > 0 for v in final["ltm_rms"] + final["attention_rms"])
     assert [d["step"] for d in memory["diagnostics"]] == [3, 6]
     if keras.backend.backend() == "jax":
-        # The density weights' gradients are tiny (they may round to 0 in
-        # float32, see benchmarks/NOTES.md); the value path's are not.
-        norms = final["gradient_norms"]
-        assert all(math.isfinite(v) and v >= 0 for v in norms["mu_kernel"])
+        norms = final["gradient_norms"]  # three significant digits
+        assert all(math.isfinite(v) and v > 0 for v in norms["mu_kernel"])
         assert all(
             v > 0 for v in norms["value_kernel"] + norms["output_kernel"]
         )
