@@ -5,7 +5,7 @@ from keras import ops
 
 from keras_infmemory import segments
 from keras_infmemory import validation as check
-from keras_infmemory.layers import attention, segment_memory
+from keras_infmemory.layers import attention, block_state, segment_memory
 from keras_infmemory.layers.compressive_memory import (
     STATE_KEYS as COMPRESSED_KEYS,
 )
@@ -340,101 +340,15 @@ class InfFormerBlock(keras.layers.Layer):
           ``"uncompressed"`` and ``"uncompressed_mask"`` (see
           `CompressiveMemory.get_initial_state`).
         """
-        if self.hidden_dim is None:
-            raise ValueError(
-                "Build the block (call it once or `block.build(shape)`) "
-                "before `get_initial_state`: the hidden size comes from "
-                "the input."
-            )
-        batch_size = check.check_batch_size(batch_size)
-        state = {}
-        if self.stm_length:
-            state["stm"] = ops.zeros(
-                (batch_size, self.stm_length, self.hidden_dim),
-                self.compute_dtype,
-            )
-            state["stm_mask"] = ops.zeros((batch_size, self.stm_length), "bool")
-        if self.ltm is not None:
-            state.update(
-                segment_memory.initial_state(
-                    self.ltm, batch_size, self.segment_length
-                )
-            )
-        if self.compressor is not None:
-            state.update(
-                self.compressor.get_initial_state(
-                    batch_size, self.segment_length, self.compute_dtype
-                )
-            )
-        return state
+        return block_state.initial_state(self, batch_size)
 
     def reset_state(self, state, reset_mask):
         """Empties the memories of the rows where ``reset_mask`` is True."""
-        batch = self._check_state(state)
-        check.check_shape("reset_mask", reset_mask, (batch,), "(batch,)")
-        reset = ops.cast(reset_mask, "bool")  # (B,)
-        new_state = {}
-        if self.stm_length:
-            short = {k: state[k] for k in ("stm", "stm_mask")}
-            empty = {k: ops.zeros_like(v) for k, v in short.items()}
-            new_state.update(where_rows(reset, empty, short))
-        if self.ltm is not None:
-            memory = {k: state[k] for k in ("pending", "pending_mask", "ltm")}
-            new_state.update(
-                segment_memory.reset_state(self.ltm, memory, reset)
-            )
-        if self.compressor is not None:
-            compressed = {k: state[k] for k in COMPRESSED_KEYS}
-            new_state.update(self.compressor.reset_state(compressed, reset))
-        return new_state
+        return block_state.reset_state(self, state, reset_mask)
 
     def _check_state(self, state):
         """Checks the keys and shapes of ``state``; returns its batch size."""
-        expected = set()
-        if self.stm_length:
-            expected |= {"stm", "stm_mask"}
-        if self.ltm is not None:
-            expected |= {"pending", "pending_mask", "ltm"}
-        if self.compressor is not None:
-            expected |= set(COMPRESSED_KEYS)
-        if not isinstance(state, dict) or set(state) != expected:
-            got = sorted(state) if isinstance(state, dict) else type(state)
-            raise ValueError(
-                f"`state` must be a dict with keys {sorted(expected)}, as "
-                f"returned by get_initial_state(). Received: state={got}"
-            )
-        batch = None
-        compressor = self.compressor
-        for name, length in (
-            ("stm", self.stm_length),
-            ("pending", self.segment_length),
-            ("compressed", compressor and compressor.memory_length),
-            ("uncompressed", self.segment_length),
-        ):
-            if name not in state:
-                continue
-            batch = check.shape_of(state[name])[0] if batch is None else batch
-            check.check_shape(
-                f"state['{name}']",
-                state[name],
-                (batch, length, self.hidden_dim),
-                f"(batch, {length}, {self.hidden_dim})",
-            )
-            check.check_shape(
-                f"state['{name}_mask']",
-                state[f"{name}_mask"],
-                (batch, length),
-                f"(batch, {length})",
-            )
-        if self.ltm is not None:
-            self.ltm._check_state(state["ltm"])
-            check.check_batch(
-                "state['ltm']['coefficients']",
-                state["ltm"]["coefficients"],
-                batch,
-                "state['pending']",
-            )
-        return batch
+        return block_state.check_state(self, state)
 
     # ------------------------------------------------------------------ #
     # Call
