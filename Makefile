@@ -33,13 +33,17 @@ lint: venv
 docs: venv
 	$(BIN)/mkdocs build --strict --site-dir .site
 
+# Two pytest workers (pytest-xdist), a test file per worker: most tests
+# wait on compilation, so two workers take about half the time on two cores.
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
+
 test-%: venv
-	KERAS_BACKEND=$* $(BIN)/python -m pytest -q -p no:cacheprovider tests
+	KERAS_BACKEND=$* $(PYTEST) tests
 
 test: lint docs
 	@set -e; for b in $(BACKENDS); do \
 	  echo "=== pytest, KERAS_BACKEND=$$b ==="; \
-	  KERAS_BACKEND=$$b $(BIN)/python -m pytest -q -p no:cacheprovider tests; \
+	  KERAS_BACKEND=$$b $(PYTEST) tests; \
 	done
 
 clean:
