@@ -440,22 +440,54 @@ class ContinuousLTM(keras.layers.Layer):
         query = self._check_query(query, batch)
         return self._density(query, state["coefficients"])
 
-    def _density(self, query, coefficients):
-        # w_μᵀ s = w_μᵀ K_h q/√d = ((w_μᵀ B) W_K)_h · q/√d: the keys K and
-        # the scores s over N are never formed.
-        weights = ops.stack(
-            [self.mu_kernel.value, self.sigma_kernel.value], axis=0
-        )  # (2, N)
-        summary = ops.einsum("kn,bne->bke", weights, coefficients)
-        summary = ops.einsum("bke,ef->bkf", summary, self.key_kernel)
-        summary = ops.reshape(
-            summary, (-1, 2, self.num_heads, self.key_dim)
-        )  # (B, 2, H, d)
+    def _density(self, query, coefficients=None, summary=None):
+        """``(mu, variance)`` ``(B, H, Lq)`` from the memory's coefficients
+        or, when decoding, from their cached ``summary`` (`read_cache`)."""
+        if summary is None:
+            summary = self._summary(coefficients)  # (B, 2, H, d)
         logits = ops.einsum("bqhd,bkhd->kbhq", query, summary)
         logits = logits / math.sqrt(self.key_dim)  # (2, B, H, Lq)
         mu = ops.sigmoid(logits[0])  # (B, H, Lq)
         variance = basis.floor(ops.softplus(logits[1]), self.min_variance)
         return mu, variance
+
+    def _summary(self, coefficients):
+        """``(w_μᵀ B) W_K`` and ``(w_σᵀ B) W_K`` per head ``(B, 2, H, d)``.
+
+        w_μᵀ s = w_μᵀ K_h q/√d = ((w_μᵀ B) W_K)_h · q/√d (docs/math.md §3):
+        the keys K and the scores s over N are never formed.
+        """
+        weights = ops.stack(
+            [self.mu_kernel.value, self.sigma_kernel.value], axis=0
+        )  # (2, N)
+        summary = ops.einsum("kn,bne->bke", weights, coefficients)
+        summary = ops.einsum("bke,ef->bkf", summary, self.key_kernel)
+        return ops.reshape(summary, (-1, 2, self.num_heads, self.key_dim))
+
+    def _values(self, coefficients):
+        """The values ``V = B W_V`` per head ``(B, N, H, d)``."""
+        values = ops.einsum("bne,ef->bnf", coefficients, self.value_kernel)
+        return ops.reshape(
+            values, (-1, self.num_basis, self.num_heads, self.key_dim)
+        )
+
+    def read_cache(self, state):
+        """What every read of ``state``'s memory shares, computed once.
+
+        A memory changes only when it is written (once per segment), but
+        cached decoding reads it once per token. This returns the density
+        summary ``(w_μᵀ B) W_K`` ``(B, 2, H, d)`` and the values
+        ``V = B W_V`` ``(B, N, H, d)`` of ``state``; `read` with
+        ``cache=`` then costs a token ``O(H·d + N·H·d)`` instead of
+        ``O(N·e·H)`` (docs/math.md §3). The output is the same up to
+        float rounding.
+        """
+        self._check_state(state)
+        coefficients = ops.cast(state["coefficients"], self.math_dtype)
+        return {
+            "summary": self._summary(coefficients),
+            "values": self._values(coefficients),
+        }
 
     def _check_query(self, query, batch):
         check.check_shape(
@@ -471,7 +503,13 @@ class ContinuousLTM(keras.layers.Layer):
         return ops.cast(query, self.math_dtype)
 
     def read(
-        self, query, state, query_mask=None, return_state=False, regularize=True
+        self,
+        query,
+        state,
+        query_mask=None,
+        return_state=False,
+        regularize=True,
+        cache=None,
     ):
         """Continuous attention over the memory.
 
@@ -485,6 +523,8 @@ class ContinuousLTM(keras.layers.Layer):
             regularize: add the KL term with ``add_loss`` (when
                 ``kl_weight > 0``); inference-only calls (decoding) pass
                 False.
+            cache: optional, `read_cache` of this ``state`` (decoding: the
+                memory's summary and values, computed once per write).
 
         Returns:
             ``output`` ``(B, Lq, output_dim)``, or ``(output, state)``.
@@ -500,11 +540,16 @@ class ContinuousLTM(keras.layers.Layer):
             )
         coefficients = state["coefficients"]
         has_memory = ops.cast(state["has_memory"], self.math_dtype)  # (B,)
-        mu, variance = self._density(query, coefficients)  # (B, H, Lq)
+        cache = cache or {}
+        mu, variance = self._density(
+            query, coefficients, cache.get("summary")
+        )  # (B, H, Lq)
         r = basis.gaussian_expectation(
             mu, variance, *self._basis()
         )  # (B, H, Lq, N)
-        output = self._attend(r, coefficients)  # (B, Lq, output_dim)
+        output = self._attend(
+            r, coefficients, cache.get("values")
+        )  # (B, Lq, output_dim)
 
         weight = has_memory[:, None, None]  # (B, 1, 1)
         if query_mask is not None:
@@ -529,27 +574,28 @@ class ContinuousLTM(keras.layers.Layer):
             state["histogram"] = state["histogram"] + masses
         return output, state
 
-    def _attend(self, r, coefficients):
+    def _attend(self, r, coefficients, values=None):
         """``W_O concat_h(V_hᵀ r)`` with ``V = B W_V``, the cheaper way round.
 
-        ``r`` ``(B, H, Lq, N)``, ``coefficients`` ``(B, N, e)``.
+        ``r`` ``(B, H, Lq, N)``, ``coefficients`` ``(B, N, e)``; ``values``
+        optional, ``V`` already formed (`read_cache`).
         """
         h, d, e = self.num_heads, self.key_dim, self.memory_dim
         n, hd = self.num_basis, self.heads_dim
         lq = r.shape[2]
         # Multiply-adds of the two orders: (rᵀ B) W_V against r (B W_V).
-        if lq is not None and h * lq * n * e + lq * e * hd < n * e * hd + (
-            lq * n * hd
+        if (
+            values is None
+            and lq is not None
+            and h * lq * n * e + lq * e * hd < n * e * hd + lq * n * hd
         ):
             # Few queries (decoding): (rᵀ B) W_V per head, V never formed.
             rb = ops.einsum("bhqn,bne->bhqe", r, coefficients)  # (B,H,Lq,e)
             w_v = ops.reshape(self.value_kernel, (e, h, d))
             z = ops.einsum("bhqe,ehd->bqhd", rb, w_v)  # (B, Lq, H, d)
         else:
-            values = ops.einsum(
-                "bne,ef->bnf", coefficients, self.value_kernel
-            )  # V (B, N, H·d)
-            values = ops.reshape(values, (-1, n, h, d))  # (B, N, H, d)
+            if values is None:
+                values = self._values(coefficients)  # (B, N, H, d)
             z = ops.einsum("bhqn,bnhd->bqhd", r, values)  # (B, Lq, H, d)
         z = ops.reshape(z, (-1, ops.shape(z)[1], hd))  # (B, Lq, H·d)
         # einsum, not matmul: Keras-torch matmul returns float32 for float64.

@@ -128,10 +128,17 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
     their inputs are placed in ``"pending"`` at ``position``. Decoding is
     inference: no KL term is added.
 
+    What every read of a memory shares (`ContinuousLTM.read_cache`: the
+    density summary and the values ``B W_V``) changes only at a write, so
+    the decoding state keeps it under ``"read"``: it is computed at each
+    write (and on the first call, from a state without it) and reused by
+    every token of the segment.
+
     Args:
         ltm: the `ContinuousLTM`.
         query: ``(B, C, H, d)``.
-        state: the state (see `initial_state`).
+        state: the state (see `initial_state`), with or without
+            ``"read"``.
         inputs: ``(B, C, e)`` the tokens' memory inputs.
         position: int tensor, where the tokens sit in their segment.
         write: bool tensor, whether a segment starts here.
@@ -139,17 +146,23 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
             are neither read for the KL/histogram nor marked as waiting).
 
     Returns:
-        ``(output, state)`` as `step`.
+        ``(output, state)`` as `step`; the state holds ``"read"``.
     """
     batch, count = ops.shape(query)[0], query.shape[1]
     if not ltm.enabled:
         output = ops.zeros((batch, count, ltm.output_dim), ltm.compute_dtype)
         return output, state
     pending, pending_mask = state["pending"], state["pending_mask"]
-    ltm_state = ops.cond(
-        write,
-        lambda: ltm.write(pending, state["ltm"], mask=pending_mask),
-        lambda: state["ltm"],
+    cached = state.get("read")
+    if cached is None:
+        cached = ltm.read_cache(state["ltm"])
+
+    def write_and_cache():
+        written = ltm.write(pending, state["ltm"], mask=pending_mask)
+        return written, ltm.read_cache(written)
+
+    ltm_state, cached = ops.cond(
+        write, write_and_cache, lambda: (state["ltm"], cached)
     )
     if inputs_mask is None:
         inputs_mask = ops.ones((batch, count), "bool")
@@ -164,6 +177,7 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
         "pending_mask": ops.slice_update(
             pending_mask, [0, position], inputs_mask
         ),
+        "read": cached,
     }
     output, new_state["ltm"] = ltm.read(
         query,
@@ -171,6 +185,7 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
         query_mask=inputs_mask,
         return_state=True,
         regularize=False,
+        cache=cached,
     )
     return output, _stop_gradient(new_state)
 

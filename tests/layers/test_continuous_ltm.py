@@ -103,6 +103,33 @@ def test_decoding_path_matches_prefill_path():
     np.testing.assert_allclose(one, many[:, :3], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("sticky", [False, True])
+def test_read_from_cache_matches_read(sticky):
+    """`read_cache` (decoding: summary and values once per write) gives the
+    read of the state itself, histogram included."""
+    sampler = ki.StickyMemorySampler(num_bins=8) if sticky else None
+    layer = small_layer(sticky=sampler)
+    randomize(layer)
+    x, q = inputs()
+    state = layer.write(x, layer.get_initial_state(2))
+    cache = layer.read_cache(state)
+    assert tuple(cache["summary"].shape) == (2, 2, 2, 4)
+    assert tuple(cache["values"].shape) == (2, 16, 2, 4)
+    plain, plain_state = layer.read(q[:, :1], state, return_state=True)
+    cached, cached_state = layer.read(
+        q[:, :1], state, return_state=True, cache=cache
+    )
+    np.testing.assert_allclose(
+        to_numpy(cached), to_numpy(plain), rtol=1e-5, atol=1e-6
+    )
+    for key in plain_state:
+        np.testing.assert_allclose(
+            to_numpy(cached_state[key]), to_numpy(plain_state[key]), atol=1e-6
+        )
+    with pytest.raises(ValueError, match="state"):
+        layer.read_cache({"coefficients": state["coefficients"]})
+
+
 def test_sticky_quantile_matches_reference_positions():
     """The authors' sticky write (``update="exact"``) evaluates the old
     signal at the sampler's positions."""

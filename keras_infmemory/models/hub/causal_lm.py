@@ -361,16 +361,22 @@ class InfMemoryCausalLM:
         batch, total = ops.shape(token_ids)[0], token_ids.shape[1]
         length = ops.cast(length, "int32")
         start = (length // size) * size  # where the last segment starts
-        done = ops.broadcast_to(
-            ops.arange(total)[None, :] < start, (batch, total)
-        )
-        _, run = self.backbone.run_segments(
-            self.backbone,
-            {"token_ids": token_ids, "padding_mask": done},
-            state,
-            regularize=False,
-        )
-        state = run.states
+        # ``length < total``, so the segments before ``start`` lie within
+        # the first ``before`` tokens: the last segment of ``token_ids``
+        # (and any wholly after it) is never absorbed here; with every
+        # memory off, nothing is.
+        before = ((total - 1) // size) * size
+        if before > 0 and any(m.enabled for m in self.backbone.memories):
+            done = ops.broadcast_to(
+                ops.arange(before)[None, :] < start, (batch, before)
+            )
+            _, run = self.backbone.run_segments(
+                self.backbone,
+                {"token_ids": token_ids[:, :before], "padding_mask": done},
+                state,
+                regularize=False,
+            )
+            state = run.states
         padded = ops.pad(token_ids, ((0, 0), (0, size)))
         segment = ops.slice(padded, [0, start], [batch, size])  # (B, L)
         real = ops.arange(size)[None, :] < length - start
