@@ -33,7 +33,18 @@ VARIANTS = {
     "memory_gate=None": ["--ltm", '{"memory_gate": null}'],
     "output kernel ×4": ["--output-kernel-scale", "4"],
     "LTM lr ×5": ["--memory-learning-rate", "1.5e-2"],
+    # The read-density options of ContinuousLTM (docs/math.md §3.3).
+    "initial_variance=0.01": ["--ltm", '{"initial_variance": 0.01}'],
+    "density_scale=10": ["--ltm", '{"density_scale": 10}'],
+    "initial_variance=0.01, density_scale=10": [
+        "--ltm",
+        '{"initial_variance": 0.01, "density_scale": 10}',
+    ],
+    # The reference: no LTM, same data, steps and seed.
+    "Transformer-XL": [],
 }
+ARM = {"Transformer-XL": "transformer_xl"}
+"""The arm each variant trains (default ``"inf_former"``)."""
 
 
 def load_example():
@@ -79,15 +90,17 @@ def main(argv=None):
     for name in options.variants:
         args = example.parse_args(common + VARIANTS[name])
         begin = time.perf_counter()
+        arm = ARM.get(name, "inf_former")
         model, info = example.train_arm(
-            "inf_former", options.seed, args, train, vocabulary, probe
+            arm, options.seed, args, train, vocabulary, probe
         )
         final = example.diagnose(model, probe)
-        model = example.evaluation_model(model, "inf_former", args, rows)
+        model = example.evaluation_model(model, arm, args, rows)
         result = example.evaluate_arm(model, held, positions, starts, args)
         results.append(
             {
                 "variant": name,
+                "arm": arm,
                 "argv": VARIANTS[name],
                 "perplexity": result["perplexity"],
                 "perplexity_without_ltm": result["perplexity_without_ltm"],
@@ -99,12 +112,14 @@ def main(argv=None):
                 "seconds": round(time.perf_counter() - begin, 1),
             }
         )
-        print(
-            f"{name}: perplexity {result['perplexity']:.2f}, without LTM "
-            f"{result['perplexity_without_ltm']:.2f}; LTM/attention RMS "
-            f"{final['ltm_rms']} / {final['attention_rms']}",
-            flush=True,
-        )
+        line = f"{name}: perplexity {result['perplexity']:.2f}"
+        if result["perplexity_without_ltm"] is not None:
+            line += (
+                f", without LTM {result['perplexity_without_ltm']:.2f}; "
+                f"LTM/attention RMS {final['ltm_rms']} / "
+                f"{final['attention_rms']}"
+            )
+        print(line, flush=True)
         with open(os.path.join(options.output, "lm_diagnosis.json"), "w") as f:
             json.dump(
                 {
