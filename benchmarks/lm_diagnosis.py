@@ -55,6 +55,53 @@ def load_example():
     return module
 
 
+def _pair(values, digits=3):
+    """``a | b`` of per-layer values, in ``digits`` significant digits."""
+    return " \\| ".join(f"{v:.{digits}g}" for v in values)
+
+
+def table(record):
+    """The Markdown table of a ``lm_diagnosis.json`` record (layer 0 \\|
+    layer 1 in each cell)."""
+    lines = [
+        f"{record['steps']} steps, seed {record['seed']}, held-out "
+        f"perplexity over the first {record['eval_steps']} segments of each "
+        "play; layer 0 \\| layer 1, measured after training.",
+        "",
+        "| variant | perplexity | LTM off | off − on | mean σ² | std μ "
+        "| LTM RMS / attention RMS | ‖∇‖ mu_kernel | ‖∇‖ sigma_kernel "
+        "| ‖∇‖ value_kernel | train loss | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["results"]:
+        on, off = r["perplexity"], r["perplexity_without_ltm"]
+        final = r["final"]
+        if off is None:
+            cells = [f"{on:.2f}"] + ["—"] * 8
+        else:
+            grads = final.get("gradient_norms", {})
+            ratio = [
+                a / b
+                for a, b in zip(
+                    final["ltm_rms"], final["attention_rms"], strict=True
+                )
+            ]
+            cells = [
+                f"{on:.2f}",
+                f"{off:.2f}",
+                f"{off - on:+.2f}",
+                _pair(final["variance_mean"]),
+                _pair(final["mu_std"], 2),
+                _pair(ratio, 2),
+            ] + [
+                _pair(grads[k], 2) if k in grads else "—"
+                for k in ("mu_kernel", "sigma_kernel", "value_kernel")
+            ]
+        cells += [f"{r['final_train_loss']:.3f}", f"{r['seconds']:.0f}"]
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200)
@@ -63,7 +110,16 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="runs/lm_diagnosis")
+    parser.add_argument(
+        "--table",
+        metavar="JSON",
+        help="no training: print the Markdown table of this record",
+    )
     options = parser.parse_args(argv)
+    if options.table:
+        with open(options.table) as f:
+            print(table(json.load(f)), end="")
+        return None
     example = load_example()
     common = ["--arms", "inf_former", "--steps", str(options.steps)]
     common += ["--max-eval-steps", str(options.eval_steps), "--verbose", "0"]
