@@ -40,10 +40,12 @@ VARIANTS = {
         "--ltm",
         '{"initial_variance": 0.01, "density_scale": 10}',
     ],
-    # The reference: no LTM, same data, steps and seed.
+    # The references: no LTM, same data, steps and seed; the window arm
+    # has no memory at all (what the STM itself is worth).
     "Transformer-XL": [],
+    "window": [],
 }
-ARM = {"Transformer-XL": "transformer_xl"}
+ARM = {"Transformer-XL": "transformer_xl", "window": "window"}
 """The arm each variant trains (default ``"inf_former"``)."""
 
 
