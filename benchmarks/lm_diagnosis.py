@@ -3,15 +3,19 @@
 Trains the ∞-former arm of ``examples/language_model.py`` (preset
 ``"cpu"``, one seed, few steps) once per variant, the data prepared once:
 the library defaults, no KL term, no memory gate, a 4× larger initial LTM
-output kernel and a 5× LTM learning rate. For each it records the
+output kernel, a 5× LTM learning rate and the read-density options
+``initial_variance`` and ``density_scale`` (docs/math.md §3.3), next to
+two references without LTM (Transformer-XL, window). For each it records the
 held-out perplexity over the first ``--eval-steps`` segments of every
 held-out play, with and without the LTM (same weights), and the
 diagnostics of `diagnose` over training: gradient norm of each LTM weight
 (JAX), spread of the read densities, LTM output RMS next to the attention
-output RMS. Writes ``<output>/lm_diagnosis.json`` after every variant::
+output RMS. Writes ``<output>/lm_diagnosis.json`` after every variant;
+``--table`` prints a record's Markdown table (the commands of the issue-14
+record are in benchmarks/results/lm_diagnosis.md)::
 
     KERAS_BACKEND=jax nice -n 10 python benchmarks/lm_diagnosis.py \\
-        --steps 200 --output runs/lm_diagnosis
+        --steps 150 --output runs/lm_diagnosis
 """
 
 import argparse
