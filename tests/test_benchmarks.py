@@ -130,3 +130,46 @@ def test_model_overhead_refuses_a_prompt_off_the_segments():
             model_overhead.check_sizes("broken", [])
     finally:
         del model_overhead.SIZES["broken"]
+
+
+def test_lm_diagnosis_table():
+    """The record's table: one row per variant, layer pairs, a dash for
+    what an arm without LTM lacks."""
+    from benchmarks import lm_diagnosis
+
+    final = {
+        "mu_std": [0.001, 0.04],
+        "variance_mean": [0.693, 0.01],
+        "ltm_rms": [0.002, 0.5],
+        "attention_rms": [1.0, 1.0],
+        "gradient_norms": {"mu_kernel": [1e-8, 2e-4]},
+    }
+    common_ = {"final_train_loss": 5.4, "seconds": 60.0}
+    record = {
+        "steps": 150,
+        "seed": 0,
+        "eval_steps": 64,
+        "results": [
+            {
+                "variant": "defaults",
+                "perplexity": 150.0,
+                "perplexity_without_ltm": 151.5,
+                "final": final,
+                **common_,
+            },
+            {
+                "variant": "Transformer-XL",
+                "perplexity": 152.0,
+                "perplexity_without_ltm": None,
+                "final": {},
+                **common_,
+            },
+        ],
+    }
+    lines = lm_diagnosis.table(record).splitlines()
+    defaults = next(line for line in lines if line.startswith("| defaults"))
+    assert "| 150.00 | 151.50 | +1.50 | 0.693 \\| 0.01 |" in defaults
+    assert "| 0.002 \\| 0.5 |" in defaults  # LTM / attention RMS
+    assert "| 1e-08 \\| 0.0002 | — | — |" in defaults  # missing gradients
+    xl = next(line for line in lines if line.startswith("| Transformer-XL"))
+    assert xl.count("—") == 8

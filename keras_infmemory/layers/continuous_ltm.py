@@ -97,6 +97,16 @@ class ContinuousLTM(keras.layers.Layer):
         output_dim: int or ``None``, the width of the read's output.
             Defaults to ``memory_dim``.
         kernel_initializer: initializer of all projection kernels.
+        initial_variance: ``None`` (default, the authors') or a float
+            above ``min_variance``: the read variance where the variance
+            logit is zero, ``σ² = softplus(w_σᵀ s + softplus⁻¹(v))``, so a
+            fresh layer (logits near 0) starts with focused reads of
+            ``σ² ≈ v`` instead of ``softplus(0) = ln 2`` (docs/math.md §3,
+            "Read-density options").
+        density_scale: float > 0, multiplies both density logits
+            ``w_μᵀ s`` and ``w_σᵀ s``. Defaults to 1 (the authors'); larger
+            values make μ and σ² move faster under Adam-type optimizers
+            (docs/math.md §3).
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -145,6 +155,8 @@ class ContinuousLTM(keras.layers.Layer):
         memory_dim=None,
         output_dim=None,
         kernel_initializer="glorot_uniform",
+        initial_variance=None,
+        density_scale=1.0,
         **kwargs,
     ):
         # The memory math runs in float32 whatever the policy: inputs and
@@ -167,6 +179,8 @@ class ContinuousLTM(keras.layers.Layer):
             sticky,
             memory_dim,
             output_dim,
+            initial_variance,
+            density_scale,
         )
         for name, value in options.items():
             setattr(self, name, value)
@@ -447,8 +461,13 @@ class ContinuousLTM(keras.layers.Layer):
             summary = self._summary(coefficients)  # (B, 2, H, d)
         logits = ops.einsum("bqhd,bkhd->kbhq", query, summary)
         logits = logits / math.sqrt(self.key_dim)  # (2, B, H, Lq)
+        if self.density_scale != 1.0:  # off by default (authors')
+            logits = logits * self.density_scale
         mu = ops.sigmoid(logits[0])  # (B, H, Lq)
-        variance = basis.floor(ops.softplus(logits[1]), self.min_variance)
+        variance_logit = logits[1]
+        if self.initial_variance is not None:  # off by default (authors')
+            variance_logit = variance_logit + self.variance_offset
+        variance = basis.floor(ops.softplus(variance_logit), self.min_variance)
         return mu, variance
 
     def _summary(self, coefficients):

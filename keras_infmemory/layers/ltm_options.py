@@ -41,6 +41,8 @@ def check_arguments(
     sticky,
     memory_dim,
     output_dim,
+    initial_variance=None,
+    density_scale=1.0,
 ):
     """Checks a `ContinuousLTM`'s arguments; returns them normalized (a
     dict of attribute values: floats, a tuple of widths, a sampler object,
@@ -76,6 +78,15 @@ def check_arguments(
         check.check_int("memory_dim", memory_dim)
     if output_dim is not None:
         check.check_int("output_dim", output_dim)
+    if initial_variance is not None:
+        check.check_range("initial_variance", initial_variance, 0.0, None)
+        if initial_variance <= min_variance:
+            raise ValueError(
+                "`initial_variance` must be None or above `min_variance` "
+                f"({min_variance}). Received: initial_variance="
+                f"{initial_variance}"
+            )
+    density_scale = check.check_range("density_scale", density_scale, 0.0, None)
     heads_dim = num_heads * key_dim
     memory_dim = int(memory_dim or heads_dim)
     return {
@@ -97,7 +108,21 @@ def check_arguments(
         ),
         "memory_gate": memory_gate,
         "sticky": sticky,
+        "initial_variance": (
+            None if initial_variance is None else float(initial_variance)
+        ),
+        "variance_offset": variance_offset(initial_variance),
+        "density_scale": density_scale,
     }
+
+
+def variance_offset(initial_variance):
+    """The offset ``softplus⁻¹(v) = log(eᵛ − 1)`` added to the variance
+    logit so that a zero logit reads ``σ² = v`` (docs/math.md §3); 0 for
+    ``None`` (the authors' ``σ² = softplus(logit)``: ``ln 2`` at 0)."""
+    if initial_variance is None:
+        return 0.0
+    return float(np.log(np.expm1(np.float64(initial_variance))))
 
 
 def config(layer):
@@ -122,6 +147,8 @@ def config(layer):
         ),
         "memory_dim": layer.memory_dim,
         "output_dim": layer.output_dim,
+        "initial_variance": layer.initial_variance,
+        "density_scale": layer.density_scale,
         "kernel_initializer": keras.initializers.serialize(
             layer.kernel_initializer
         ),
