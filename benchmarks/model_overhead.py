@@ -407,9 +407,7 @@ def report(results, size, repeats, load, command, out_dir):
             row = [name, label, target]
             for b in backends:
                 m = _model(results[b], name)
-                row.append(
-                    "-" if m is None or key not in m else f"{m[key]:.2f}"
-                )
+                row.append("-" if m is None else _ratio(m.get(key), ""))
             rows.append(row)
     table = common.markdown_table(header, rows)
     times_header = ["model", "backend", "step with s", "without s"]
