@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # The golden outputs of the authors' code: a subset ships in tests/golden;
 # the full recorded set, where present, is named by KERAS_INFMEMORY_REFERENCE
@@ -29,8 +30,29 @@ FULL_GOLDEN_DIR = os.environ.get(
 )
 
 
+# Hypothesis properties: each example builds a new layer (eager JAX
+# compiles its operations anew for each new shape: seconds per example), so
+# `make test` and CI (``CI=true``) draw a few examples per run and a plain
+# ``pytest`` draws more; ``HYPOTHESIS_PROFILE=ci|dev`` picks one by name.
+_EXAMPLES = {"ci": 4, "dev": 15}
+for _name, _count in _EXAMPLES.items():
+    settings.register_profile(
+        _name,
+        max_examples=_count,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if _CI else "dev")
+)
+
+
 def pytest_report_header(config):
-    return f"keras {keras.__version__}, backend: {keras.backend.backend()}"
+    return (
+        f"keras {keras.__version__}, backend: {keras.backend.backend()}, "
+        f"hypothesis profile: {settings.get_current_profile_name()}"
+    )
 
 
 @pytest.fixture(autouse=True)
