@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 BACKENDS := jax torch tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 3
+# A few hypothesis examples per property (tests/conftest.py has the profiles).
+export HYPOTHESIS_PROFILE ?= ci
 
 .PHONY: demo test lint docs venv clean test-%
 

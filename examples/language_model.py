@@ -60,6 +60,7 @@ from keras_infmemory.data.documents import DocumentBlocks  # noqa: E402
 from keras_infmemory.data.tokenizers import train_tokenizer  # noqa: E402
 from keras_infmemory.models.inf_former_lm import ARMS, InfFormerLM  # noqa
 from keras_infmemory.optimizers import MemoryAdamW  # noqa: E402
+from keras_infmemory.records import write_json  # noqa: E402
 
 PRESETS = {
     # The paper's Wikitext-103 model trained from scratch (§4.2): the
@@ -877,8 +878,7 @@ def write_record(record, output, name):
     }
     os.makedirs(output, exist_ok=True)
     path = os.path.join(output, name)
-    with open(f"{path}.json", "w") as f:
-        json.dump(record, f, indent=1, default=_jsonable)
+    write_json(record, f"{path}.json")
     text = markdown(record)
     with open(f"{path}.md", "w") as f:
         f.write(text + "\n")
@@ -926,14 +926,6 @@ def merge(paths, output, name):
     merged["total_seconds"] = round(sum(r["total_seconds"] for r in records), 1)
     write_record(merged, output, name)
     return merged
-
-
-def _jsonable(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serializable: {value!r}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ answer accuracy on held-out batches, prints a table and writes
 """
 
 import argparse
-import json
 import os
 import time
 
@@ -36,11 +35,11 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from keras_infmemory.data import sorting as sorting_data  # noqa: E402
 from keras_infmemory.models import sorting as sorting_models  # noqa: E402
 from keras_infmemory.models.inf_former_lm import ARMS  # noqa: E402
+from keras_infmemory.records import write_json  # noqa: E402
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out batches never seen in training
 
@@ -270,8 +269,7 @@ def main(argv=None):
         "total_seconds": round(time.perf_counter() - start, 1),
     }
     path = os.path.join(args.output, f"{args.name}.json")
-    with open(path, "w") as f:
-        json.dump(record, f, indent=2, default=_jsonable)
+    write_json(record, path, indent=2)
     try:
         from keras_infmemory.plotting import plot_accuracy_by_length
 
@@ -293,14 +291,6 @@ def main(argv=None):
         f"{record['total_seconds']:.0f} s; wrote {path}"
     )
     return record
-
-
-def _jsonable(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serializable: {value!r}")
 
 
 if __name__ == "__main__":

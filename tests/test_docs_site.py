@@ -51,6 +51,7 @@ MODULES = (
     "keras_infmemory.memory_map",
     "keras_infmemory.checkpoint",
     "keras_infmemory.plotting",
+    "keras_infmemory.records",
     "keras_infmemory.interop",
     "keras_infmemory.state",
     "keras_infmemory.distribution",

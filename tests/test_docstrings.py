@@ -27,6 +27,7 @@ MODULES = [
     "keras_infmemory.dialogue",
     "keras_infmemory.evaluation",
     "keras_infmemory.memory_map",
+    "keras_infmemory.records",
 ]
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE

@@ -75,6 +75,14 @@ def variable_grads(fn, variables):
     return jax.grad(stateless)([v.value for v in variables])
 
 
+def xla_flags(*flags):
+    """``XLA_FLAGS`` for a process the tests start: this one's (with
+    tests/conftest.py's faster compilation) plus ``flags``."""
+    import os
+
+    return " ".join(os.environ.get("XLA_FLAGS", "").split() + list(flags))
+
+
 def run_on_devices(module, *args, devices=4, timeout=900):
     """Runs ``python -m module OUT.npz *args`` on JAX with ``devices``
     simulated CPU devices (the flag must be set before JAX starts, so in a
@@ -88,7 +96,9 @@ def run_on_devices(module, *args, devices=4, timeout=900):
     env = dict(
         os.environ,
         KERAS_BACKEND="jax",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=xla_flags(
+            f"--xla_force_host_platform_device_count={devices}"
+        ),
     )
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "result.npz")

@@ -2,7 +2,7 @@
 give finite outputs of the documented shapes."""
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import keras_infmemory as ki
@@ -34,11 +34,8 @@ SHAPES = st.fixed_dictionaries(
 )
 
 
-@settings(
-    max_examples=15,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+# The number of examples is the profile's (tests/conftest.py): a few under
+# `make test` and CI, more in a plain pytest run.
 @given(config=CONFIGS, shapes=SHAPES, seed=st.integers(0, 2**16))
 def test_valid_inputs_give_finite_outputs(config, shapes, seed):
     widths = config.pop("widths")

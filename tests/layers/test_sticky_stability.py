@@ -25,7 +25,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from keras import ops
 
@@ -419,11 +419,7 @@ def check_bounded_stream(layer, length, focus, writes, seed):
     return first, previous, worst
 
 
-@settings(
-    max_examples=8,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+# As many examples as the profile draws (tests/conftest.py).
 @given(
     widths=st.sampled_from([1, 2]),
     width_ratios=st.lists(st.floats(0.05, 2.0), min_size=2, max_size=2),

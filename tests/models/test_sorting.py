@@ -13,7 +13,7 @@ import pytest
 from keras_infmemory import basis
 from keras_infmemory.data import sorting as sorting_data
 from keras_infmemory.models import ARMS, sorting
-from tests.testing import to_numpy
+from tests.testing import to_numpy, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 TINY = dict(
@@ -223,7 +223,7 @@ def test_example_data_parallel(tmp_path):
         "inf_former",
         "--data-parallel",
         backend="jax",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"),
     )
     assert "Data parallel over 2 devices." in result.stdout
     record = json.loads((tmp_path / "sorting.json").read_text())
