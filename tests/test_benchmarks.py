@@ -80,7 +80,7 @@ def test_peak_rss_is_measured():
         (["overheads.py", "--backends", "jax"], "block with LTM ÷"),
         (
             ["model_overhead.py", "--backends", "jax", "--families", "none"],
-            "train step with ÷ without",
+            "decoding alone (prompt excluded)",
         ),
     ],
 )
