@@ -387,7 +387,7 @@ def plot_language_model(
     right.set_ylabel(
         "held-out loss (nats / token)"
         if by_position == "loss"
-        else "held-out perplexity (exp of the mean loss)"
+        else "held-out perplexity (exp of the loss)"
     )
     right.legend(fontsize=8)
     figure.suptitle(title)
