@@ -29,6 +29,10 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import numpy as np  # noqa: E402
 
 from keras_infmemory.data.documents import DocumentBlocks  # noqa: E402
+from keras_infmemory.evaluation import (  # noqa: E402
+    bucket_starts,
+    document_positions,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
@@ -139,10 +143,10 @@ def main(argv=None):
         train_ids, length, args.config["train"]["batch_size"], start_id
     )
     held = DocumentBlocks(held_ids, length, len(held_ids), start_id)
-    positions = example.document_positions(held)
-    starts = example.bucket_starts(length, options.eval_steps * length)
     x, y, w = held.arrays()
     rows = held.batch_size
+    positions = document_positions(x["reset_mask"], rows, length)
+    starts = bucket_starts(length, options.eval_steps * length)
     probe = tuple(
         np.concatenate(list(a[: 4 * rows].reshape(4, rows, length)), axis=1)
         for a in (x["token_ids"], y, w)

@@ -7,9 +7,15 @@ order, the memory of each layer carried from segment to segment (a
 stateful model) and emptied where a document starts; the model's weights
 and the memories' weights train with their own learning rates
 (`MemoryAdamW`: no weight decay on the memories, linear decay, clipping).
-At the end the held-out perplexity is measured with the memory, with the
-memory switched off (same weights: the model on each segment alone) and,
-for comparison, for the same model fine-tuned the same way without memory.
+At the end the held-out documents are streamed in order, the memory
+carried, and every target's loss kept: the perplexity and the loss by
+position in the document (buckets that double in length: the first
+segment, the second, segments 3–4, 5–8, …; `keras_infmemory.evaluation`)
+are measured with the memory, with the memory switched off (same weights:
+the model on each segment alone) and, for comparison, for the same model
+fine-tuned the same way without memory. ``--seeds`` repeats the whole run
+(offline: the pretraining too) for each seed and reports mean ± standard
+deviation over seeds and the paired gaps (same seed) per bucket.
 
 Two ways to run it:
 
@@ -39,18 +45,20 @@ held-out segment, take several times longer)::
 
 Everything goes to ``--output`` (default ``runs/finetune_<family>``, or
 ``runs/finetune_<preset name>``: a scratch folder outside version
-control): ``finetune_<family>.json`` (the record), ``finetune_<family>.png``
-(loss and perplexities), ``finetune_<family>_memory.png`` (where the memory
-is read) and
-``preset/``, the fine-tuned model with memory (``save_to_preset``; load it
-with ``keras_infmemory.models.InfMemoryCausalLM.from_preset``, stateless,
-or with ``stateful=True, batch_size=B`` to carry its memory from call to
+control): ``finetune_<family>.json`` (the record: every seed's numbers,
+the summary over seeds and the gaps), ``finetune_<family>.md`` (its
+tables), ``finetune_<family>_by_position.png`` (perplexity per seed-mean
+and by position bucket), ``finetune_<family>.png`` (the first seed's
+training loss and perplexities), ``finetune_<family>_memory.png`` (where
+the memory is read) and ``preset/``, the first seed's fine-tuned model with
+memory (``save_to_preset``; load it with
+``keras_infmemory.models.InfMemoryCausalLM.from_preset``, stateless, or
+with ``stateful=True, batch_size=B`` to carry its memory from call to
 call).
 """
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import re
@@ -104,6 +112,14 @@ with filtered_native_stderr():
     )
     from keras_infmemory.data.documents import DocumentBlocks
     from keras_infmemory.distribution import data_parallel
+    from keras_infmemory.evaluation import (
+        bucket_losses,
+        bucket_starts,
+        document_positions,
+        paired_gaps,
+        summarize_runs,
+        token_losses,
+    )
     from keras_infmemory.models import (
         FAMILIES,
         InfMemoryCausalLM,
@@ -111,7 +127,12 @@ with filtered_native_stderr():
         family_of,
     )
     from keras_infmemory.optimizers import MemoryAdamW
-    from keras_infmemory.plotting import plot_memory_attention, plot_training
+    from keras_infmemory.plotting import (
+        plot_language_model,
+        plot_memory_attention,
+        plot_training,
+    )
+    from keras_infmemory.records import write_json
 
 
 # Options whose default depends on the mode: the paper's fine-tuning with a
@@ -264,7 +285,8 @@ def build_parser():
     train.add_argument(
         "--max-eval-steps",
         type=int,
-        help="held-out batches to evaluate (default: all)",
+        help="held-out batches (steps of --batch-size segments, documents "
+        "in order) to evaluate (default: all)",
     )
     train.add_argument(
         "--data-parallel",
@@ -273,7 +295,14 @@ def build_parser():
         "(keras.distribution.DataParallel); the batch size must be a "
         "multiple of the number of devices",
     )
-    train.add_argument("--seed", type=int, default=0, help="random seed")
+    train.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="random seeds: the whole run (offline: pretraining included) "
+        "once for each; the record gives mean ± std over seeds",
+    )
     out = p.add_argument_group("output")
     out.add_argument(
         "--prompt",
@@ -342,6 +371,8 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.pretrain_steps < 0:
         parser.error("--pretrain-steps must be >= 0")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must differ; got {args.seeds}")
     if args.output is None:
         args.output = os.path.join("runs", f"finetune_{_run_name(args)}")
     return args
@@ -422,12 +453,20 @@ def tiny_backbone_arguments(family, vocabulary_size, args):
     return arguments
 
 
-def tiny_preset(args, train_texts, folder):
+def tiny_preset(args, train_texts, folder, seed=None, tokenizer=None):
     """A tiny model of ``args.family`` with a tokenizer trained on
-    ``train_texts``, pretrained without memory and saved as a preset in
-    ``folder`` (with the family's preprocessor); returns the folder."""
-    tokenizer, preprocessor_cls = family_tokenizers.train_tokenizer(
-        args.family, train_texts, args.vocabulary_size
+    ``train_texts``, pretrained without memory (``seed``: the first of
+    ``args.seeds`` by default) and saved as a preset in ``folder`` (with
+    the family's preprocessor); returns the folder. ``tokenizer``: the
+    result of `keras_infmemory.data.tokenizers.train_tokenizer` on these
+    texts, to train it once for several seeds."""
+    seed = args.seeds[0] if seed is None else seed
+    keras.utils.set_random_seed(seed)
+    tokenizer, preprocessor_cls = (
+        tokenizer
+        or family_tokenizers.train_tokenizer(
+            args.family, train_texts, args.vocabulary_size
+        )
     )
     causal_lm_cls, _, _ = family_tokenizers.family_classes(args.family)
     backbone_cls = causal_lm_cls.backbone_cls
@@ -445,14 +484,14 @@ def tiny_preset(args, train_texts, folder):
         f"vocabulary {tokenizer.vocabulary_size()} (trained here)"
     )
     if args.pretrain_steps:
-        pretrain(model, encode_documents(train_texts, tokenizer), args)
+        pretrain(model, encode_documents(train_texts, tokenizer), args, seed)
     model.save_to_preset(folder)
     return folder
 
 
-def pretrain(model, train_ids, args):
+def pretrain(model, train_ids, args, seed):
     """``args.pretrain_steps`` steps without memory on segments drawn in
-    random order (AdamW, cosine decay)."""
+    random order (``seed``; AdamW, cosine decay)."""
     tokenizer = model.preprocessor.tokenizer
     data = DocumentBlocks(
         train_ids,
@@ -462,7 +501,7 @@ def pretrain(model, train_ids, args):
         pad_id=tokenizer.pad_token_id,
     )
     x, y, w = data.arrays()
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     need = args.pretrain_steps * args.batch_size
     rows = np.concatenate(
         [rng.permutation(len(y)) for _ in range(-(-need // len(y)))]
@@ -570,25 +609,20 @@ def fine_tune(lm, train, steps, args):
     return losses.losses
 
 
-def perplexity(lm, data, max_steps, use_memory=True):
-    """Held-out perplexity, documents in order, the memory carried (or
-    off: same weights); returns ``(perplexity, tokens)``."""
-    x, y, w = data.arrays()
-    steps = min(data.num_steps, max_steps or data.num_steps)
-    rows = steps * data.batch_size
-    previous = lm.memory_enabled
-    lm.memory_enabled = use_memory
-    lm.reset_state()
-    results = lm.evaluate(
-        {k: v[:rows] for k, v in x.items()},
-        y[:rows],
-        sample_weight=w[:rows],
-        batch_size=data.batch_size,
-        verbose=0,
-        return_dict=True,
-    )
-    lm.memory_enabled = previous
-    return float(np.exp(results["cross_entropy"])), int(w[:rows].sum())
+def evaluate(lm, data, positions, starts, max_steps, use_memory=True):
+    """Held-out loss of every target, documents in order, the memory
+    carried (or off: same weights; `keras_infmemory.evaluation.
+    token_losses`): ``{"perplexity", "tokens", "loss_by_position",
+    "tokens_by_position"}`` (the buckets of ``starts``)."""
+    losses, weights = token_losses(lm, data, max_steps, use_memory)
+    total = weights.sum()
+    loss, tokens = bucket_losses(losses, weights, positions, starts)
+    return {
+        "perplexity": float(np.exp(losses.sum() / total)),
+        "tokens": int(total),
+        "loss_by_position": loss,
+        "tokens_by_position": tokens,
+    }
 
 
 def plot_reads(lm, test_ids, start, args, path):
@@ -624,12 +658,89 @@ def plot_reads(lm, test_ids, start, args, path):
     return path
 
 
+ARMS = ("with memory", "memory off", "without memory")
+"""The three held-out evaluations: the model fine-tuned with memory, the
+same weights with the memory switched off, and the baseline fine-tuned
+without memory."""
+
+
+def run_seed(preset, seed, args, data, steps):
+    """Fine-tunes with memory (and, with ``--baseline``, without) from
+    ``preset`` with ``seed``; evaluates each arm of `ARMS`. ``data``:
+    ``{"train", "test", "positions", "starts"}``. Returns ``(runs, info,
+    lm)``: one run dict per arm, the seed's training record and the
+    fine-tuned model with memory."""
+    keras.utils.set_random_seed(seed)
+    lm = load_memory_model(preset, args, args.memory_layers)
+    preprocessor, lm.preprocessor = lm.preprocessor, None  # token ids in
+    train, test = data["train"], data["test"]
+    held_out = (test, data["positions"], data["starts"], args.max_eval_steps)
+    begin = time.time()
+    runs = []
+    if args.baseline:
+        print(f"Seed {seed}: fine-tuning without memory (baseline)")
+        base = load_memory_model(preset, args, memory_layers=[])
+        base.preprocessor = None
+        fine_tune(base, train, steps, args)
+        runs.append({"arm": ARMS[2], **evaluate(base, *held_out)})
+        del base
+    print(f"Seed {seed}: fine-tuning with memory, {steps} steps")
+    losses = fine_tune(lm, train, steps, args)
+    runs.insert(0, {"arm": ARMS[0], **evaluate(lm, *held_out)})
+    runs.insert(1, {"arm": ARMS[1], **evaluate(lm, *held_out, False)})
+    for run in runs:
+        run["seed"] = seed
+    print(
+        f"Seed {seed}: held-out perplexity over {runs[0]['tokens']:,} "
+        "tokens: "
+        + ", ".join(f"{r['arm']} {r['perplexity']:.3f}" for r in runs)
+    )
+    lm.preprocessor = preprocessor
+    info = {
+        "seed": seed,
+        "final_train_loss": losses[-1] if losses else None,
+        "train_loss_running_mean": [round(v, 4) for v in losses],
+        "seconds": round(time.time() - begin, 1),
+    }
+    return runs, info, lm
+
+
+def held_out_data(lm, train_texts, test_texts, args):
+    """The training and held-out `DocumentBlocks` (tokenized with ``lm``'s
+    tokenizer), the held-out positions and the buckets' starts."""
+    tokenizer = lm.preprocessor.tokenizer
+    train_ids = encode_documents(train_texts, tokenizer)
+    test_ids = encode_documents(test_texts, tokenizer)
+    blocks = dict(
+        segment_length=args.segment_length,
+        batch_size=args.batch_size,
+        start_token_id=document_start_id(tokenizer),
+        pad_id=tokenizer.pad_token_id,
+    )
+    train = DocumentBlocks(train_ids, **blocks)
+    test = DocumentBlocks(test_ids, **blocks)
+    x, _, w = test.arrays()
+    positions = document_positions(
+        x["reset_mask"], test.batch_size, args.segment_length
+    )
+    rows = test.batch_size * min(
+        test.num_steps, args.max_eval_steps or test.num_steps
+    )
+    longest = int(positions[:rows][w[:rows] > 0].max()) + 1
+    return {
+        "train": train,
+        "test": test,
+        "test_ids": test_ids,
+        "positions": positions,
+        "starts": bucket_starts(args.segment_length, longest),
+    }
+
+
 def main(argv=None):
     """Runs the example; returns ``(record, model)``: the JSON record (a
-    dict) and the fine-tuned model with memory."""
+    dict) and the first seed's fine-tuned model with memory."""
     quiet()
     args = parse_args(argv)
-    keras.utils.set_random_seed(args.seed)
     if args.data_parallel:
         devices = int(np.prod(data_parallel().device_mesh.shape))
         if args.batch_size % devices:
@@ -642,117 +753,188 @@ def main(argv=None):
     name = f"finetune_{_run_name(args)}"
     paths = {
         "record": os.path.join(args.output, f"{name}.json"),
+        "tables": os.path.join(args.output, f"{name}.md"),
+        "position_plot": os.path.join(args.output, f"{name}_by_position.png"),
         "training_plot": os.path.join(args.output, f"{name}.png"),
         "memory_plot": os.path.join(args.output, f"{name}_memory.png"),
         "preset": os.path.join(args.output, "preset"),
     }
     start_time = time.time()
     train_texts, test_texts = load_documents(args)
+    tokenizer = None
     if args.offline:
         paths["pretrained_preset"] = os.path.join(args.output, "pretrained")
-        preset = tiny_preset(args, train_texts, paths["pretrained_preset"])
-        print(f"Pretrained preset (no memory): {preset}")
-    else:
-        preset = args.preset
-    lm = load_memory_model(preset, args, args.memory_layers)
-    family = family_of(lm).name
-    preprocessor = lm.preprocessor
-    tokenizer = preprocessor.tokenizer
-    lm.preprocessor = None  # the segments are token ids already
-    start = document_start_id(tokenizer)
-    train_ids = encode_documents(train_texts, tokenizer)
-    test_ids = encode_documents(test_texts, tokenizer)
-    blocks = dict(
-        segment_length=args.segment_length,
-        batch_size=args.batch_size,
-        start_token_id=start,
-        pad_id=tokenizer.pad_token_id,
-    )
-    train = DocumentBlocks(train_ids, **blocks)
-    test = DocumentBlocks(test_ids, **blocks)
-    steps = min(args.steps, train.num_steps)
-    print(
-        f"{type(lm).__name__}: memory in layers {lm.backbone.memory_layers}, "
-        f"segments of {args.segment_length} tokens, {len(train_ids)} "
-        f"training and {len(test_ids)} held-out documents"
-    )
-
-    baseline = None
-    if args.baseline:
-        print("Fine-tuning without memory (baseline, same steps and rates)")
-        base = load_memory_model(preset, args, memory_layers=[])
-        base.preprocessor = None
-        fine_tune(base, train, steps, args)
-        baseline, _ = perplexity(base, test, args.max_eval_steps)
-        del base
-    print(f"Fine-tuning with memory: {steps} of {train.num_steps} steps")
-    losses = fine_tune(lm, train, steps, args)
-    with_memory, tokens = perplexity(lm, test, args.max_eval_steps)
-    memory_off, _ = perplexity(lm, test, args.max_eval_steps, False)
-    print(
-        f"Held-out perplexity over {tokens:,} tokens: with memory "
-        f"{with_memory:.3f}, memory off (same weights) {memory_off:.3f}"
-        + (
-            ""
-            if baseline is None
-            else f"; fine-tuned without memory {baseline:.3f}"
+        tokenizer = family_tokenizers.train_tokenizer(
+            args.family, train_texts, args.vocabulary_size
         )
-    )
+    runs, seeds, first, data = [], [], None, None
+    for seed in args.seeds:
+        preset = args.preset
+        if args.offline:
+            folder = paths["pretrained_preset"]
+            if seed != args.seeds[0]:
+                folder += f"_seed{seed}"
+            preset = tiny_preset(args, train_texts, folder, seed, tokenizer)
+            print(f"Pretrained preset (no memory, seed {seed}): {preset}")
+        if data is None:
+            probe = load_memory_model(preset, args, memory_layers=[])
+            data = held_out_data(probe, train_texts, test_texts, args)
+            del probe
+            steps = min(args.steps, data["train"].num_steps)
+            print(
+                f"Segments of {args.segment_length} tokens, "
+                f"{len(train_texts)} training and {len(test_texts)} "
+                f"held-out documents; {steps} of {data['train'].num_steps} "
+                f"fine-tuning steps; loss buckets from {data['starts']}"
+            )
+        seed_runs, info, lm = run_seed(preset, seed, args, data, steps)
+        runs += seed_runs
+        seeds.append(info)
+        if first is None:
+            first = finish_first_seed(lm, seed_runs, info, data, args, paths)
+        del lm
+    arms = [arm for arm in ARMS if any(r["arm"] == arm for r in runs)]
+    record = {
+        "backend": keras.backend.backend(),
+        "family": first["family"],
+        "preset": args.preset or f"offline tiny {first['family']}",
+        "model_class": first["model_class"],
+        "arguments": vars(args),
+        "train_documents": len(train_texts),
+        "held_out_documents": len(test_texts),
+        "held_out_tokens": runs[0]["tokens"],
+        "fine_tune_steps": steps,
+        "seeds": args.seeds,
+        "arms": arms,
+        "bucket_starts": data["starts"],
+        "runs": runs,
+        "seed_runs": seeds,
+        "summary": summarize_runs(runs, arms, data["starts"]),
+        "gaps": {
+            f"{arm} − {ARMS[0]}": paired_gaps(runs, arm, ARMS[0])
+            for arm in arms[1:]
+        },
+        "prompt": args.prompt,
+        "generated": first["generated"],
+        "outputs": paths,
+    }
+    write_record(record, paths, start_time)
+    for what, path in paths.items():
+        print(f"{what.replace('_', ' ')}: {path}")
+    return record, first["model"]
 
+
+def finish_first_seed(lm, runs, info, data, args, paths):
+    """Saves the first seed's model (the weights, stateless), plots its
+    training and memory reads and generates from the prompt."""
     # The preset holds the weights, not the memory of the last batch: the
     # stateful model (its state is a KerasHub task weight, saved with the
     # optimizer's) becomes a stateless one, same weights.
+    preprocessor = lm.preprocessor
     lm = attach_memory(lm, stateful=False)
     lm.preprocessor = preprocessor
     lm.compile(sampler="greedy")
     lm.save_to_preset(paths["preset"])
-    if plot_reads(lm, test_ids, start, args, paths["memory_plot"]) is None:
+    start = document_start_id(lm.preprocessor.tokenizer)
+    if (
+        plot_reads(lm, data["test_ids"], start, args, paths["memory_plot"])
+        is None
+    ):
         del paths["memory_plot"]  # no memory layer
-    perplexities = {"with memory": with_memory, "memory off": memory_off}
-    if baseline is not None:
-        perplexities["without\nmemory"] = baseline
+    labels = {ARMS[2]: "without\nmemory"}
     plot_training(
-        losses,
-        perplexities,
+        info["train_loss_running_mean"],
+        {labels.get(r["arm"], r["arm"]): r["perplexity"] for r in runs},
         path=paths["training_plot"],
-        title=f"{type(lm).__name__}, {keras.backend.backend()}",
+        title=f"{type(lm).__name__}, {keras.backend.backend()}, "
+        f"seed {info['seed']}",
     )
-    record = {
-        "backend": keras.backend.backend(),
-        "family": family,
-        "preset": f"offline tiny {family}" if args.offline else args.preset,
-        "model_class": type(lm).__name__,
-        "arguments": vars(args),
-        "train_documents": len(train_ids),
-        "held_out_documents": len(test_ids),
-        "held_out_tokens": tokens,
-        "fine_tune_steps": steps,
-        "perplexity_with_memory": with_memory,
-        "perplexity_memory_off": memory_off,
-        "perplexity_fine_tuned_without_memory": baseline,
-        "final_train_loss": losses[-1] if losses else None,
-        "train_loss_running_mean": [round(v, 4) for v in losses],
-        "prompt": args.prompt,
-        "generated": None,
-        "outputs": paths,
-    }
-    # Written before generating, and again with the text after.
-    write_record(record, paths["record"], start_time)
     # Greedy, stopping at the end token (the family's default): the tiny
     # tokenizers keep it apart from the padding id, or it would stop at once.
     text = lm.generate(args.prompt, max_length=args.generate_length)
-    record["generated"] = text if isinstance(text, str) else str(text)
-    print(f"Greedy continuation of {args.prompt!r}: {record['generated']!r}")
-    write_record(record, paths["record"], start_time)
-    for what, path in paths.items():
-        print(f"{what.replace('_', ' ')}: {path}")
-    return record, lm
+    text = text if isinstance(text, str) else str(text)
+    print(f"Greedy continuation of {args.prompt!r}: {text!r}")
+    return {
+        "model": lm,
+        "family": family_of(lm).name,
+        "model_class": type(lm).__name__,
+        "generated": text,
+    }
 
 
-def write_record(record, path, start_time):
+def markdown(record):
+    """The record's tables: perplexity (mean ± std over seeds), then
+    perplexity by position bucket and the paired loss gaps."""
+    summary, starts = record["summary"], record["bucket_starts"]
+    seeds = len(record["seeds"])
+    lines = [
+        f"| held out ({record['held_out_tokens']:,} tokens) | perplexity, "
+        f"mean ± std over {seeds} seed(s) | per seed |",
+        "|---|---|---|",
+    ]
+    for arm in record["arms"]:
+        p = summary[arm]["perplexity"]
+        values = ", ".join(f"{v:.2f}" for v in p["values"])
+        lines.append(f"| {arm} | {p['mean']:.2f} ± {p['std']:.2f} | {values} |")
+    for gap_name, gap in record["gaps"].items():
+        if gap is not None:
+            p = gap["perplexity"]
+            values = ", ".join(f"{v:+.3f}" for v in p["values"])
+            lines.append(
+                f"| {gap_name} (paired) | {p['mean']:+.3f} ± {p['std']:.3f} "
+                f"| {values} |"
+            )
+    length = record["arguments"]["segment_length"]
+    head = [f"{s // length + 1}" for s in starts]
+    lines += [
+        "",
+        "Perplexity by position in the document (exp of the mean loss "
+        "over seeds; ± exp(mean)·std of the loss, to first order); "
+        "columns: the first segment of each bucket "
+        "(buckets double in length). Gap rows: loss difference in "
+        "nats/token, paired by seed (positive: the arm is worse than with "
+        "memory).",
+        "",
+        "| arm | " + " | ".join(head) + " |",
+        "|---|" + "---|" * len(starts),
+    ]
+    for arm in record["arms"]:
+        loss = summary[arm]["loss_by_position"]
+        cells = [
+            f"{np.exp(m):.2f} ± {np.exp(m) * d:.2f}"
+            for m, d in zip(loss["mean"], loss["std"], strict=True)
+        ]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    tokens = record["runs"][0]["tokens_by_position"]
+    lines.append("| tokens | " + " | ".join(f"{t:,}" for t in tokens) + " |")
+    for gap_name, gap in record["gaps"].items():
+        if gap is None:
+            continue
+        loss = gap["loss_by_position"]
+        cells = [
+            f"{m:+.4f}" + ("" if d is None else f" ± {d:.4f}")
+            for m, d in zip(
+                loss["mean"], loss["std"] or [None] * len(starts), strict=True
+            )
+        ]
+        lines.append(f"| {gap_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_record(record, paths, start_time):
+    """Writes the JSON record, its tables and the plot by position."""
     record["seconds"] = round(time.time() - start_time, 1)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
+    write_json(record, paths["record"])
+    text = markdown(record)
+    with open(paths["tables"], "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    plot_language_model(
+        record["summary"],
+        paths["position_plot"],
+        title=f"{record['model_class']}, {record['backend']}, held out",
+        by_position="perplexity",
+    )
+    print("\n" + text + "\n")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,14 @@ from keras_infmemory.data.corpora import (  # noqa: E402
 )
 from keras_infmemory.data.documents import DocumentBlocks  # noqa: E402
 from keras_infmemory.data.tokenizers import train_tokenizer  # noqa: E402
+from keras_infmemory.evaluation import (  # noqa: E402
+    bucket_losses,
+    bucket_starts,
+    document_positions,
+    paired_gaps,
+    summarize_runs,
+    token_losses,
+)
 from keras_infmemory.models.inf_former_lm import ARMS, InfFormerLM  # noqa
 from keras_infmemory.optimizers import MemoryAdamW  # noqa: E402
 from keras_infmemory.records import write_json  # noqa: E402
@@ -255,29 +263,6 @@ def prepare_data(args):
     return tokenizer, train_ids, held_ids, [n for n, _ in held_out]
 
 
-def document_positions(data):
-    """Position of every input of a `DocumentBlocks` in its document:
-    ``(steps·B, L)`` int, in the layout of ``data.arrays()``."""
-    x, _, _ = data.arrays()
-    length, rows = data.segment_length, data.batch_size
-    starts = x["reset_mask"].reshape(-1, rows)  # (steps, B)
-    blocks = np.zeros(starts.shape, "int64")  # block index in its document
-    for k in range(1, len(starts)):
-        blocks[k] = np.where(starts[k], 0, blocks[k - 1] + 1)
-    positions = blocks[:, :, None] * length + np.arange(length)
-    return positions.reshape(-1, length)
-
-
-def bucket_starts(segment_length, longest):
-    """Token positions where the buckets start: the first segment, the
-    second, segments 3–4, 5–8, … (doubling), up to ``longest``."""
-    starts, size = [0, segment_length], segment_length
-    while starts[-1] + size < longest:
-        starts.append(starts[-1] + size)
-        size *= 2
-    return [s for s in starts if s < longest]
-
-
 # ----------------------------------------------------------------------- #
 # Model and training
 # ----------------------------------------------------------------------- #
@@ -433,60 +418,6 @@ def ltm_weight_change(model, initial):
 # ----------------------------------------------------------------------- #
 
 
-def token_losses(model, data, max_steps=None, use_memory=True, chunk=1):
-    """Cross-entropy of every held-out target, the documents streamed in
-    order from an empty memory: ``(losses, weights)``, each ``(steps·B,
-    L)`` in the layout of ``data.arrays()`` (weight 0: padding).
-
-    ``chunk`` segments go into each call (the model carries its memory
-    within the call as between calls), unless a document starts inside a
-    chunk; then one segment per call."""
-    x, y, w = data.arrays()
-    steps = min(data.num_steps, max_steps or data.num_steps)
-    rows, length = data.batch_size, data.segment_length
-    by_step = lambda a: a.reshape(-1, rows, *a.shape[1:])[:steps]  # noqa
-    tokens, mask = by_step(x["token_ids"]), by_step(x["padding_mask"])
-    targets, resets = by_step(y), by_step(x["reset_mask"])
-    if resets[[k % chunk != 0 for k in range(steps)]].any():
-        chunk = 1
-    previous = model.memory_enabled
-    model.memory_enabled = use_memory
-    model.reset_state()
-    losses = np.zeros((steps, rows, length), "float32")
-    try:
-        for k in range(0, steps, chunk):
-            n = min(chunk, steps - k)
-            logits = model.predict_on_batch(
-                {
-                    "token_ids": _rows(tokens[k : k + n], chunk),
-                    "padding_mask": _rows(mask[k : k + n], chunk),
-                    "reset_mask": resets[k],
-                }
-            )[:, : n * length]  # (B, n·L, V)
-            top = logits.max(axis=-1, keepdims=True)
-            log_norm = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
-            picked = np.take_along_axis(
-                logits, _rows(targets[k : k + n], n)[..., None], -1
-            )[..., 0]
-            loss = (log_norm - picked).reshape(rows, n, length)
-            losses[k : k + n] = loss.transpose(1, 0, 2)
-    finally:
-        model.memory_enabled = previous
-        model.reset_state()
-    weights = w[: steps * rows].astype("float64")
-    return losses.reshape(-1, length).astype("float64") * weights, weights
-
-
-def _rows(blocks, count):
-    """``(n, B, L)`` consecutive blocks → ``(B, count·L)`` rows, padded
-    with zeros (padding) to ``count`` blocks."""
-    n, rows, length = blocks.shape
-    if n < count:
-        pad = np.zeros((count - n, rows, length), blocks.dtype)
-        blocks = np.concatenate([blocks, pad])
-    return blocks.transpose(1, 0, 2).reshape(rows, count * length)
-
-
 def evaluate_arm(model, data, positions, starts, args):
     """Held-out perplexity (with and without the LTM) and the mean loss in
     each position bucket."""
@@ -500,15 +431,8 @@ def evaluate_arm(model, data, positions, starts, args):
         "perplexity": float(np.exp(losses.sum() / total)),
         "tokens": int(total),
     }
-    positions = positions[: len(weights)]
-    bucket = np.searchsorted(starts, positions, side="right") - 1
-    result["loss_by_position"] = [
-        float(losses[bucket == i].sum() / max(weights[bucket == i].sum(), 1))
-        for i in range(len(starts))
-    ]
-    result["tokens_by_position"] = [
-        int(weights[bucket == i].sum()) for i in range(len(starts))
-    ]
+    loss, tokens = bucket_losses(losses, weights, positions, starts)
+    result["loss_by_position"], result["tokens_by_position"] = loss, tokens
     result["perplexity_without_ltm"] = None
     if model.memory_options is not None:
         off, _ = token_losses(model, data, args.max_eval_steps, False, chunk)
@@ -656,66 +580,6 @@ def _jax_ltm_gradient_norms(model, probe):
 # ----------------------------------------------------------------------- #
 
 
-def summarize(runs, arms, starts):
-    """Mean, standard deviation and values over seeds, per arm."""
-    summary = {"bucket_starts": starts}
-    for arm in arms:
-        rows = [r for r in runs if r["arm"] == arm]
-        ppl = np.array([r["perplexity"] for r in rows])
-        loss = np.array([r["loss_by_position"] for r in rows])
-        entry = {
-            "perplexity": _stats(ppl),
-            "loss_by_position": {
-                "mean": loss.mean(0).tolist(),
-                "std": loss.std(0, ddof=1).tolist()
-                if len(rows) > 1
-                else [0.0] * len(starts),
-            },
-        }
-        off = [r["perplexity_without_ltm"] for r in rows]
-        if off[0] is not None:
-            entry["perplexity_without_ltm"] = _stats(np.array(off))
-        summary[arm] = entry
-    return summary
-
-
-def _stats(values):
-    return {
-        "mean": float(values.mean()),
-        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-        "values": values.tolist(),
-    }
-
-
-def paired_gaps(runs, arm, baseline, starts):
-    """``arm − baseline`` per seed (same seed, same data order): the
-    perplexity difference and the loss difference per bucket."""
-    by_seed = {}
-    for r in runs:
-        by_seed.setdefault(r["seed"], {})[r["arm"]] = r
-    pairs = [v for v in by_seed.values() if arm in v and baseline in v]
-    if not pairs:
-        return None
-    ppl = np.array(
-        [p[arm]["perplexity"] - p[baseline]["perplexity"] for p in pairs]
-    )
-    loss = np.array(
-        [
-            np.subtract(
-                p[arm]["loss_by_position"], p[baseline]["loss_by_position"]
-            )
-            for p in pairs
-        ]
-    )
-    return {
-        "perplexity": _stats(ppl),
-        "loss_by_position": {
-            "mean": loss.mean(0).tolist(),
-            "std": loss.std(0, ddof=1).tolist() if len(pairs) > 1 else None,
-        },
-    }
-
-
 def markdown(record):
     """The record's tables."""
     summary, starts = record["summary"], record["bucket_starts"]
@@ -796,8 +660,10 @@ def run(args, keep_models=False):
     held_data = DocumentBlocks(
         held_ids, length, min(len(held_ids), train_cfg["batch_size"]), start_id
     )
-    positions = document_positions(held_data)
-    _, _, held_weights = held_data.arrays()
+    x, _, held_weights = held_data.arrays()
+    positions = document_positions(
+        x["reset_mask"], held_data.batch_size, length
+    )
     evaluated = held_data.batch_size * (
         args.max_eval_steps or held_data.num_steps
     )
@@ -868,11 +734,11 @@ def write_record(record, output, name):
     """Adds the summary over seeds and the gaps to Transformer-XL to
     ``record`` and writes ``<name>.json``, ``.md`` and ``.png``."""
     runs, arms, starts = record["runs"], record["arms"], record["bucket_starts"]
-    record["summary"] = summarize(runs, arms, starts)
+    record["summary"] = summarize_runs(
+        runs, arms, starts, extra=("perplexity_without_ltm",)
+    )
     record["gaps"] = {
-        f"{arm} − transformer_xl": paired_gaps(
-            runs, arm, "transformer_xl", starts
-        )
+        f"{arm} − transformer_xl": paired_gaps(runs, arm, "transformer_xl")
         for arm in arms
         if arm not in ("window", "transformer_xl")
     }

@@ -1,8 +1,17 @@
-"""Scores of generated replies against references (the paper's CMU-DoG
-metrics).
+"""Held-out scores: language-model loss by position in the document, and
+generated replies against references (the paper's CMU-DoG metrics).
 
-The ∞-former's grounded-dialogue experiment (Martins et al. 2022, §4.3;
-docs/documents.md) reports, over every generated reply:
+**Loss by position** (docs/math.md §7: where a memory starts to pay): the
+held-out documents are streamed in order, a stateful model carrying its
+memory from segment to segment (`token_losses`); each target's
+cross-entropy is then averaged in position buckets that double in length
+(`bucket_starts`, `document_positions`, `bucket_losses`), and runs with
+several seeds are summed up as mean ± standard deviation
+(`mean_and_spread`, `summarize_runs`, `paired_gaps`). All but
+`token_losses` are small NumPy functions.
+
+**Replies.** The ∞-former's grounded-dialogue experiment (Martins et al.
+2022, §4.3; docs/documents.md) reports, over every generated reply:
 
 * **F1**: unigram F1 after the SQuAD normalisation (lower case, no
   punctuation, no articles ``a``/``an``/``the``, single spaces);
@@ -25,6 +34,8 @@ import re
 import string
 import warnings
 
+import numpy as np
+
 WORDNET_MESSAGE = (
     "METEOR needs NLTK's WordNet data, which was not found: run "
     "`python -m nltk.downloader wordnet` (or `import nltk; "
@@ -36,6 +47,302 @@ WORDNET_MESSAGE = (
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
+
+
+# ----------------------------------------------------------------------- #
+# Language models: loss by position in the document
+# ----------------------------------------------------------------------- #
+
+
+def bucket_starts(segment_length, longest):
+    """Token positions where the buckets start: the first segment, the
+    second, segments 3–4, 5–8, … (doubling), up to ``longest`` tokens.
+
+    Example:
+
+    >>> from keras_infmemory.evaluation import bucket_starts
+    >>> bucket_starts(16, 100)
+    [0, 16, 32, 64]
+    """
+    if segment_length < 1 or longest < 1:
+        raise ValueError(
+            "`segment_length` and `longest` must be >= 1. Received: "
+            f"segment_length={segment_length}, longest={longest}"
+        )
+    starts, size = [0, segment_length], segment_length
+    while starts[-1] + size < longest:
+        starts.append(starts[-1] + size)
+        size *= 2
+    return [s for s in starts if s < longest]
+
+
+def document_positions(reset_mask, batch_size, segment_length):
+    """Position in its document of every input of in-order blocks.
+
+    Args:
+        reset_mask: ``(steps·B,)`` bool, True where a row starts a new
+            document (as in `keras_infmemory.data.documents.DocumentBlocks`'
+            ``arrays()``: step by step, ``B`` rows each).
+        batch_size: ``B``, the rows read in parallel.
+        segment_length: ``L``, tokens per block.
+
+    Returns:
+        ``(steps·B, L)`` int64 positions, in the layout of the blocks.
+
+    Example:
+
+    >>> from keras_infmemory.evaluation import document_positions
+    >>> document_positions([1, 1, 0, 1, 0, 0], 2, 2)[:, 0].tolist()
+    [0, 0, 2, 0, 4, 2]
+    """
+    starts = np.asarray(reset_mask, bool)
+    if starts.ndim != 1 or len(starts) % batch_size:
+        raise ValueError(
+            "`reset_mask` must be 1-D with a multiple of `batch_size` "
+            f"entries. Received: reset_mask.shape={starts.shape}, "
+            f"batch_size={batch_size}"
+        )
+    starts = starts.reshape(-1, batch_size)  # (steps, B)
+    blocks = np.zeros(starts.shape, "int64")  # block index in its document
+    for k in range(1, len(starts)):
+        blocks[k] = np.where(starts[k], 0, blocks[k - 1] + 1)
+    positions = blocks[:, :, None] * segment_length + np.arange(segment_length)
+    return positions.reshape(-1, segment_length)
+
+
+def token_cross_entropy(logits, targets):
+    """``−log softmax(logits)[target]`` of every target, in float64.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_infmemory.evaluation import token_cross_entropy
+    >>> token_cross_entropy(np.zeros((1, 2, 4)), np.array([[0, 3]])).round(4)
+    array([[1.3863, 1.3863]])
+    """
+    logits = np.asarray(logits, "float64")  # (..., V)
+    top = logits.max(axis=-1, keepdims=True)
+    log_norm = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
+    picked = np.take_along_axis(logits, np.asarray(targets)[..., None], -1)
+    return log_norm - picked[..., 0]
+
+
+def token_losses(model, data, max_steps=None, use_memory=True, chunk=1):
+    """Cross-entropy of every held-out target, the documents streamed in
+    order from an empty memory.
+
+    ``model`` is a stateful model of ``data.batch_size`` rows with
+    ``memory_enabled``, ``reset_state()`` and ``predict_on_batch`` taking
+    ``token_ids``, ``padding_mask`` and ``reset_mask`` (an
+    `keras_infmemory.models.InfFormerLM` or an
+    `keras_infmemory.models.InfMemoryCausalLM`); ``data`` a
+    `keras_infmemory.data.documents.DocumentBlocks`. ``chunk`` segments go
+    into each call (the model carries its memory within the call as
+    between calls) unless a document starts inside a chunk; then one
+    segment per call. ``use_memory=False`` switches the memory off (same
+    weights); the model is reset before and after.
+
+    Returns:
+        ``(losses, weights)``, each ``(steps·B, L)`` float64 in the layout
+        of ``data.arrays()`` (weight 0 and loss 0: padding).
+    """
+    x, y, w = data.arrays()
+    steps = min(data.num_steps, max_steps or data.num_steps)
+    rows, length = data.batch_size, data.segment_length
+    by_step = lambda a: a.reshape(-1, rows, *a.shape[1:])[:steps]  # noqa
+    tokens, mask = by_step(x["token_ids"]), by_step(x["padding_mask"])
+    targets, resets = by_step(y), by_step(x["reset_mask"])
+    if resets[[k % chunk != 0 for k in range(steps)]].any():
+        chunk = 1
+    previous = model.memory_enabled
+    model.memory_enabled = use_memory
+    model.reset_state()
+    losses = np.zeros((steps, rows, length), "float64")
+    try:
+        for k in range(0, steps, chunk):
+            n = min(chunk, steps - k)
+            logits = model.predict_on_batch(
+                {
+                    "token_ids": _rows(tokens[k : k + n], chunk),
+                    "padding_mask": _rows(mask[k : k + n], chunk),
+                    "reset_mask": resets[k],
+                }
+            )[:, : n * length]  # (B, n·L, V)
+            loss = token_cross_entropy(logits, _rows(targets[k : k + n], n))
+            losses[k : k + n] = loss.reshape(rows, n, length).transpose(1, 0, 2)
+    finally:
+        model.memory_enabled = previous
+        model.reset_state()
+    weights = w[: steps * rows].astype("float64")
+    return losses.reshape(-1, length) * weights, weights
+
+
+def _rows(blocks, count):
+    """``(n, B, L)`` consecutive blocks → ``(B, count·L)`` rows, padded
+    with zeros (padding) to ``count`` blocks."""
+    n, rows, length = blocks.shape
+    if n < count:
+        pad = np.zeros((count - n, rows, length), blocks.dtype)
+        blocks = np.concatenate([blocks, pad])
+    return blocks.transpose(1, 0, 2).reshape(rows, count * length)
+
+
+def bucket_losses(losses, weights, positions, starts):
+    """Mean loss and token count in each position bucket.
+
+    Args:
+        losses: per-token losses (any shape), 0 where ``weights`` is 0.
+        weights: token weights, same shape (0: padding).
+        positions: position of each token in its document, same shape
+            (or longer: the first rows are used).
+        starts: the buckets' first positions, increasing (`bucket_starts`).
+
+    Returns:
+        ``(loss_by_position, tokens_by_position)``: two lists, one entry a
+        bucket (an empty bucket: loss 0, 0 tokens). Their token-weighted
+        mean is the overall mean loss.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_infmemory.evaluation import bucket_losses
+    >>> bucket_losses(np.array([[1.0, 3.0, 2.0, 0.0]]),
+    ...               np.array([[1, 1, 1, 0]]),
+    ...               np.array([[0, 1, 2, 3]]), [0, 2])
+    ([2.0, 2.0], [2, 1])
+    """
+    losses, weights = np.asarray(losses), np.asarray(weights)
+    if losses.shape != weights.shape:
+        raise ValueError(
+            "`losses` and `weights` must have the same shape. Received: "
+            f"losses.shape={losses.shape}, weights.shape={weights.shape}"
+        )
+    positions = np.asarray(positions)[: len(weights)]
+    bucket = np.searchsorted(starts, positions, side="right") - 1
+    loss_by_position, tokens_by_position = [], []
+    for i in range(len(starts)):
+        total = float(weights[bucket == i].sum())
+        loss_by_position.append(
+            float(losses[bucket == i].sum() / max(total, 1))
+        )
+        tokens_by_position.append(int(total))
+    return loss_by_position, tokens_by_position
+
+
+def mean_and_spread(values):
+    """``{"mean", "std", "values"}`` of a list of numbers (one a seed);
+    the sample standard deviation (``ddof=1``), 0 for a single value.
+
+    Example:
+
+    >>> from keras_infmemory.evaluation import mean_and_spread
+    >>> mean_and_spread([1.0, 2.0, 3.0])
+    {'mean': 2.0, 'std': 1.0, 'values': [1.0, 2.0, 3.0]}
+    """
+    values = np.asarray(values, "float64")
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        "values": values.tolist(),
+    }
+
+
+def _curve_stats(curves):
+    """Mean and standard deviation over seeds of per-bucket curves
+    (``std`` None for one seed)."""
+    curves = np.asarray(curves, "float64")  # (seeds, buckets)
+    return {
+        "mean": curves.mean(0).tolist(),
+        "std": curves.std(0, ddof=1).tolist() if len(curves) > 1 else None,
+    }
+
+
+def summarize_runs(runs, arms, starts, extra=()):
+    """Mean ± standard deviation over seeds, per arm.
+
+    Args:
+        runs: list of dicts, one an arm and seed: ``"arm"``,
+            ``"perplexity"``, ``"loss_by_position"`` (one entry a bucket)
+            and any key of ``extra``.
+        arms: the arms to sum up, in order.
+        starts: the buckets' first positions (kept in the summary).
+        extra: more per-run numbers to sum up where not None (e.g.
+            ``"perplexity_without_ltm"``).
+
+    Returns:
+        ``{"bucket_starts": starts, arm: {"perplexity": mean_and_spread,
+        "loss_by_position": {"mean", "std"}, …}}`` (``std`` a list of
+        zeros for one seed), as `keras_infmemory.plotting.
+        plot_language_model` draws it.
+
+    Example:
+
+    >>> from keras_infmemory.evaluation import summarize_runs
+    >>> runs = [{"arm": "a", "perplexity": p, "loss_by_position": [p, 1.0]}
+    ...         for p in (2.0, 4.0)]
+    >>> summarize_runs(runs, ["a"], [0, 8])["a"]["loss_by_position"]
+    {'mean': [3.0, 1.0], 'std': [1.4142135623730951, 0.0]}
+    """
+    summary = {"bucket_starts": list(starts)}
+    for arm in arms:
+        rows = [r for r in runs if r["arm"] == arm]
+        if not rows:
+            raise ValueError(f"No run of arm {arm!r}. Received: arms={arms}")
+        loss = _curve_stats([r["loss_by_position"] for r in rows])
+        if loss["std"] is None:
+            loss["std"] = [0.0] * len(loss["mean"])
+        entry = {
+            "perplexity": mean_and_spread([r["perplexity"] for r in rows]),
+            "loss_by_position": loss,
+        }
+        for key in extra:
+            values = [r.get(key) for r in rows]
+            if values[0] is not None:
+                entry[key] = mean_and_spread(values)
+        summary[arm] = entry
+    return summary
+
+
+def paired_gaps(runs, arm, baseline):
+    """``arm − baseline`` per seed (same seed, same data order): the
+    perplexity difference (`mean_and_spread`) and the loss difference per
+    bucket (``{"mean", "std"}``, ``std`` None for one seed); None when no
+    seed has both.
+
+    Example:
+
+    >>> from keras_infmemory.evaluation import paired_gaps
+    >>> runs = [{"arm": a, "seed": s, "perplexity": p,
+    ...          "loss_by_position": [p / 10]}
+    ...         for a, s, p in (("m", 0, 9.0), ("b", 0, 10.0),
+    ...                         ("m", 1, 8.0), ("b", 1, 10.0))]
+    >>> paired_gaps(runs, "m", "b")["perplexity"]
+    {'mean': -1.5, 'std': 0.7071067811865476, 'values': [-1.0, -2.0]}
+    """
+    by_seed = {}
+    for r in runs:
+        by_seed.setdefault(r["seed"], {})[r["arm"]] = r
+    pairs = [v for v in by_seed.values() if arm in v and baseline in v]
+    if not pairs:
+        return None
+    return {
+        "perplexity": mean_and_spread(
+            [p[arm]["perplexity"] - p[baseline]["perplexity"] for p in pairs]
+        ),
+        "loss_by_position": _curve_stats(
+            [
+                np.subtract(
+                    p[arm]["loss_by_position"], p[baseline]["loss_by_position"]
+                )
+                for p in pairs
+            ]
+        ),
+    }
+
+
+# ----------------------------------------------------------------------- #
+# Replies (CMU-DoG)
+# ----------------------------------------------------------------------- #
 
 
 def normalize_answer(text):

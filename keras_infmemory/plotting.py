@@ -327,20 +327,29 @@ def plot_highlighted_text(
     return figure
 
 
-def plot_language_model(summary, path=None, title="Language model"):
+def plot_language_model(
+    summary, path=None, title="Language model", by_position="loss"
+):
     """Held-out perplexity per arm and loss by position in the document.
 
     Args:
         summary: dict ``arm -> {"perplexity": {"mean", "std", "values"},
             "loss_by_position": {"mean", "std"}}`` plus the shared
             ``"bucket_starts"`` (token positions where each bucket starts),
-            as written by ``examples/language_model.py``.
+            as `keras_infmemory.evaluation.summarize_runs` writes it.
         path: optional PNG file.
         title: figure title.
+        by_position: ``"loss"`` (nats per token) or ``"perplexity"`` (its
+            exponential) on the right, mean ± std over seeds.
 
     Returns:
         The `matplotlib.figure.Figure`.
     """
+    if by_position not in ("loss", "perplexity"):
+        raise ValueError(
+            "`by_position` must be 'loss' or 'perplexity'. Received: "
+            f"by_position={by_position!r}"
+        )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -357,8 +366,11 @@ def plot_language_model(summary, path=None, title="Language model"):
         )
         loss = summary[arm]["loss_by_position"]
         mean, std = np.asarray(loss["mean"]), np.asarray(loss["std"])
+        low, high = mean - std, mean + std
+        if by_position == "perplexity":
+            mean, low, high = np.exp(mean), np.exp(low), np.exp(high)
         right.plot(starts, mean, marker="o", ms=3, label=arm)
-        right.fill_between(starts, mean - std, mean + std, alpha=0.2)
+        right.fill_between(starts, low, high, alpha=0.2)
     left.set_xticks(range(len(arms)), arms, rotation=20)
     left.set_ylabel("held-out perplexity (mean ± std)")
     spans = [
@@ -372,7 +384,11 @@ def plot_language_model(summary, path=None, title="Language model"):
     left.set_ylim(0.9 * low, high + 0.1 * (high - low) + 0.05 * high)
     right.set_xscale("log", base=2)
     right.set_xlabel("token position in the document (bucket start)")
-    right.set_ylabel("held-out loss (nats / token)")
+    right.set_ylabel(
+        "held-out loss (nats / token)"
+        if by_position == "loss"
+        else "held-out perplexity (exp of the loss)"
+    )
     right.legend(fontsize=8)
     figure.suptitle(title)
     figure.tight_layout()

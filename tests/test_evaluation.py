@@ -3,6 +3,7 @@ hand (docs/documents.md)."""
 
 import warnings
 
+import numpy as np
 import pytest
 
 from keras_infmemory import evaluation
@@ -115,3 +116,89 @@ def test_missing_wordnet_keeps_the_other_metrics(monkeypatch):
     assert scores["f1"] == pytest.approx(100 * 2 / 3, abs=1e-9)
     assert scores["rougeL"] == pytest.approx(100 * 2 / 3, abs=1e-9)
     assert scores["bleu"] >= 0.0
+
+
+# ----------------------------------------------------------------------- #
+# Language models: loss by position in the document
+# ----------------------------------------------------------------------- #
+
+
+def test_bucket_starts():
+    # Segments 1, 2, 3–4, 5–8, … up to the longest document.
+    assert evaluation.bucket_starts(10, 10) == [0]
+    assert evaluation.bucket_starts(10, 11) == [0, 10]
+    assert evaluation.bucket_starts(10, 81) == [0, 10, 20, 40, 80]
+    with pytest.raises(ValueError, match="segment_length=0"):
+        evaluation.bucket_starts(0, 10)
+
+
+def test_document_positions():
+    # 2 rows, 3 steps: row 0 holds one document of 3 blocks, row 1 a
+    # document of 1 block then one of 2.
+    reset = [True, True, False, True, False, False]
+    positions = evaluation.document_positions(reset, 2, 4)
+    assert positions.shape == (6, 4)
+    assert positions[:, 0].tolist() == [0, 0, 4, 0, 8, 4]
+    assert positions[2].tolist() == [4, 5, 6, 7]
+    with pytest.raises(ValueError, match="batch_size=4"):
+        evaluation.document_positions(reset, 4, 4)
+
+
+def test_token_cross_entropy_against_a_direct_log_softmax():
+    rng = np.random.default_rng(0)
+    logits = 30 * rng.normal(size=(2, 3, 7))  # large: needs the max shift
+    targets = rng.integers(0, 7, (2, 3))
+    expected = -np.log(
+        np.exp(logits.astype(np.longdouble))
+        / np.exp(logits.astype(np.longdouble)).sum(-1, keepdims=True)
+    )
+    expected = np.take_along_axis(expected, targets[..., None], -1)[..., 0]
+    got = evaluation.token_cross_entropy(logits, targets)
+    np.testing.assert_allclose(got, expected.astype(float), rtol=1e-10)
+
+
+def test_bucket_losses_add_up_to_the_mean():
+    rng = np.random.default_rng(1)
+    weights = (rng.random((6, 4)) > 0.2).astype(float)
+    losses = rng.random((6, 4)) * weights
+    positions = evaluation.document_positions(
+        [True, True, False, True, False, False], 2, 4
+    )
+    starts = evaluation.bucket_starts(4, 12)  # [0, 4, 8]
+    loss, tokens = evaluation.bucket_losses(losses, weights, positions, starts)
+    assert sum(tokens) == weights.sum()
+    assert tokens[0] == weights[positions < 4].sum()
+    np.testing.assert_allclose(np.dot(loss, tokens), losses.sum(), rtol=1e-12)
+    np.testing.assert_allclose(
+        loss[2], losses[positions >= 8].sum() / weights[positions >= 8].sum()
+    )
+    with pytest.raises(ValueError, match="weights.shape"):
+        evaluation.bucket_losses(losses, weights[:2], positions, starts)
+
+
+def test_summary_and_paired_gaps_over_seeds():
+    runs = [
+        {"arm": arm, "seed": seed, "perplexity": p, "loss_by_position": curve}
+        for arm, seed, p, curve in (
+            ("a", 0, 10.0, [2.0, 1.0]),
+            ("b", 0, 12.0, [2.0, 1.5]),
+            ("a", 1, 11.0, [2.2, 1.1]),
+            ("b", 1, 12.5, [2.2, 1.4]),
+        )
+    ]
+    summary = evaluation.summarize_runs(runs, ["a", "b"], [0, 8])
+    assert summary["bucket_starts"] == [0, 8]
+    assert summary["a"]["perplexity"]["mean"] == pytest.approx(10.5)
+    assert summary["a"]["perplexity"]["std"] == pytest.approx(np.sqrt(0.5))
+    np.testing.assert_allclose(
+        summary["b"]["loss_by_position"]["mean"], [2.1, 1.45]
+    )
+    gap = evaluation.paired_gaps(runs, "b", "a")
+    assert gap["perplexity"]["values"] == pytest.approx([2.0, 1.5])
+    np.testing.assert_allclose(gap["loss_by_position"]["mean"], [0.0, 0.4])
+    np.testing.assert_allclose(
+        gap["loss_by_position"]["std"], [0.0, np.std([0.5, 0.3], ddof=1)]
+    )
+    assert evaluation.paired_gaps(runs, "c", "a") is None
+    with pytest.raises(ValueError, match="'c'"):
+        evaluation.summarize_runs(runs, ["c"], [0, 8])

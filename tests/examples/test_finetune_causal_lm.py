@@ -3,10 +3,13 @@
 * Every family's tokenizer, trained on a tiny corpus written here: the
   family's KerasHub classes, an end token that is not the padding id, an
   exact round trip and the preprocessor's packing.
-* The example end to end, in-process and tiny: GPT-2 (BPE) offline, and
-  Llama (SentencePiece) from a local preset folder as for a real preset:
-  the record, the plots, the saved preset (same logits once loaded), the
-  model the baseline trains and generation of new tokens.
+* The example end to end, in-process and tiny: GPT-2 (BPE) offline with
+  two seeds and the baseline, and Llama (SentencePiece) from a local
+  preset folder as for a real preset: the record (per seed and arm, the
+  loss by position bucket adding up to the perplexity, the summary over
+  seeds, the paired gaps), its tables, the plots, the held-out loss
+  against Keras' ``evaluate``, the saved preset (same logits once
+  loaded), the model the baseline trains and generation of new tokens.
 * ``--help`` documents every option with its default.
 """
 
@@ -141,12 +144,13 @@ def test_tokenizer_errors():
 # The example end to end
 # ----------------------------------------------------------------------- #
 
-# Each fit compiles a training step (seconds on JAX), so the runs skip
-# the baseline's fit: `test_baseline_model` checks the model it trains.
+# Each fit compiles a training step (seconds on JAX), so only the offline
+# run fine-tunes the baseline and has two seeds; `test_baseline_model`
+# checks the model the baseline trains in both.
 SIZES = (
     "--segment-length 8 --batch-size 2 --steps 2 --num-basis 16 "
-    "--num-samples 16 --max-eval-steps 2 --generate-length 20 "
-    "--held-out-fraction 0.25 --no-baseline"
+    "--num-samples 16 --max-eval-steps 4 --generate-length 20 "
+    "--held-out-fraction 0.25"
 ).split()
 TINY_MODEL = (
     "--num-layers 1 --hidden-dim 16 --num-heads 2 --vocabulary-size 400"
@@ -176,7 +180,8 @@ def offline_run(example, folder):
     data = write_corpus(folder / "data")
     output = folder / "output"
     argv = ["--offline", "--family", "gpt2", "--pretrain-steps", "2"]
-    argv += TINY_MODEL + SIZES + ["--data", data, "--output", str(output)]
+    argv += TINY_MODEL + SIZES + ["--seeds", "0", "1", "--baseline"]
+    argv += ["--data", data, "--output", str(output)]
     record, model = example.main(argv)
     base = record["outputs"]["pretrained_preset"]
     return Run("gpt2", argv, output, "finetune_gpt2", base, record, model)
@@ -195,7 +200,7 @@ def preset_run(example, folder):
     example.tiny_preset(args, texts, preset)
     output = folder / "output"
     argv = ["--preset", preset, "--data", data, "--prompt", "The king"]
-    argv += SIZES + ["--output", str(output)]
+    argv += SIZES + ["--no-baseline", "--output", str(output)]
     record, model = example.main(argv)
     name = "finetune_tiny_llama"
     return Run("llama", argv, output, name, preset, record, model)
@@ -219,21 +224,109 @@ def test_record(run):
     assert record["model_class"] == f"InfMemory{causal_lm}"
     assert (record["train_documents"], record["held_out_documents"]) == (3, 1)
     assert record["fine_tune_steps"] == 2
-    assert len(record["train_loss_running_mean"]) == 2
-    assert record["held_out_tokens"] > 0
+    seeds = [0, 1] if run.family == "gpt2" else [0]
+    arms = ["with memory", "memory off"]
+    arms += ["without memory"] if run.family == "gpt2" else []
+    assert record["seeds"] == seeds and record["arms"] == arms
+    assert [s["seed"] for s in record["seed_runs"]] == seeds
+    for info in record["seed_runs"]:
+        assert len(info["train_loss_running_mean"]) == 2
+    # 4 held-out steps of 2 rows × 8 tokens: one document, so the buckets
+    # are segments 1, 2 and 3–4 of it.
+    assert record["bucket_starts"] == [0, 8, 16]
+    runs = {(r["seed"], r["arm"]): r for r in record["runs"]}
+    assert sorted(runs) == sorted((s, a) for s in seeds for a in arms)
     vocabulary = run.model.backbone.vocabulary_size
-    for name in ("perplexity_with_memory", "perplexity_memory_off"):
+    for r in runs.values():
         # A tiny model barely trained: near uniform over the vocabulary.
-        assert 1 < record[name] < 4 * vocabulary
-    assert record["perplexity_fine_tuned_without_memory"] is None
-    assert record["perplexity_with_memory"] != record["perplexity_memory_off"]
+        assert 1 < r["perplexity"] < 4 * vocabulary
+        assert r["tokens"] == record["held_out_tokens"] > 0
+        assert sum(r["tokens_by_position"]) == r["tokens"]
+        assert all(t > 0 for t in r["tokens_by_position"])
+        # The buckets add up to the whole: token-weighted mean loss.
+        mean = np.dot(r["loss_by_position"], r["tokens_by_position"])
+        np.testing.assert_allclose(
+            np.exp(mean / r["tokens"]), r["perplexity"], rtol=1e-6
+        )
+    for seed in seeds:
+        on, off = runs[seed, "with memory"], runs[seed, "memory off"]
+        assert on["perplexity"] != off["perplexity"]
+        # The first segment reads an empty memory: the same loss.
+        np.testing.assert_allclose(
+            on["loss_by_position"][0], off["loss_by_position"][0], rtol=1e-4
+        )
+    for arm in arms:
+        values = [runs[s, arm]["perplexity"] for s in seeds]
+        stats = record["summary"][arm]["perplexity"]
+        assert stats["values"] == values
+        np.testing.assert_allclose(stats["mean"], np.mean(values))
+    assert set(record["gaps"]) == {f"{a} − with memory" for a in arms[1:]}
+    gap = record["gaps"]["memory off − with memory"]["perplexity"]["values"]
+    np.testing.assert_allclose(
+        gap,
+        [
+            runs[s, "memory off"]["perplexity"]
+            - runs[s, "with memory"]["perplexity"]
+            for s in seeds
+        ],
+    )
+    if run.family == "gpt2":  # two seeds: two different memories
+        assert runs[0, "with memory"] != runs[1, "with memory"]
+        assert os.path.isdir(record["outputs"]["pretrained_preset"] + "_seed1")
+    tables = (run.output / f"{run.name}.md").read_text(encoding="utf-8")
+    for arm in arms:
+        assert f"| {arm} |" in tables
+    assert "| memory off − with memory |" in tables
     for path in record["outputs"].values():
         assert os.path.exists(path), path
         assert str(run.output) in path
 
 
+def test_held_out_loss_matches_keras_evaluate(run, example):
+    """The per-token losses behind the record give the perplexity Keras'
+    ``evaluate`` gives on the same stream (stateful, reset first,
+    token-weighted cross-entropy), with and without the memory."""
+    args = example.parse_args(run.argv)
+    lm = InfMemoryCausalLM.from_preset(
+        run.record["outputs"]["preset"], stateful=True, batch_size=2
+    )
+    texts = example.load_documents(args)
+    data = example.held_out_data(lm, *texts, args)
+    lm.preprocessor = None
+    lm.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=[
+            keras.metrics.SparseCategoricalCrossentropy(
+                from_logits=True, name="cross_entropy"
+            )
+        ],
+    )
+    test = data["test"]
+    x, y, w = test.arrays()
+    rows = args.max_eval_steps * test.batch_size
+    for use_memory in (True, False):
+        result = example.evaluate(
+            lm, test, data["positions"], data["starts"], 4, use_memory
+        )
+        lm.memory_enabled = use_memory
+        lm.reset_state()
+        expected = lm.evaluate(
+            {k: v[:rows] for k, v in x.items()},
+            y[:rows],
+            sample_weight=w[:rows],
+            batch_size=test.batch_size,
+            verbose=0,
+            return_dict=True,
+        )["cross_entropy"]
+        lm.memory_enabled = True
+        np.testing.assert_allclose(
+            result["perplexity"], np.exp(expected), rtol=1e-4
+        )
+
+
 def test_plots_are_pngs(run):
-    for name in (f"{run.name}.png", f"{run.name}_memory.png"):
+    names = ("", "_memory", "_by_position")
+    for name in (f"{run.name}{suffix}.png" for suffix in names):
         with open(run.output / name, "rb") as f:
             data = f.read()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
