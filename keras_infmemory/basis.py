@@ -29,23 +29,29 @@ _SQRT_2PI = math.sqrt(2.0 * math.pi)
 # ---------------------------------------------------------------------------
 
 
+def basis_grid(num_basis, basis_widths):
+    """The distinct centres ``(C,)`` and widths ``(K,)`` of the basis.
+
+    ``C = num_basis / len(basis_widths)`` centres spread over [0, 1], both
+    ends included; every centre is paired with every width
+    (docs/math.md §2). Float64.
+    """
+    widths = np.asarray(basis_widths, dtype=np.float64)
+    centers = np.linspace(0.0, 1.0, num_basis // len(widths))
+    return centers, widths
+
+
 def basis_parameters(num_basis, basis_widths):
     """Centres and widths of the Gaussian basis, in the authors' order.
 
-    ``num_basis / len(basis_widths)`` centres are spread over [0, 1], both
-    ends included, and each centre is paired with every width, the width
-    index varying fastest: (c0, w0), (c0, w1), (c1, w0), ...
-    (docs/math.md §2)
+    The `basis_grid` flattened with the width index varying fastest:
+    (c0, w0), (c0, w1), (c1, w0), ... (docs/math.md §2)
 
     Returns:
         ``(centers, widths)``, two float64 arrays of shape ``(num_basis,)``.
     """
-    widths = np.asarray(basis_widths, dtype=np.float64)
-    num_centers = num_basis // len(widths)
-    centers = np.linspace(0.0, 1.0, num_centers)
-    centers = np.repeat(centers, len(widths))  # (N,)
-    widths = np.tile(widths, num_centers)  # (N,)
-    return centers, widths
+    centers, widths = basis_grid(num_basis, basis_widths)
+    return np.repeat(centers, len(widths)), np.tile(widths, len(centers))
 
 
 def psi_numpy(positions, centers, widths):
@@ -203,18 +209,29 @@ def evaluate(basis_values, coefficients):
 def gaussian_expectation(mu, variance, centers, widths):
     """Closed-form ``r_j = E_{N(t; μ, σ²)}[ψ_j(t)] = N(μ; c_j, w_j² + σ²)``.
 
-    (docs/math.md §3.4; integrated over all of R.) ``mu``, ``variance``:
-    ``(...)``; returns ``(..., N)``.
+    (docs/math.md §3.4; integrated over all of R.) The basis is given as
+    its grid (`basis_grid`): ``centers`` ``(C,)`` and ``widths`` ``(K,)``.
+    ``mu``, ``variance``: ``(...)``; returns ``r`` on the grid,
+    ``(..., K, C)``: entry ``[k, c]`` is basis function ``c·K + k`` of the
+    authors' order (`basis_parameters`), so ``swapaxes(r, -1, -2)``
+    flattened is ``(..., N)`` in that order.
+
+    On the grid, ``T = σ² + w²`` has K values per query and ``μ − c`` has C,
+    so only ``exp(−½(μ − c)²/T − ½ log 2πT)`` runs over all ``K·C``
+    entries: three full-size operations forward instead of nine, which is
+    what an unfused backend (torch eager) pays for. The centres are the
+    minor axis, so those operations run over contiguous rows.
     """
     mu, variance, centers, widths = _tensors(mu, variance, centers, widths)
 
     def expectation(mu, variance, centers, widths):
-        total = ops.expand_dims(variance, -1) + ops.square(widths)  # (..., N)
-        diff = ops.expand_dims(mu, -1) - centers  # (..., N)
-        r = ops.exp(-0.5 * ops.square(diff) / total) / ops.sqrt(
-            (2.0 * math.pi) * total
-        )
-        return r, total, diff
+        total = ops.expand_dims(variance, -1) + ops.square(widths)  # (.., K)
+        inverse = ops.expand_dims(1.0 / total, -1)  # (..., K, 1)
+        log_norm = -0.5 * ops.log((2.0 * math.pi) * total)  # (..., K)
+        diff = ops.expand_dims(mu, -1) - centers  # (..., C)
+        square = ops.expand_dims(ops.square(diff), -2)  # (..., 1, C)
+        exponent = square * (-0.5 * inverse) + ops.expand_dims(log_norm, -1)
+        return ops.exp(exponent), inverse, diff  # (..., K, C)
 
     if keras.backend.backend() == "torch":  # no ops.custom_gradient there
         return expectation(mu, variance, centers, widths)[0]
@@ -223,7 +240,7 @@ def gaussian_expectation(mu, variance, centers, widths):
     # tensors made inside a traced loop (JAX scan) would leak tracers.
     @ops.custom_gradient
     def expectation_with_gradient(mu, variance, centers, widths):
-        r, total, diff = expectation(mu, variance, centers, widths)
+        r, inverse, diff = expectation(mu, variance, centers, widths)
 
         def gradient(*args, upstream=None):
             # ∂r/∂μ = −r·d/T and ∂r/∂σ² = ½·r/T·(d²/T − 1), d = μ − c,
@@ -232,11 +249,15 @@ def gaussian_expectation(mu, variance, centers, widths):
             # The basis is constant: no gradient to centres and widths.
             if upstream is None:
                 (upstream,) = args
-            inverse = 1.0 / total
-            g = upstream * r * inverse  # (..., N)
-            gd = g * diff
-            d_mu = -ops.sum(gd, axis=-1)
-            d_variance = 0.5 * ops.sum(gd * diff * inverse - g, axis=-1)
+            g = upstream * r * inverse  # r·u/T, (..., K, C)
+            per_center = ops.sum(g, axis=-2)  # (..., C)
+            d_mu = -ops.sum(per_center * diff, axis=-1)
+            # ½ Σ_k (Σ_c g_kc d_c²) / T_k − ½ Σ g
+            spread = ops.sum(g * ops.expand_dims(ops.square(diff), -2), -1)
+            d_variance = 0.5 * (
+                ops.sum(spread * inverse[..., 0], axis=-1)
+                - ops.sum(per_center, axis=-1)
+            )
             return (
                 d_mu,
                 d_variance,

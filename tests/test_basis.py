@@ -67,16 +67,18 @@ def test_design_positions():
 
 def test_gaussian_expectation_matches_quadrature():
     centers, widths = basis.basis_parameters(8, (0.01, 0.05))
+    grid = basis.basis_grid(8, (0.01, 0.05))
     mu = np.array([0.1, 0.5, 0.93, 1.2])
     variance = np.array([1e-4, 2e-3, 0.04, 0.3])
     r = to_numpy(
         basis.gaussian_expectation(
             keras.ops.convert_to_tensor(mu, "float32"),
             keras.ops.convert_to_tensor(variance, "float32"),
-            centers.astype("float32"),
-            widths.astype("float32"),
+            grid[0].astype("float32"),
+            grid[1].astype("float32"),
         )
-    )  # (4, 8)
+    )  # (4, K, C) on the grid
+    r = np.swapaxes(r, -1, -2).reshape(4, 8)  # the basis order
     for i in range(len(mu)):
         for j in range(len(centers)):
 

@@ -483,9 +483,24 @@ class ContinuousLTM(keras.layers.Layer):
         summary = ops.einsum("bke,ef->bkf", summary, self.key_kernel)
         return ops.reshape(summary, (-1, 2, self.num_heads, self.key_dim))
 
+    def _grid_order(self, coefficients):
+        """``(B, N, e)`` in the basis order -> the grid order of ``r``.
+
+        `basis.gaussian_expectation` gives ``r`` width-major ``(K, C)``; the
+        basis order is centre-major (width fastest). Reordering the
+        ``N × e`` coefficients is cheaper than reordering ``r``.
+        """
+        k = len(self.basis_widths)
+        n, e = self.num_basis, self.memory_dim
+        grid = ops.reshape(coefficients, (-1, n // k, k, e))
+        return ops.reshape(ops.swapaxes(grid, 1, 2), (-1, n, e))
+
     def _values(self, coefficients):
-        """The values ``V = B W_V`` per head ``(B, N, H, d)``."""
-        values = ops.einsum("bne,ef->bnf", coefficients, self.value_kernel)
+        """The values ``V = B W_V`` per head ``(B, N, H, d)``, their basis
+        axis in the grid order of ``r`` (`_grid_order`)."""
+        values = ops.einsum(
+            "bne,ef->bnf", self._grid_order(coefficients), self.value_kernel
+        )
         return ops.reshape(
             values, (-1, self.num_basis, self.num_heads, self.key_dim)
         )
@@ -496,7 +511,8 @@ class ContinuousLTM(keras.layers.Layer):
         A memory changes only when it is written (once per segment), but
         cached decoding reads it once per token. This returns the density
         summary ``(w_μᵀ B) W_K`` ``(B, 2, H, d)`` and the values
-        ``V = B W_V`` ``(B, N, H, d)`` of ``state``; `read` with
+        ``V = B W_V`` ``(B, N, H, d)`` (basis axis in the grid order,
+        `_values`) of ``state``; `read` with
         ``cache=`` then costs a token ``O(H·d + N·H·d)`` instead of
         ``O(N·e·H)`` (docs/math.md §3). The output is the same up to
         float rounding.
@@ -564,8 +580,8 @@ class ContinuousLTM(keras.layers.Layer):
             query, coefficients, cache.get("summary")
         )  # (B, H, Lq)
         r = basis.gaussian_expectation(
-            mu, variance, *self._basis()
-        )  # (B, H, Lq, N)
+            mu, variance, *self.geometry.grid(self.math_dtype)
+        )  # (B, H, Lq, K, C): the basis grid
         output = self._attend(
             r, coefficients, cache.get("values")
         )  # (B, Lq, output_dim)
@@ -596,12 +612,15 @@ class ContinuousLTM(keras.layers.Layer):
     def _attend(self, r, coefficients, values=None):
         """``W_O concat_h(V_hᵀ r)`` with ``V = B W_V``, the cheaper way round.
 
-        ``r`` ``(B, H, Lq, N)``, ``coefficients`` ``(B, N, e)``; ``values``
-        optional, ``V`` already formed (`read_cache`).
+        ``r`` ``(B, H, Lq, K, C)`` on the basis grid (`gaussian_expectation`),
+        ``coefficients`` ``(B, N, e)``; ``values`` optional, ``V`` already
+        formed (`read_cache`). The coefficients are put in ``r``'s grid
+        order (`_grid_order`), not ``r`` in theirs.
         """
         h, d, e = self.num_heads, self.key_dim, self.memory_dim
         n, hd = self.num_basis, self.heads_dim
         lq = r.shape[2]
+        r = ops.reshape(r, (-1, h, ops.shape(r)[2], n))  # (B, H, Lq, N)
         # Multiply-adds of the two orders: (rᵀ B) W_V against r (B W_V).
         if (
             values is None
@@ -609,7 +628,9 @@ class ContinuousLTM(keras.layers.Layer):
             and h * lq * n * e + lq * e * hd < n * e * hd + lq * n * hd
         ):
             # Few queries (decoding): (rᵀ B) W_V per head, V never formed.
-            rb = ops.einsum("bhqn,bne->bhqe", r, coefficients)  # (B,H,Lq,e)
+            rb = ops.einsum(
+                "bhqn,bne->bhqe", r, self._grid_order(coefficients)
+            )  # (B, H, Lq, e)
             w_v = ops.reshape(self.value_kernel, (e, h, d))
             z = ops.einsum("bhqe,ehd->bqhd", rb, w_v)  # (B, Lq, H, d)
         else:

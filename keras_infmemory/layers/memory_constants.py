@@ -110,6 +110,14 @@ class MemoryConstants:
             self.tensor(self.widths, dtype, ("basis", "widths")),
         )
 
+    def grid(self, dtype):
+        """The basis grid, distinct centres ``(C,)`` and widths ``(K,)``."""
+        centers, widths = basis.basis_grid(*self.geometry[:2])
+        return (
+            self.tensor(centers, dtype, ("grid", "centers")),
+            self.tensor(widths, dtype, ("grid", "widths")),
+        )
+
     def uniform_positions(self, dtype):
         """``m/M``, m = 1..M: where the old signal is read by default."""
         positions = basis.uniform_sample_positions(self.geometry[4])
