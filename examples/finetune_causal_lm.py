@@ -865,7 +865,7 @@ def finish_first_seed(lm, runs, info, data, args, paths):
 def markdown(record):
     """The record's tables: perplexity (mean ± std over seeds), then
     perplexity by position bucket and the paired loss gaps."""
-    summary, starts = record["summary"], record["bucket_starts"]
+    summary = record["summary"]
     seeds = len(record["seeds"])
     lines = [
         f"| held out ({record['held_out_tokens']:,} tokens) | perplexity, "
@@ -884,8 +884,6 @@ def markdown(record):
                 f"| {gap_name} (paired) | {p['mean']:+.3f} ± {p['std']:.3f} "
                 f"| {values} |"
             )
-    length = record["arguments"]["segment_length"]
-    head = [f"{s // length + 1}" for s in starts]
     lines += [
         "",
         "Perplexity by position in the document (exp of the mean loss "
@@ -895,29 +893,17 @@ def markdown(record):
         "nats/token, paired by seed (positive: the arm is worse than with "
         "memory).",
         "",
-        "| arm | " + " | ".join(head) + " |",
-        "|---|" + "---|" * len(starts),
     ]
-    for arm in record["arms"]:
-        loss = summary[arm]["loss_by_position"]
-        cells = [
-            f"{np.exp(m):.2f} ± {np.exp(m) * d:.2f}"
-            for m, d in zip(loss["mean"], loss["std"], strict=True)
-        ]
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    tokens = record["runs"][0]["tokens_by_position"]
-    lines.append("| tokens | " + " | ".join(f"{t:,}" for t in tokens) + " |")
-    for gap_name, gap in record["gaps"].items():
-        if gap is None:
-            continue
-        loss = gap["loss_by_position"]
-        cells = [
-            f"{m:+.4f}" + ("" if d is None else f" ± {d:.4f}")
-            for m, d in zip(
-                loss["mean"], loss["std"] or [None] * len(starts), strict=True
-            )
-        ]
-        lines.append(f"| {gap_name} | " + " | ".join(cells) + " |")
+    from keras_infmemory.evaluation import position_table
+
+    lines += position_table(
+        {
+            **record,
+            "segment_length": record["arguments"]["segment_length"],
+            "tokens": record["runs"][0]["tokens_by_position"],
+        },
+        perplexity=True,
+    )
     return "\n".join(lines)
 
 

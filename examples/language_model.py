@@ -63,6 +63,7 @@ from keras_infmemory.evaluation import (  # noqa: E402
     bucket_starts,
     document_positions,
     paired_gaps,
+    position_table,
     summarize_runs,
     token_losses,
 )
@@ -582,7 +583,7 @@ def _jax_ltm_gradient_norms(model, probe):
 
 def markdown(record):
     """The record's tables."""
-    summary, starts = record["summary"], record["bucket_starts"]
+    summary = record["summary"]
     lines = [
         "| arm | held-out perplexity | without LTM | train time (s) |",
         "|---|---|---|---|",
@@ -595,37 +596,19 @@ def markdown(record):
             f"| {arm} | {_pm(s['perplexity'])} | "
             f"{_pm(off) if off else '–'} | {np.mean(times):.0f} |"
         )
-    length = record["config"]["model"]["segment_length"]
-    head = [f"{s // length + 1}" for s in starts]
     lines += [
         "",
         "Loss (nats/token) by position in the document; columns: the first "
         "segment of the bucket (buckets double in length).",
         "",
-        "| arm | " + " | ".join(head) + " |",
-        "|---|" + "---|" * len(starts),
     ]
-    for arm in record["arms"]:
-        s = summary[arm]["loss_by_position"]
-        cells = [
-            f"{m:.3f} ± {d:.3f}"
-            for m, d in zip(s["mean"], s["std"], strict=True)
-        ]
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    tokens = record["runs"][0]["tokens_by_position"]
-    lines.append("| tokens | " + " | ".join(str(t) for t in tokens) + " |")
-    for name, gap in record["gaps"].items():
-        if gap is None:
-            continue
-        cells = [
-            f"{m:+.3f} ± {d:.3f}" if d is not None else f"{m:+.3f}"
-            for m, d in zip(
-                gap["loss_by_position"]["mean"],
-                gap["loss_by_position"]["std"] or [None] * len(starts),
-                strict=True,
-            )
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += position_table(
+        {
+            **record,
+            "segment_length": record["config"]["model"]["segment_length"],
+            "tokens": record["runs"][0]["tokens_by_position"],
+        }
+    )
     return "\n".join(lines)
 
 

@@ -340,6 +340,59 @@ def paired_gaps(runs, arm, baseline):
     }
 
 
+def position_table(record, perplexity=False):
+    """Markdown rows of a by-position record (`summarize_runs`,
+    `paired_gaps`): one row per arm (mean ± std over seeds, per bucket),
+    the tokens per bucket, one row per paired gap (loss difference in
+    nats/token, ± std when there are several seeds).
+
+    ``record`` holds ``"summary"``, ``"arms"``, ``"gaps"``,
+    ``"bucket_starts"``, ``"segment_length"`` and ``"tokens"`` (tokens per
+    bucket). Columns are named by the first segment of each bucket. The arm
+    rows show the loss (nats/token), or with ``perplexity`` its exp, ±
+    ``exp(mean)·std`` (to first order).
+
+    Example:
+
+    >>> from keras_infmemory.evaluation import position_table
+    >>> record = {"arms": ["m"], "gaps": {}, "bucket_starts": [0, 4],
+    ...           "segment_length": 4, "tokens": [4, 8],
+    ...           "summary": {"m": {"loss_by_position": {
+    ...               "mean": [2.0, 1.5], "std": [0.1, 0.2]}}}}
+    >>> print("\n".join(position_table(record)))
+    | arm | 1 | 2 |
+    |---|---|---|
+    | m | 2.000 ± 0.100 | 1.500 ± 0.200 |
+    | tokens | 4 | 8 |
+    """
+    starts, length = record["bucket_starts"], record["segment_length"]
+    lines = [
+        "| arm | " + " | ".join(f"{s // length + 1}" for s in starts) + " |",
+        "|---|" + "---|" * len(starts),
+    ]
+    for arm in record["arms"]:
+        loss = record["summary"][arm]["loss_by_position"]
+        pairs = zip(loss["mean"], loss["std"], strict=True)
+        if perplexity:
+            cells = [f"{np.exp(m):.2f} ± {np.exp(m) * d:.2f}" for m, d in pairs]
+        else:
+            cells = [f"{m:.3f} ± {d:.3f}" for m, d in pairs]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    tokens = " | ".join(f"{t:,}" for t in record["tokens"])
+    lines.append(f"| tokens | {tokens} |")
+    for name, gap in record["gaps"].items():
+        if gap is None:
+            continue
+        loss = gap["loss_by_position"]
+        spreads = loss["std"] or [None] * len(starts)
+        cells = [
+            f"{m:+.4f}" + ("" if d is None else f" ± {d:.4f}")
+            for m, d in zip(loss["mean"], spreads, strict=True)
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 # ----------------------------------------------------------------------- #
 # Replies (CMU-DoG)
 # ----------------------------------------------------------------------- #
