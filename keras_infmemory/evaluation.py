@@ -341,7 +341,7 @@ def paired_gaps(runs, arm, baseline):
 
 
 def position_table(record, perplexity=False):
-    """Markdown rows of a by-position record (`summarize_runs`,
+    r"""Markdown rows of a by-position record (`summarize_runs`,
     `paired_gaps`): one row per arm (mean ± std over seeds, per bucket),
     the tokens per bucket, one row per paired gap (loss difference in
     nats/token, ± std when there are several seeds).
