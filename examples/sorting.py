@@ -28,6 +28,7 @@ answer accuracy on held-out batches, prints a table and writes
 """
 
 import argparse
+import json
 import os
 import time
 
@@ -79,6 +80,15 @@ def parse_args(argv=None):
         "with keras.distribution.DataParallel; JAX only",
     )
     parser.add_argument(
+        "--compressive-options",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help="the compressive arm's `CompressiveMemory` options, e.g. "
+        '\'{"compression": "mean"}\' or \'{"reconstruction_weight": 1}\' '
+        "(default: 4-fold convolution, no reconstruction loss)",
+    )
+    parser.add_argument(
         "--name", default="sorting", help="file name of the JSON and PNG"
     )
     parser.add_argument(
@@ -99,6 +109,13 @@ def parse_args(argv=None):
     for name in ("steps", "batch_size", "eval_batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.compressive_options is not None and not isinstance(
+        args.compressive_options, dict
+    ):
+        parser.error(
+            "--compressive-options must be a JSON object. Received: "
+            f"{args.compressive_options!r}"
+        )
     if min(args.lengths) < 1:
         parser.error(f"--lengths must be >= 1. Received: {args.lengths}")
     return args
@@ -106,6 +123,8 @@ def parse_args(argv=None):
 
 def build_model(arm, args):
     overrides = {"segment_loop": args.segment_loop}
+    if arm == "compressive" and args.compressive_options:
+        overrides["compressive_options"] = args.compressive_options
     if args.quick:
         overrides.update(
             num_layers=1,
@@ -128,12 +147,11 @@ def build_model(arm, args):
     return model
 
 
-def run_one(arm, length, args):
-    """Trains one arm at one length; returns a dict of results."""
-    keras.utils.set_random_seed(args.seed)
-    model = build_model(arm, args)
-    segment = model.segment_length
-    datasets = {
+def make_datasets(length, segment, args):
+    """``{"train", "eval"}`` `SortingDataset`s of ``length`` symbols: the
+    training batches of ``args.seed`` and the held-out batches (another
+    seed), padded to a multiple of ``segment``."""
+    return {
         split: sorting_data.SortingDataset(
             args.batch_size,
             length,
@@ -146,6 +164,14 @@ def run_one(arm, length, args):
             ("eval", args.eval_batches, EVAL_SEED_OFFSET),
         )
     }
+
+
+def run_one(arm, length, args):
+    """Trains one arm at one length; returns a dict of results."""
+    keras.utils.set_random_seed(args.seed)
+    model = build_model(arm, args)
+    segment = model.segment_length
+    datasets = make_datasets(length, segment, args)
     tokens = sorting_data.total_length(length, segment)
     print(
         f"\n== {arm}, {length} symbols ({tokens} tokens, "

@@ -173,3 +173,42 @@ def test_lm_diagnosis_table():
     assert "| 1e-08 \\| 0.0002 | — | — |" in defaults  # missing gradients
     xl = next(line for line in lines if line.startswith("| Transformer-XL"))
     assert xl.count("—") == 8
+
+
+def test_sticky_sorting_restores_into_the_other_sampler():
+    """`sticky_sorting.restore` moves a trained model's weights and
+    optimizer (step counter, Adam moments) into the arm with the other
+    sampler, which then continues training; the table has one row per
+    training with mean ± std over seeds."""
+    from benchmarks import sticky_sorting
+
+    example = sticky_sorting.load_example()
+    args = example.parse_args(["--preset", "cpu", "--quick", "--steps", "4"])
+    args.length = 24
+    uniform = example.build_model("inf_former", args)
+    data = example.make_datasets(args.length, uniform.segment_length, args)
+    half = sticky_sorting.Batches(data["train"], 0, 2)
+    assert len(half) == 2
+    uniform.fit(half, epochs=1, verbose=0)
+    saved = sticky_sorting.snapshot(uniform)
+    sticky = example.build_model("sticky", args)
+    sticky_sorting.restore(sticky, saved, data["train"][0])
+    assert int(to_numpy(sticky.optimizer.iterations)) == 2
+    for got, expected in zip(
+        sticky.get_weights(), saved["weights"], strict=True
+    ):
+        np.testing.assert_array_equal(got, expected)
+    sticky.fit(sticky_sorting.Batches(data["train"], 2, 4), verbose=0)
+    assert int(to_numpy(sticky.optimizer.iterations)) == 4
+    row = {"training": "uniform", "accuracy_read_uniform": 0.25}
+    record = {
+        "results": [
+            {**row, "seed": 0, "accuracy_read_sticky": 0.2},
+            {**row, "seed": 1, "accuracy_read_sticky": 0.3},
+        ]
+    }
+    lines = sticky_sorting.table(record).splitlines()
+    assert lines[2] == (
+        "| uniform | 0.250 ± 0.000 | 0.250 ± 0.050 | "
+        "0.250 / 0.200, 0.250 / 0.300 |"
+    )

@@ -229,3 +229,26 @@ def test_example_data_parallel(tmp_path):
     record = json.loads((tmp_path / "sorting.json").read_text())
     assert record["args"]["data_parallel"] == 0  # all devices
     assert np.isfinite(record["results"][0]["eval_loss"])
+
+
+def test_example_compressive_options():
+    """`--compressive-options` reaches the compressive arm's compressors
+    (and only that arm); anything but a JSON object is refused by name."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "sorting_example", os.path.join(ROOT, "examples", "sorting.py")
+    )
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    options = '{"compression": "mean", "compression_rate": 2}'
+    args = example.parse_args(["--quick", "--compressive-options", options])
+    model = example.build_model("compressive", args)
+    for block in model.blocks:
+        assert block.compressor.compression == "mean"
+        assert block.compressor.compression_rate == 2
+    assert (
+        example.build_model("transformer_xl", args).blocks[0].compressor is None
+    )
+    with pytest.raises(SystemExit):
+        example.parse_args(["--compressive-options", "[1]"])
