@@ -173,6 +173,13 @@ def parse_args(argv=None):
     )
     parser.add_argument("--vocabulary-size", type=int)
     parser.add_argument(
+        "--model",
+        type=json.loads,
+        default={},
+        help="JSON of InfFormerLM arguments over the preset's, e.g. "
+        "'{\"segment_length\": 16}' (the STM follows the segment)",
+    )
+    parser.add_argument(
         "--ltm",
         type=json.loads,
         default={},
@@ -226,7 +233,11 @@ def parse_args(argv=None):
     if args.quick:
         for part, values in QUICK.items():
             config[part].update(values)
-    config["ltm"].update(args.ltm)
+    for part in ("model", "ltm"):
+        value = getattr(args, part)
+        if not isinstance(value, dict):
+            parser.error(f"--{part} must be a JSON object. Received: {value!r}")
+        config[part].update(value)
     train = config["train"]
     for name in ("steps", "batch_size", "learning_rate", "vocabulary_size"):
         value = getattr(args, name)

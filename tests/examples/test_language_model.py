@@ -140,6 +140,8 @@ def test_bad_command_lines(example, capsys):
         (["--steps", "0"], "--steps must be"),
         (["--arms", "lstm"], "invalid choice"),
         (["--held-out-fraction", "1.5"], "--held-out-fraction"),
+        (["--model", "[16]"], "--model must be a JSON object"),
+        (["--ltm", "3"], "--ltm must be a JSON object"),
     ):
         with pytest.raises(SystemExit):
             example.parse_args(argv)
@@ -156,6 +158,9 @@ def test_arms_default_to_every_arm_of_the_model(example):
         ]
         == 150
     )
+    args = example.parse_args(["--model", '{"segment_length": 16}'])
+    assert args.config["model"]["segment_length"] == 16
+    assert args.config["model"]["num_layers"] == 2  # the preset's others
 
 
 def test_merge_rebuilds_the_summary(example, tiny_run, tmp_path):
