@@ -445,6 +445,12 @@ def evaluate_arm(model, data, positions, starts, args):
     }
     loss, tokens = bucket_losses(losses, weights, positions, starts)
     result["loss_by_position"], result["tokens_by_position"] = loss, tokens
+    # Inside the segment: position i has i tokens of the segment before it
+    # (plus the STM and LTM, where the arm has them).
+    in_segment = losses.sum(0) / np.maximum(weights.sum(0), 1.0)
+    result["loss_by_segment_position"] = [
+        round(float(v), 4) for v in in_segment
+    ]
     result["perplexity_without_ltm"] = None
     if model.memory_options is not None:
         off, _ = token_losses(model, data, args.max_eval_steps, False, chunk)
@@ -620,7 +626,40 @@ def markdown(record):
             "tokens": record["runs"][0]["tokens_by_position"],
         }
     )
+    lines += segment_position_table(record)
     return "\n".join(lines)
+
+
+def segment_position_table(record):
+    """Mean loss at chosen positions inside the segment (0, 1, 2, 4, …,
+    the last), mean ± std over seeds: how far back each arm's predictions
+    use context. Empty for records made before this was measured."""
+    runs = record["runs"]
+    if not all("loss_by_segment_position" in r for r in runs):
+        return []
+    length = len(runs[0]["loss_by_segment_position"])
+    columns = sorted(
+        {0, length - 1}
+        | {2**k for k in range(length.bit_length()) if 2**k < length}
+    )
+    lines = [
+        "",
+        "Loss (nats/token) by position inside the segment (every segment "
+        "of the held-out text; position i follows i tokens of its segment).",
+        "",
+        "| arm | " + " | ".join(str(c) for c in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for arm in record["arms"]:
+        values = np.array(
+            [r["loss_by_segment_position"] for r in runs if r["arm"] == arm]
+        )[:, columns]
+        cells = [
+            f"{m:.3f} ± {d:.3f}"
+            for m, d in zip(values.mean(0), values.std(0), strict=True)
+        ]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _pm(stats):

@@ -75,6 +75,9 @@ def test_record_structure(tiny_run):
         assert len(r["loss_by_position"]) == len(starts)
         assert all(t > 0 for t in r["tokens_by_position"])
         assert sum(r["tokens_by_position"]) == r["tokens"]
+        inside = r["loss_by_segment_position"]
+        assert len(inside) == args.config["model"]["segment_length"]
+        assert all(math.isfinite(v) and v > 0 for v in inside)
         # The buckets add up to the whole: token-weighted mean loss.
         mean = np.dot(r["loss_by_position"], r["tokens_by_position"])
         np.testing.assert_allclose(
@@ -96,6 +99,7 @@ def test_record_structure(tiny_run):
         )
     text = (output / "language_model.md").read_text()
     assert "| inf_former |" in text and "without LTM" in text
+    assert "by position inside the segment" in text
 
 
 @pytest.mark.parametrize("arm", ["transformer_xl", "inf_former"])
