@@ -230,22 +230,22 @@ def main(argv=None):
         parser.error(f"--steps must be >= 2. Received: {args.steps}")
     args.length = options.length
     start = time.perf_counter()
-    results = []
-    for seed in options.seeds:
-        results += run_seed(example, args, seed)
     record = {
         "backend": keras.backend.backend(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "length": options.length,
         "steps": args.steps,
-        "seeds": options.seeds,
+        "seeds": [],
         "quick": options.quick,
-        "results": results,
-        "total_seconds": round(time.perf_counter() - start, 1),
+        "results": [],
     }
     os.makedirs(options.output, exist_ok=True)
     path = os.path.join(options.output, f"{options.name}.json")
-    write_json(record, path, indent=2)
+    for seed in options.seeds:
+        record["results"] += run_seed(example, args, seed)
+        record["seeds"].append(seed)
+        record["total_seconds"] = round(time.perf_counter() - start, 1)
+        write_json(record, path, indent=2)  # after every seed
     print(f"\n{table(record)}\nwrote {path}")
     return record
 
