@@ -414,7 +414,9 @@ class InfFormerBlock(keras.layers.Layer):
         x, mask, _ = segments.pad_to_segments(inputs, length, padding_mask)
 
         def step(index, segment, state):
-            return self._step(segment[0], state, segment[1], training)
+            # The first segment finds the memory empty, nothing waiting.
+            fresh = isinstance(index, int) and index == 0
+            return self._step(segment[0], state, segment[1], training, fresh)
 
         outputs, _ = segments.run(
             step,
@@ -425,8 +427,10 @@ class InfFormerBlock(keras.layers.Layer):
         )  # (S, B, L, D)
         return segments.from_segments(outputs)[:, :total]  # (B, T, D)
 
-    def _step(self, x, state, padding_mask, training):
-        """One segment: attention over [STM; x] (+ LTM), feed-forward."""
+    def _step(self, x, state, padding_mask, training, fresh=False):
+        """One segment: attention over [STM; x] (+ LTM), feed-forward.
+        ``fresh``: ``state`` is `get_initial_state`'s (`segment_memory.step`).
+        """
         batch, length = ops.shape(x)[0], x.shape[1]
         x = ops.cast(x, self.compute_dtype)
         if padding_mask is None:
@@ -510,6 +514,7 @@ class InfFormerBlock(keras.layers.Layer):
                 evicted_mask,
                 query_mask=valid,
                 active=active,
+                fresh=fresh,
             )  # (B, L, D)
             new_state.update(memory_state)
             attention_output = attention_output + ops.cast(

@@ -18,6 +18,11 @@ The padding policy lives here and in `ContinuousLTM.write`, nowhere else:
 * a memory switched off (``ltm.enabled = False``, for ablations) is neither
   written nor read: its output is zero and its state does not change.
 
+A runner that starts from `initial_state` knows that its first segment
+finds the memory empty and nothing waiting; it says so (``fresh``) and
+that segment skips the write and the read, which would absorb nothing and
+read zeros (docs/performance.md, "A fresh memory is not run").
+
 The state of one memory is a dict: ``"pending"`` ``(B, L, e)`` float32,
 ``"pending_mask"`` ``(B, L)`` bool and ``"ltm"``, the `ContinuousLTM` state.
 """
@@ -59,6 +64,7 @@ def step(
     active=None,
     regularize=True,
     return_density=False,
+    fresh=False,
 ):
     """One segment: what waits enters the memory, the memory is read, and
     ``segment`` waits.
@@ -76,6 +82,12 @@ def step(
             their state.
         regularize: add the read's KL term (see `ContinuousLTM.read`).
         return_density: also return where the read looked (inspection).
+        fresh: Python bool, ``state`` is known to be `initial_state` (an
+            empty memory, nothing waiting). The write and the read are then
+            skipped: the write would absorb nothing and the read would
+            return zeros with a KL term of weight zero, so outputs, state,
+            losses and gradients are those of the full step. Ignored with
+            ``return_density`` (the record keeps the empty read's density).
 
     Returns:
         ``(output, state)``: ``output`` ``(B, Lq, output_dim)`` and the new
@@ -93,6 +105,16 @@ def step(
     segment_mask = ops.cast(segment_mask, "bool")
     if active is None:
         active = ops.any(segment_mask, axis=1)
+    if fresh and not return_density:
+        output = ops.zeros((batch, length, ltm.output_dim), ltm.compute_dtype)
+        new_state = {
+            "pending": _real_only(
+                segment, segment_mask, state["pending"].dtype
+            ),
+            "pending_mask": segment_mask,
+            "ltm": state["ltm"],
+        }
+        return output, _stop_gradient(where_rows(active, new_state, state))
     written = ltm.write(
         state["pending"], state["ltm"], mask=state["pending_mask"]
     )

@@ -310,3 +310,46 @@ def test_sequence_mode_takes_any_length_in_a_compiled_predict():
         y = model.predict(x, verbose=0)
         assert y.shape == (2, length, 3)
         np.testing.assert_allclose(y, to_numpy(model(x)), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["inf", "inf_no_stm", "sticky"])
+def test_a_fresh_memory_skips_the_first_write_and_read(name, monkeypatch):
+    """Sequence mode starts from an empty memory: its first segment neither
+    writes nor reads (`segment_memory.step`'s ``fresh``), and outputs, KL
+    losses and gradients equal the full road's, every segment run."""
+    from keras_infmemory.layers import segment_memory
+    from tests.testing import variable_grads
+
+    block = make_block(name)
+    x = random_input(length=3 * SEGMENT + 3, seed=4)
+    weights = np.random.default_rng(5).normal(size=x.shape).astype("float32")
+    step, write = segment_memory.step, type(block.ltm).write
+    results = {}
+    for road in ("skip", "full"):
+        writes = []
+
+        def counted_write(self, *args, writes=writes, **kwargs):
+            writes.append(1)
+            return write(self, *args, **kwargs)
+
+        def routed_step(*args, fresh=False, road=road, **kwargs):
+            return step(*args, fresh=fresh and road == "skip", **kwargs)
+
+        monkeypatch.setattr(type(block.ltm), "write", counted_write)
+        monkeypatch.setattr(segment_memory, "step", routed_step)
+        output = to_numpy(block(x))
+        losses = [
+            float(to_numpy(keras.ops.stop_gradient(loss)))
+            for loss in block.losses
+        ]
+        grads = variable_grads(
+            lambda: keras.ops.sum(keras.ops.multiply(block(x), weights)),
+            block.trainable_variables,
+        )
+        results[road] = (output, sum(losses), [to_numpy(g) for g in grads])
+        assert len(writes) == (3 if road == "skip" else 4) * 2, road
+    (out, kl, grads), (out_full, kl_full, grads_full) = results.values()
+    np.testing.assert_array_equal(out, out_full)
+    np.testing.assert_allclose(kl, kl_full, rtol=1e-6)
+    for got, expected in zip(grads, grads_full, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)

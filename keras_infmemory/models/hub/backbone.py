@@ -178,7 +178,13 @@ class InfMemoryBackbone:
             self.memory_run = previous
 
     def run_segments(
-        self, function, inputs, state, regularize=True, record=False
+        self,
+        function,
+        inputs,
+        state,
+        regularize=True,
+        record=False,
+        fresh=False,
     ):
         """Runs ``function`` on ``inputs`` laid out as segment rows.
 
@@ -192,6 +198,9 @@ class InfMemoryBackbone:
             state: the memory state before the first segment.
             regularize: add the memories' KL terms (see `MemoryRun`).
             record: keep where the reads looked (`MemoryRun.densities`).
+            fresh: ``state`` is `get_initial_state`'s: the first segment
+                finds every memory empty and skips its write and read
+                (`MemoryRun`).
 
         Returns:
             ``(output (B, T, ...), run)``: ``run.states`` is the new state.
@@ -223,6 +232,7 @@ class InfMemoryBackbone:
             mask=segments.by_segment(mask, length),
             regularize=regularize,
             record=record,
+            fresh=fresh,
         ) as run:
             output = function(rows)  # (B·S, L, ...)
         run.states = shard_rows(run.states)
@@ -244,6 +254,7 @@ class InfMemoryBackbone:
             lambda rows: parent(rows, *args, **kwargs),
             inputs,
             self.get_initial_state(batch),
+            fresh=True,
         )
         return hidden
 

@@ -180,7 +180,10 @@ class InfMemoryCausalLM:
             state = self.backbone.reset_rows(state, reset_mask)
         parent = super().call
         logits, run = self.backbone.run_segments(
-            lambda rows: parent(rows, training=training, **kw), inputs, state
+            lambda rows: parent(rows, training=training, **kw),
+            inputs,
+            state,
+            fresh=not (self.stateful or explicit),
         )  # (B, T, V)
         state = run.states
         if self.stateful:
@@ -221,10 +224,11 @@ class InfMemoryCausalLM:
                 target_ids=rows.get("target_ids"),
             )
 
-        if memory is None:
+        fresh = memory is None
+        if fresh:
             memory = self.get_initial_state(ops.shape(token_ids)[0])
         scores, _ = self.backbone.run_segments(
-            score_rows, inputs, memory, regularize=False
+            score_rows, inputs, memory, regularize=False, fresh=fresh
         )
         return scores
 
@@ -256,10 +260,11 @@ class InfMemoryCausalLM:
         check.check_token_ids(
             "token_ids", token_ids, self.backbone.vocabulary_size
         )
-        if memory is None:
+        fresh = memory is None
+        if fresh:
             memory = self.get_initial_state(ops.shape(token_ids)[0])
         _, run = self.backbone.run_segments(
-            self.backbone, inputs, memory, regularize=False
+            self.backbone, inputs, memory, regularize=False, fresh=fresh
         )
         return run.states
 
@@ -351,11 +356,12 @@ class InfMemoryCausalLM:
             )
         return logits, hidden, (key_value, run.states)
 
-    def _prefill(self, token_ids, length, state):
+    def _prefill(self, token_ids, length, state, fresh=False):
         """The cache after ``token_ids[:, :length]`` (``length``: an int
         tensor): the segments before the one holding token ``length`` run
         through the backbone (their outputs unused), then the family's
         ``_build_cache`` seeds the cache with that segment's first tokens.
+        ``fresh``: ``state`` is the initial one (`MemoryRun`).
         """
         size = self.backbone.segment_length
         batch, total = ops.shape(token_ids)[0], token_ids.shape[1]
@@ -364,19 +370,29 @@ class InfMemoryCausalLM:
         # ``length < total``, so the segments before ``start`` lie within
         # the first ``before`` tokens: the last segment of ``token_ids``
         # (and any wholly after it) is never absorbed here; with every
-        # memory off, nothing is.
+        # memory off, nothing is. ``start`` is known only when the code
+        # runs, so each of those segments is absorbed under a ``cond``:
+        # the ones from ``start`` on (the room left for new tokens) are
+        # skipped, not run on padding.
         before = ((total - 1) // size) * size
-        if before > 0 and any(m.enabled for m in self.backbone.memories):
-            done = ops.broadcast_to(
-                ops.arange(before)[None, :] < start, (batch, before)
+        if not any(m.enabled for m in self.backbone.memories):
+            before = 0
+        for first in range(0, before, size):
+
+            def absorb(state=state, first=first):
+                rows = token_ids[:, first : first + size]
+                _, run = self.backbone.run_segments(
+                    self.backbone,
+                    {"token_ids": rows, "padding_mask": ops.ones_like(rows)},
+                    state,
+                    regularize=False,
+                    fresh=fresh and first == 0,
+                )
+                return run.states
+
+            state = ops.cond(
+                ops.less(first, start), absorb, lambda state=state: state
             )
-            _, run = self.backbone.run_segments(
-                self.backbone,
-                {"token_ids": token_ids[:, :before], "padding_mask": done},
-                state,
-                regularize=False,
-            )
-            state = run.states
         padded = ops.pad(token_ids, ((0, 0), (0, size)))
         segment = ops.slice(padded, [0, start], [batch, size])  # (B, L)
         real = ops.arange(size)[None, :] < length - start
@@ -428,10 +444,11 @@ class InfMemoryCausalLM:
         batch = ops.shape(token_ids)[0]
         index = ops.min(ops.sum(ops.cast(padding_mask, "int32"), axis=-1))
         memory = inputs.get("memory")
-        if memory is None:
+        fresh = memory is None
+        if fresh:
             memory = self.get_initial_state(batch)
         # The sampler's first step recomputes token index - 1.
-        cache = self._prefill(token_ids, index - 1, memory)
+        cache = self._prefill(token_ids, index - 1, memory, fresh=fresh)
 
         def next(prompt, cache, index):
             prompt = ops.slice(prompt, [0, index - 1], [batch, 1])

@@ -106,6 +106,9 @@ class MemoryRun:
         regularize: segments: add the reads' KL terms (a training or
             evaluation call; not while generating or scoring).
         record: segments: keep where each read looked (``densities``).
+        fresh: segments: ``states`` are the initial ones (empty memories,
+            nothing waiting), so the first segment skips the memory's work
+            (``fresh`` of `segment_memory.step`).
 
     Attributes:
         states: the states, updated by each memory layer as it runs.
@@ -124,10 +127,12 @@ class MemoryRun:
         inputs_mask=None,
         regularize=True,
         record=False,
+        fresh=False,
     ):
         self.backbone = backbone
         self.regularize = regularize
         self.record = record
+        self.fresh = fresh
         self.densities = [None] * len(states)
         self.states = list(states)
         self.mask = mask
@@ -176,6 +181,9 @@ class MemoryRun:
                     query_mask=real,
                     regularize=self.regularize,
                     return_density=self.record,
+                    # A static first index (the Python loop, TensorFlow's
+                    # first step); JAX's scan traces one step for all.
+                    fresh=self.fresh and isinstance(index, int) and index == 0,
                 )
                 if self.record:
                     output, state, density = result

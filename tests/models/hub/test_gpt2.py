@@ -289,3 +289,61 @@ def test_absorbed_documents_then_prompt_equal_one_call(model):
     # Text absorbs through the preprocessor, whole (never truncated).
     text_memory = model.absorb(["ab cd ef gh ij kl mn op qr st uv wx", "ab"])
     assert to_numpy(text_memory[0]["pending_mask"]).any()
+
+
+def test_a_fresh_memory_skips_the_first_segment_exactly(model, monkeypatch):
+    """A call without a state starts from empty memories: its first segment
+    neither writes nor reads (nothing waits, nothing is stored). Logits,
+    KL losses and a training step equal the full road's, every segment
+    run (same weights, one SGD step)."""
+    from keras_infmemory.layers import segment_memory
+
+    x = tokens(3 * L, seed=7)
+    x["padding_mask"][1, -3:] = 0  # a padded row end
+    y = np.roll(x["token_ids"], -1, axis=1)
+    step, write = segment_memory.step, type(model.backbone.memories[0]).write
+    results = {}
+    for road in ("skip", "full"):
+        writes = []
+
+        def counted_write(self, *args, writes=writes, **kwargs):
+            writes.append(1)
+            return write(self, *args, **kwargs)
+
+        def routed_step(*args, fresh=False, road=road, **kwargs):
+            return step(*args, fresh=fresh and road == "skip", **kwargs)
+
+        monkeypatch.setattr(
+            type(model.backbone.memories[0]), "write", counted_write
+        )
+        monkeypatch.setattr(segment_memory, "step", routed_step)
+        lm = attach_memory(model)  # the same weights
+        lm.preprocessor = None
+        lm.compile(
+            optimizer=keras.optimizers.SGD(learning_rate=0.5),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        logits = to_numpy(lm(x))
+        assert len(writes) == (2 if road == "skip" else 3) * 2, road
+        kl = sum(float(to_numpy(keras.ops.stop_gradient(v))) for v in lm.losses)
+        loss = lm.train_on_batch(
+            x, y, sample_weight=x["padding_mask"], return_dict=True
+        )["loss"]
+        weights = [to_numpy(v) for v in lm.trainable_weights]
+        results[road] = (logits, kl, float(loss), weights)
+    (logits, kl, loss, weights), full = results.values()
+    np.testing.assert_array_equal(logits, full[0])
+    np.testing.assert_allclose(kl, full[1], rtol=1e-6)
+    np.testing.assert_allclose(loss, full[2], rtol=1e-6)
+    stepped = 0
+    for variable, got, expected in zip(
+        model.trainable_weights, weights, full[3], strict=True
+    ):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        # The write's (gate) and the read's (values, output) weights learn.
+        # (The density kernels' gradients, ~1e-8 here, move them less than
+        # float32 resolves.)
+        if variable.path.split("/")[-1] in ("gate_kernel", "value_kernel"):
+            stepped += 1
+            assert not np.array_equal(got, to_numpy(variable)), variable.path
+    assert stepped == 2 * 2
