@@ -13,7 +13,10 @@ memory**: the same object class, weights and segmenting, with
 which is what the memory model computes when its memory is off):
 
 1. a training step, ``train_on_batch`` (forward, backward, AdamW update),
-   on rows of several segments;
+   on rows of several segments: from an empty memory, as a plain call
+   starts (its first segment skips the memory), and with a carried
+   memory (the model with memory made stateful: every segment writes and
+   reads a full memory, the cost in a long stream);
 2. cached generation, ``generate`` (greedy): a prompt of several segments,
    then new tokens; tokens/s = new tokens × rows / seconds of the call;
 3. the peak memory of a training step: the bytes of the model's variables
@@ -181,7 +184,11 @@ def check_sizes(size, families):
 
 
 def _arms(build, segment, memory_options, train_rows):
-    """The model with memory and the same model with its memory off."""
+    """The model with memory, the same model with its memory off and, for
+    the training step, the model with memory made stateful ("carried"):
+    each step starts from the memory the last one left, so every segment
+    reads a full memory (a plain call starts from an empty one, whose
+    first segment the memory skips)."""
     import keras
 
     from keras_infmemory.models import attach_memory
@@ -190,9 +197,12 @@ def _arms(build, segment, memory_options, train_rows):
     base = build()
     jit = keras.backend.backend() != "torch"
     arms = {}
-    for arm in ("with", "without"):
-        lm = attach_memory(base, segment_length=segment, **memory_options)
-        lm.memory_enabled = arm == "with"
+    for arm in ("with", "without", "carried"):
+        options = dict(memory_options)
+        if arm == "carried":
+            options.update(stateful=True, batch_size=train_rows)
+        lm = attach_memory(base, segment_length=segment, **options)
+        lm.memory_enabled = arm != "without"
         lm.compile(
             optimizer=keras.optimizers.AdamW(learning_rate=1e-5),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -327,26 +337,33 @@ def worker(size, families, repeats, out):
         row = {"model": name, "segment": segment, "train": train}
         row["generate"] = generate
         steps = {arm: train_step(lm) for arm, lm in arms.items()}
+        carried = arms.pop("carried")  # training only
         # Memory first, "without" first: JAX's allocator keeps no
         # resettable peak, so the later arm can only be over-counted
         # (against the memory). Each arm's first step compiles it.
         memory_bytes = {}
-        for arm in ("without", "with"):
+        for arm in ("without", "with", "carried"):
             steps[arm]()
             transient = max(peak.transient(steps[arm]) for _ in range(2))
-            variables = _variable_bytes(arms[arm])
+            variables = _variable_bytes(arms.get(arm, carried))
             memory_bytes[arm] = {
                 "variables": variables,
                 "transient": transient,
                 "total": variables + transient,
             }
         row["memory_bytes"] = memory_bytes
-        row["memory_ratio"] = (
-            memory_bytes["with"]["total"] / memory_bytes["without"]["total"]
-        )
+        for key, arm in (
+            ("memory_ratio", "with"),
+            ("carried_memory_ratio", "carried"),
+        ):
+            row[key] = (
+                memory_bytes[arm]["total"] / memory_bytes["without"]["total"]
+            )
         times = common.measure_interleaved(steps, repeats=repeats, warmup=1)
         row["train_s"] = times
         row["train_ratio"] = times["with"] / times["without"]
+        row["carried_train_ratio"] = times["carried"] / times["without"]
+        del carried
         calls = {arm: generate_call(lm) for arm, lm in arms.items()}
         times = common.measure_interleaved(
             calls, repeats=max(2, repeats // 2), warmup=1
@@ -376,7 +393,9 @@ def worker(size, families, repeats, out):
             backend,
             name,
             f"train {row['train_ratio']:.2f}×",
+            f"(carried {row['carried_train_ratio']:.2f}×)",
             f"memory {row['memory_ratio']:.2f}×",
+            f"(carried {row['carried_memory_ratio']:.2f}×)",
             f"generate {row['generate_ratio']:.2f}×",
             f"decoding alone {_ratio(row['decode_ratio'])}",
             flush=True,
@@ -398,7 +417,9 @@ def report(results, size, repeats, load, command, out_dir):
     names = _model_names(results)
     measures = (
         ("train step with ÷ without", "train_ratio", "≤ 1.3×"),
+        ("… with a carried memory", "carried_train_ratio", "(≤ 1.3×)"),
         ("peak memory of a step with ÷ without", "memory_ratio", "≤ 1.2×"),
+        ("… with a carried memory", "carried_memory_ratio", "(≤ 1.2×)"),
         ("generation tokens/s with ÷ without", "generate_ratio", "≥ 0.85×"),
         ("decoding alone (prompt excluded)", "decode_ratio", "(≥ 0.85×)"),
     )
@@ -458,7 +479,11 @@ def report(results, size, repeats, load, command, out_dir):
             "model (class, weights, segmenting) with `memory_enabled = "
             "False`. Training step: `train_on_batch` of "
             f"{first['train'][0]} rows × {first['train'][1]} segments "
-            "(GPT-2 row; tiny rows in the JSON); generation: greedy "
+            "(GPT-2 row; tiny rows in the JSON), from an empty memory as "
+            "a plain call starts (its first segment finds nothing to "
+            "write or read and skips the memory), and *with a carried "
+            "memory*: the model with memory made stateful, every segment "
+            "writing and reading a full memory; generation: greedy "
             f"`generate`, prompt {first['generate'][1]} tokens + "
             f"{first['generate'][2]} new, {first['generate'][0]} row(s); "
             "decoding alone: the same call minus the call with one new "
@@ -495,7 +520,9 @@ def _plot(results, measures, path):
 
     backends = list(results)
     names = _model_names(results)
-    fig, axes = plt.subplots(1, len(measures), figsize=(12, 3.6))
+    fig, axes = plt.subplots(
+        1, len(measures), figsize=(2.3 * len(measures), 3.6)
+    )
     width = 0.8 / len(backends)
     for ax, (label, key, target) in zip(axes, measures, strict=True):
         for i, b in enumerate(backends):

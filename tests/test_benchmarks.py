@@ -80,7 +80,7 @@ def test_peak_rss_is_measured():
         (["overheads.py", "--backends", "jax"], "block with LTM ÷"),
         (
             ["model_overhead.py", "--backends", "jax", "--families", "none"],
-            "decoding alone (prompt excluded)",
+            "… with a carried memory",
         ),
     ],
 )
