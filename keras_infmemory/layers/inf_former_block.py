@@ -139,6 +139,13 @@ class InfFormerBlock(keras.layers.Layer):
         padding_mask: optional ``(B, L)`` or ``(B, T)`` bool, True for real
             tokens. Defaults to a Keras mask on ``inputs``, if any.
         training: bool, dropout on or off.
+        fresh: bool, streaming mode: ``state`` is `get_initial_state`'s
+            (an empty memory, nothing waiting), so the LTM skips this
+            segment's write and read, which would absorb nothing and read
+            zeros (same outputs and gradients). For a runner that built the
+            state itself (`InfFormerLM`); any other state with
+            ``fresh=True`` is read as empty. Sequence mode does this on its
+            own.
 
     Returns:
         Streaming: ``(y, new_state)``, ``y`` ``(B, L, D)``. Sequence mode:
@@ -362,9 +369,11 @@ class InfFormerBlock(keras.layers.Layer):
         padding_mask=None,
         training=None,
         mask=None,
+        fresh=False,
     ):
         if padding_mask is None:
             padding_mask = mask
+        check.check_bool("fresh", fresh)
         check.check_shape(
             "inputs",
             inputs,
@@ -399,7 +408,7 @@ class InfFormerBlock(keras.layers.Layer):
             )
         if reset_mask is not None:
             state = self.reset_state(state, reset_mask)
-        return self._step(inputs, state, padding_mask, training)
+        return self._step(inputs, state, padding_mask, training, fresh)
 
     def _call_sequence(self, inputs, padding_mask, training):
         """Runs the block segment by segment from an empty memory."""
@@ -566,6 +575,7 @@ class InfFormerBlock(keras.layers.Layer):
         padding_mask=None,
         training=None,
         mask=None,
+        fresh=False,
     ):
         y = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
         if state is None:

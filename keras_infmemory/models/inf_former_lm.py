@@ -396,6 +396,7 @@ class InfFormerLM(keras.Model):
                 None,
                 padding_mask,
                 training,
+                fresh=True,
             )
             return logits
         return self._run(token_ids, state, reset_mask, padding_mask, training)
@@ -437,8 +438,12 @@ class InfFormerLM(keras.Model):
         if reset_mask is not None:
             check.check_shape("reset_mask", reset_mask, (batch,), "(batch,)")
 
-    def _run(self, token_ids, state, reset_mask, padding_mask, training):
-        """Runs ``(B, T)`` tokens segment by segment, carrying ``state``."""
+    def _run(
+        self, token_ids, state, reset_mask, padding_mask, training, fresh=False
+    ):
+        """Runs ``(B, T)`` tokens segment by segment, carrying ``state``;
+        ``fresh``: ``state`` is `get_initial_state`'s, so the first segment
+        skips the memories' work (`InfFormerBlock`'s ``fresh``)."""
         if reset_mask is not None:
             state = [
                 block.reset_state(block_state, reset_mask)
@@ -453,7 +458,10 @@ class InfFormerLM(keras.Model):
             first_tracked = num_segments - self.bptt_segments
 
         def step(index, segment, block_states):
-            return self._segment(segment[0], block_states, segment[1], training)
+            first = fresh and isinstance(index, int) and index == 0
+            return self._segment(
+                segment[0], block_states, segment[1], training, first
+            )
 
         logits, state = segments.run(
             step,
@@ -469,7 +477,7 @@ class InfFormerLM(keras.Model):
         logits = segments.from_segments(logits)[:, :total]  # (B, T, V)
         return logits, shard_rows(state)
 
-    def _segment(self, token_ids, state, padding_mask, training):
+    def _segment(self, token_ids, state, padding_mask, training, fresh=False):
         """One segment through the stack: ``(B, L)`` → ``(B, L, V)``."""
         x = self.embedding(token_ids)  # (B, L, D)
         new_state = []
@@ -479,6 +487,7 @@ class InfFormerLM(keras.Model):
                 block_state,
                 padding_mask=padding_mask,
                 training=training,
+                fresh=fresh,
             )
             new_state.append(block_state)
         if self.final_norm is not None:

@@ -430,3 +430,55 @@ def test_compressive_fit_moves_every_weight():
     ]
     assert not still, still
     assert any("compressor" in path for path in before)
+
+
+@pytest.mark.parametrize("arm", ["inf_former", "sticky"])
+def test_a_fresh_memory_skips_the_first_segment(arm, monkeypatch):
+    """A call without a state starts from empty memories: the first
+    segment's write and read are skipped, with the logits and gradients of
+    the full road (the same call given the initial state)."""
+    from keras_infmemory import ContinuousLTM
+    from tests.testing import variable_grads
+
+    model = make_model(arm)
+    tokens = random_tokens(length=3 * SEGMENT + 2, seed=3)
+    weights = np.random.default_rng(4).normal(size=(2, 3 * SEGMENT + 2, VOCAB))
+    weights = weights.astype("float32")
+    write = ContinuousLTM.write
+    results = {}
+    for road in ("skip", "full"):
+        writes = []
+
+        def counted_write(self, *args, writes=writes, **kwargs):
+            writes.append(1)
+            return write(self, *args, **kwargs)
+
+        monkeypatch.setattr(ContinuousLTM, "write", counted_write)
+        if road == "skip":
+            call = lambda: model(tokens)  # noqa: E731
+        else:
+            call = lambda: model(  # noqa: E731
+                tokens, model.get_initial_state(2)
+            )[0]
+        logits = to_numpy(call())
+        grads = variable_grads(
+            lambda call=call: keras.ops.sum(
+                keras.ops.multiply(call(), weights)
+            ),
+            model.trainable_variables,
+        )
+        results[road] = (logits, [to_numpy(g) for g in grads])
+        # Two blocks, four segments; with an STM the LTM's first write
+        # comes at segment 2, but the step runs from segment 0 on.
+        count = len(writes) // 2  # the call and the gradient's call
+        assert count == (3 if road == "skip" else 4) * 2, (road, count)
+    (logits, grads), (logits_full, grads_full) = results.values()
+    np.testing.assert_array_equal(logits, logits_full)
+    for got, expected in zip(grads, grads_full, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="fresh"):
+        model.blocks[0](
+            np.zeros((2, SEGMENT, 16), "float32"),
+            model.blocks[0].get_initial_state(2),
+            fresh=1,
+        )
