@@ -355,6 +355,14 @@ class MemoryTracker:
 
     def absorb(self, inputs, memory=None):
         """``model.absorb(inputs, memory)``, followed on the map."""
+        if memory is None:
+            # An explicit empty memory: every segment runs its write (the
+            # map replays one per segment; a fresh start skips the first).
+            token_ids = (
+                inputs["token_ids"] if isinstance(inputs, dict) else None
+            )
+            if token_ids is not None:
+                memory = self.model.get_initial_state(len(token_ids))
         with self._recording() as recorded:
             memory = self.model.absorb(inputs, memory=memory)
         self._replay(inputs, recorded, keep=False)
