@@ -355,16 +355,15 @@ class MemoryTracker:
 
     def absorb(self, inputs, memory=None):
         """``model.absorb(inputs, memory)``, followed on the map."""
-        if memory is None:
-            # An explicit empty memory: every segment runs its write (the
-            # map replays one per segment; a fresh start skips the first).
-            token_ids = (
-                inputs["token_ids"] if isinstance(inputs, dict) else None
-            )
-            if token_ids is not None:
-                memory = self.model.get_initial_state(len(token_ids))
+        fresh = memory is None
         with self._recording() as recorded:
             memory = self.model.absorb(inputs, memory=memory)
+        if fresh and recorded is not None:
+            # From an empty memory the first segment skips its write
+            # (nothing waits, `segment_memory.step`'s ``fresh``); that
+            # write would have sampled uniformly (no reads yet), which is
+            # what ``None`` replays.
+            recorded = [None] + recorded
         self._replay(inputs, recorded, keep=False)
         return memory
 

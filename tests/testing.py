@@ -111,3 +111,31 @@ def run_on_devices(module, *args, devices=4, timeout=900):
         )
         with np.load(path) as saved:
             return dict(saved)
+
+
+def fresh_road(monkeypatch, road):
+    """Sets up one road of a fresh-memory test; returns the list that
+    counts `ContinuousLTM.write` calls from now on.
+
+    ``road="skip"``: `segment_memory.step` takes the ``fresh`` its runners
+    pass (a fresh first segment skips its write and read); ``"full"``: it
+    always runs the full step. Call once per road; each call replaces the
+    previous patches (the originals are wrapped, never a wrapper).
+    """
+    from keras_infmemory import ContinuousLTM
+    from keras_infmemory.layers import segment_memory
+
+    monkeypatch.undo()
+    write, step = ContinuousLTM.write, segment_memory.step
+    writes = []
+
+    def counted_write(self, *args, **kwargs):
+        writes.append(1)
+        return write(self, *args, **kwargs)
+
+    def routed_step(*args, fresh=False, **kwargs):
+        return step(*args, fresh=fresh and road == "skip", **kwargs)
+
+    monkeypatch.setattr(ContinuousLTM, "write", counted_write)
+    monkeypatch.setattr(segment_memory, "step", routed_step)
+    return writes

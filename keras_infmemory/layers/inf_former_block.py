@@ -423,8 +423,7 @@ class InfFormerBlock(keras.layers.Layer):
         x, mask, _ = segments.pad_to_segments(inputs, length, padding_mask)
 
         def step(index, segment, state):
-            # The first segment finds the memory empty, nothing waiting.
-            fresh = isinstance(index, int) and index == 0
+            fresh = segments.starts_empty(index, True)  # an initial state
             return self._step(segment[0], state, segment[1], training, fresh)
 
         outputs, _ = segments.run(

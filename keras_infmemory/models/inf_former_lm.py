@@ -458,9 +458,12 @@ class InfFormerLM(keras.Model):
             first_tracked = num_segments - self.bptt_segments
 
         def step(index, segment, block_states):
-            first = fresh and isinstance(index, int) and index == 0
             return self._segment(
-                segment[0], block_states, segment[1], training, first
+                segment[0],
+                block_states,
+                segment[1],
+                training,
+                segments.starts_empty(index, fresh),
             )
 
         logits, state = segments.run(

@@ -317,26 +317,14 @@ def test_a_fresh_memory_skips_the_first_write_and_read(name, monkeypatch):
     """Sequence mode starts from an empty memory: its first segment neither
     writes nor reads (`segment_memory.step`'s ``fresh``), and outputs, KL
     losses and gradients equal the full road's, every segment run."""
-    from keras_infmemory.layers import segment_memory
-    from tests.testing import variable_grads
+    from tests.testing import fresh_road, variable_grads
 
     block = make_block(name)
     x = random_input(length=3 * SEGMENT + 3, seed=4)
     weights = np.random.default_rng(5).normal(size=x.shape).astype("float32")
-    step, write = segment_memory.step, type(block.ltm).write
     results = {}
     for road in ("skip", "full"):
-        writes = []
-
-        def counted_write(self, *args, writes=writes, **kwargs):
-            writes.append(1)
-            return write(self, *args, **kwargs)
-
-        def routed_step(*args, fresh=False, road=road, **kwargs):
-            return step(*args, fresh=fresh and road == "skip", **kwargs)
-
-        monkeypatch.setattr(type(block.ltm), "write", counted_write)
-        monkeypatch.setattr(segment_memory, "step", routed_step)
+        writes = fresh_road(monkeypatch, road)
         output = to_numpy(block(x))
         losses = [
             float(to_numpy(keras.ops.stop_gradient(loss)))

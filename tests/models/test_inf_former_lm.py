@@ -437,23 +437,16 @@ def test_a_fresh_memory_skips_the_first_segment(arm, monkeypatch):
     """A call without a state starts from empty memories: the first
     segment's write and read are skipped, with the logits and gradients of
     the full road (the same call given the initial state)."""
-    from keras_infmemory import ContinuousLTM
-    from tests.testing import variable_grads
+    from tests.testing import fresh_road, variable_grads
 
     model = make_model(arm)
     tokens = random_tokens(length=3 * SEGMENT + 2, seed=3)
     weights = np.random.default_rng(4).normal(size=(2, 3 * SEGMENT + 2, VOCAB))
     weights = weights.astype("float32")
-    write = ContinuousLTM.write
     results = {}
     for road in ("skip", "full"):
-        writes = []
-
-        def counted_write(self, *args, writes=writes, **kwargs):
-            writes.append(1)
-            return write(self, *args, **kwargs)
-
-        monkeypatch.setattr(ContinuousLTM, "write", counted_write)
+        # Both roads take the short step when told fresh; the call decides.
+        writes = fresh_road(monkeypatch, "skip")
         if road == "skip":
             call = lambda: model(tokens)  # noqa: E731
         else:

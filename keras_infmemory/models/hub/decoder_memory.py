@@ -181,9 +181,7 @@ class MemoryRun:
                     query_mask=real,
                     regularize=self.regularize,
                     return_density=self.record,
-                    # A static first index (the Python loop, TensorFlow's
-                    # first step); JAX's scan traces one step for all.
-                    fresh=self.fresh and isinstance(index, int) and index == 0,
+                    fresh=segments.starts_empty(index, self.fresh),
                 )
                 if self.record:
                     output, state, density = result

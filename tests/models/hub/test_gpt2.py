@@ -296,27 +296,14 @@ def test_a_fresh_memory_skips_the_first_segment_exactly(model, monkeypatch):
     neither writes nor reads (nothing waits, nothing is stored). Logits,
     KL losses and a training step equal the full road's, every segment
     run (same weights, one SGD step)."""
-    from keras_infmemory.layers import segment_memory
+    from tests.testing import fresh_road
 
     x = tokens(3 * L, seed=7)
     x["padding_mask"][1, -3:] = 0  # a padded row end
     y = np.roll(x["token_ids"], -1, axis=1)
-    step, write = segment_memory.step, type(model.backbone.memories[0]).write
     results = {}
     for road in ("skip", "full"):
-        writes = []
-
-        def counted_write(self, *args, writes=writes, **kwargs):
-            writes.append(1)
-            return write(self, *args, **kwargs)
-
-        def routed_step(*args, fresh=False, road=road, **kwargs):
-            return step(*args, fresh=fresh and road == "skip", **kwargs)
-
-        monkeypatch.setattr(
-            type(model.backbone.memories[0]), "write", counted_write
-        )
-        monkeypatch.setattr(segment_memory, "step", routed_step)
+        writes = fresh_road(monkeypatch, road)
         lm = attach_memory(model)  # the same weights
         lm.preprocessor = None
         lm.compile(
