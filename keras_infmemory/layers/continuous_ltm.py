@@ -496,13 +496,19 @@ class ContinuousLTM(keras.layers.Layer):
         return ops.reshape(ops.swapaxes(grid, 1, 2), (-1, n, e))
 
     def _values(self, coefficients):
-        """The values ``V = B W_V`` per head ``(B, N, H, d)``, their basis
-        axis in the grid order of ``r`` (`_grid_order`)."""
-        values = ops.einsum(
-            "bne,ef->bnf", self._grid_order(coefficients), self.value_kernel
+        """The values ``V = B W_V`` per head, laid out ``(B, H, d, N)``
+        with the basis axis in the grid order of ``r`` (`_grid_order`).
+
+        The basis axis is innermost because a read contracts it: decoding
+        keeps ``V`` in its state (`read_cache`), and a compiled loop keeps
+        a carried tensor's layout, so any other layout is transposed
+        (a full copy of ``V``) at every token.
+        """
+        w_v = ops.reshape(
+            self.value_kernel, (self.memory_dim, self.num_heads, self.key_dim)
         )
-        return ops.reshape(
-            values, (-1, self.num_basis, self.num_heads, self.key_dim)
+        return ops.einsum(
+            "bne,ehd->bhdn", self._grid_order(coefficients), w_v
         )
 
     def read_cache(self, state):
@@ -511,7 +517,7 @@ class ContinuousLTM(keras.layers.Layer):
         A memory changes only when it is written (once per segment), but
         cached decoding reads it once per token. This returns the density
         summary ``(w_μᵀ B) W_K`` ``(B, 2, H, d)`` and the values
-        ``V = B W_V`` ``(B, N, H, d)`` (basis axis in the grid order,
+        ``V = B W_V`` ``(B, H, d, N)`` (basis axis in the grid order,
         `_values`) of ``state``; `read` with
         ``cache=`` then costs a token ``O(H·d + N·H·d)`` instead of
         ``O(N·e·H)`` (docs/math.md §3). The output is the same up to
@@ -635,8 +641,8 @@ class ContinuousLTM(keras.layers.Layer):
             z = ops.einsum("bhqe,ehd->bqhd", rb, w_v)  # (B, Lq, H, d)
         else:
             if values is None:
-                values = self._values(coefficients)  # (B, N, H, d)
-            z = ops.einsum("bhqn,bnhd->bqhd", r, values)  # (B, Lq, H, d)
+                values = self._values(coefficients)  # (B, H, d, N)
+            z = ops.einsum("bhqn,bhdn->bqhd", r, values)  # (B, Lq, H, d)
         z = ops.reshape(z, (-1, ops.shape(z)[1], hd))  # (B, Lq, H·d)
         # einsum, not matmul: Keras-torch matmul returns float32 for float64.
         return ops.einsum("bqe,ef->bqf", z, self.output_kernel)

@@ -179,23 +179,28 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
     if cached is None:
         cached = ltm.read_cache(state["ltm"])
 
-    def write_and_cache():
-        written = ltm.write(pending, state["ltm"], mask=pending_mask)
-        return written, ltm.read_cache(written)
-
-    ltm_state, cached = ops.cond(
-        write, write_and_cache, lambda: (state["ltm"], cached)
-    )
     if inputs_mask is None:
         inputs_mask = ops.ones((batch, count), "bool")
     inputs_mask = ops.cast(inputs_mask, "bool")
+    arriving = _real_only(inputs, inputs_mask, pending.dtype)
+
+    # The tokens enter "pending" inside both branches of the write's
+    # `cond`, not after it: in a compiled sampling loop (XLA), updating a
+    # tensor that the `cond` also reads costs two full copies of it per
+    # token, one this way (docs/performance.md, "Decoding without copies").
+    def place():
+        return ops.slice_update(pending, [0, position, 0], arriving)
+
+    def write_and_cache():
+        written = ltm.write(pending, state["ltm"], mask=pending_mask)
+        return written, ltm.read_cache(written), place()
+
+    ltm_state, cached, placed = ops.cond(
+        write, write_and_cache, lambda: (state["ltm"], cached, place())
+    )
     pending_mask = ops.logical_and(pending_mask, ops.logical_not(write))
     new_state = {
-        "pending": ops.slice_update(
-            pending,
-            [0, position, 0],
-            _real_only(inputs, inputs_mask, pending.dtype),
-        ),
+        "pending": placed,
         "pending_mask": ops.slice_update(
             pending_mask, [0, position], inputs_mask
         ),

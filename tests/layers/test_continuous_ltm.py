@@ -114,7 +114,7 @@ def test_read_from_cache_matches_read(sticky):
     state = layer.write(x, layer.get_initial_state(2))
     cache = layer.read_cache(state)
     assert tuple(cache["summary"].shape) == (2, 2, 2, 4)
-    assert tuple(cache["values"].shape) == (2, 16, 2, 4)
+    assert tuple(cache["values"].shape) == (2, 2, 4, 16)  # (B, H, d, N)
     plain, plain_state = layer.read(q[:, :1], state, return_state=True)
     cached, cached_state = layer.read(
         q[:, :1], state, return_state=True, cache=cache
