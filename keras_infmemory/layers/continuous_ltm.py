@@ -507,9 +507,7 @@ class ContinuousLTM(keras.layers.Layer):
         w_v = ops.reshape(
             self.value_kernel, (self.memory_dim, self.num_heads, self.key_dim)
         )
-        return ops.einsum(
-            "bne,ehd->bhdn", self._grid_order(coefficients), w_v
-        )
+        return ops.einsum("bne,ehd->bhdn", self._grid_order(coefficients), w_v)
 
     def read_cache(self, state):
         """What every read of ``state``'s memory shares, computed once.
