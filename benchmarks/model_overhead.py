@@ -293,6 +293,11 @@ class _PeakMemory:
         return max(self._peak() - before, 0)
 
 
+def generation_repeats(repeats):
+    """Repeats of the generation calls (each much longer than a step)."""
+    return max(3, repeats // 2)
+
+
 def worker(size, families, repeats, out):
     import keras
     import numpy as np
@@ -364,22 +369,23 @@ def worker(size, families, repeats, out):
         row["train_ratio"] = times["with"] / times["without"]
         row["carried_train_ratio"] = times["carried"] / times["without"]
         del carried
-        calls = {arm: generate_call(lm) for arm, lm in arms.items()}
-        times = common.measure_interleaved(
-            calls, repeats=max(2, repeats // 2), warmup=1
+        # The whole call and the prompt alone, all four timed in turns, so
+        # that a change of load hits the difference (decoding) alike.
+        calls = {}
+        for arm, lm in arms.items():
+            calls[arm] = generate_call(lm)
+            calls[arm + " prompt"] = generate_call(lm, prompt_only)
+        measured = common.measure_interleaved(
+            calls, repeats=generation_repeats(repeats), warmup=1
         )
+        times = {arm: measured[arm] for arm in arms}
+        absorb = {arm: measured[arm + " prompt"] for arm in arms}
         row["generate_s"] = times
         row["tokens_per_s"] = {
             arm: g_rows * new / seconds for arm, seconds in times.items()
         }
         row["generate_ratio"] = (
             row["tokens_per_s"]["with"] / row["tokens_per_s"]["without"]
-        )
-        calls = {
-            arm: generate_call(lm, prompt_only) for arm, lm in arms.items()
-        }
-        absorb = common.measure_interleaved(
-            calls, repeats=max(2, repeats // 2), warmup=1
         )
         row["prompt_s"] = absorb
         decoding = {arm: times[arm] - absorb[arm] for arm in times}
@@ -465,7 +471,8 @@ def report(results, size, repeats, load, command, out_dir):
             "# Whole-model overhead of the memory\n\n"
             f"Command: `{command}` on {common.machine()}, float32, medians "
             f"of {repeats} interleaved repeats (generation: "
-            f"{max(2, repeats // 2)}). Size `{size}`"
+            f"{generation_repeats(repeats)}, the whole call and the prompt "
+            f"alone in turns). Size `{size}`"
             + (
                 " (reduced for a 2-core CPU: GPT-2's layer shape with 2 "
                 "layers and a smaller vocabulary; `--size full` is GPT-2 "
