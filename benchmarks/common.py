@@ -148,6 +148,24 @@ def peak_rss_mib():
     return _status_kib("VmHWM") / 1024.0
 
 
+def release_free_memory():
+    """Hands the C heap's free memory back to the system (glibc
+    ``malloc_trim``), so that the resident set counts live memory only.
+
+    Without it an allocator that keeps what an earlier step freed hides a
+    later step's peak (its resident set no longer grows). Returns False
+    where there is no glibc to ask.
+    """
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
+
+
 def reset_peak_rss():
     """Resets VmHWM to the current RSS (Linux: 5 > /proc/self/clear_refs).
 

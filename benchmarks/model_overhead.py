@@ -224,8 +224,9 @@ def _variable_bytes(lm):
 
 class _PeakMemory:
     """Peak bytes in use during a call, above what was in use before it:
-    the accelerator's allocator statistics where the backend runs on one,
-    else the process' resident set (VmHWM)."""
+    the allocator's statistics on an accelerator and TensorFlow's on CPU,
+    else the process' resident set (VmHWM), after handing the C heap's
+    free memory back."""
 
     def __init__(self):
         import keras
@@ -245,11 +246,21 @@ class _PeakMemory:
         else:
             import tensorflow as tf
 
+            self._tf = tf
             if tf.config.list_logical_devices("GPU"):
                 self.device = "gpu"
+            self._tf_device = "GPU:0" if self.device == "gpu" else "CPU:0"
 
     def _now_and_reset(self):
+        if self.backend == "tensorflow":
+            # TensorFlow's allocator keeps statistics on CPU too; its pool
+            # keeps what a step freed, so the resident set would miss the
+            # next step's peak.
+            memory = self._tf.config.experimental
+            memory.reset_memory_stats(self._tf_device)
+            return memory.get_memory_info(self._tf_device)["current"]
         if self.device == "cpu":
+            common.release_free_memory()
             common.reset_peak_rss()
             return common.rss_mib() * 2**20
         if self.backend == "torch":
@@ -263,12 +274,11 @@ class _PeakMemory:
 
             stats = jax.devices()[0].memory_stats() or {}
             return stats.get("bytes_in_use", 0)
-        import tensorflow as tf
-
-        tf.config.experimental.reset_memory_stats("GPU:0")
-        return tf.config.experimental.get_memory_info("GPU:0")["current"]
 
     def _peak(self):
+        if self.backend == "tensorflow":
+            memory = self._tf.config.experimental
+            return memory.get_memory_info(self._tf_device)["peak"]
         if self.device == "cpu":
             return common.peak_rss_mib() * 2**20
         if self.backend == "torch":
@@ -282,9 +292,6 @@ class _PeakMemory:
             stats = jax.devices()[0].memory_stats() or {}
             # JAX keeps no resettable peak: the process' peak so far.
             return stats.get("peak_bytes_in_use", 0)
-        import tensorflow as tf
-
-        return tf.config.experimental.get_memory_info("GPU:0")["peak"]
 
     def transient(self, fn):
         """Runs ``fn()``; returns its peak bytes above those before it."""

@@ -65,6 +65,37 @@ def test_peak_rss_is_measured():
     block.close()
 
 
+def test_free_heap_memory_is_handed_back():
+    """What the C heap keeps after a free leaves the resident set, so a
+    step's peak above it is seen (the model benchmark's step memory)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        pytest.skip("no glibc here")
+    if not hasattr(libc, "malloc_trim"):
+        pytest.skip("no glibc here")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    # As after a framework's first step: freeing a large block raises
+    # glibc's mmap threshold, so the next large blocks live on the heap,
+    # which keeps them once freed below a block still in use.
+    libc.free(libc.malloc(20 << 20))
+    blocks = [libc.malloc(16 << 20) for _ in range(4)]
+    for block in blocks:
+        libc.memset(block, 1, 16 << 20)
+    pin = libc.malloc(1 << 20)
+    for block in blocks:
+        libc.free(block)
+    kept = common.rss_mib()
+    assert common.release_free_memory()
+    assert common.rss_mib() < kept - 32
+    libc.free(pin)
+
+
 @pytest.mark.skipif(
     keras.backend.backend() != "jax",
     reason="starts one process per backend itself; run once",
