@@ -104,12 +104,17 @@ def test_dialogue_metrics():
 
 
 def test_missing_wordnet_keeps_the_other_metrics(monkeypatch):
-    from nltk.corpus import wordnet
+    import nltk.corpus
 
-    def missing():
-        raise LookupError("Resource wordnet not found.")
+    class MissingWordNet:
+        """NLTK's lazy WordNet where its data is not installed. (Patching
+        the real loader's method would itself load the corpus: NLTK 3.10's
+        lazy loader loads on any attribute it lacks.)"""
 
-    monkeypatch.setattr(wordnet, "ensure_loaded", missing)
+        def ensure_loaded(self):
+            raise LookupError("Resource wordnet not found.")
+
+    monkeypatch.setattr(nltk.corpus, "wordnet", MissingWordNet())
     with pytest.warns(UserWarning, match="nltk.downloader wordnet"):
         scores = evaluation.dialogue_metrics(["the cat sat"], [REFERENCE])
     assert scores["meteor"] is None
