@@ -9,6 +9,34 @@ import keras
 from keras import ops
 
 
+def known_value(x, kind):
+    """``kind(x)`` (``int`` or ``bool``) where ``x`` has a value now, else
+    ``x`` unchanged.
+
+    In eager execution (torch, or a backend outside a trace) a scalar tensor
+    has a value, and code that branches or indexes on it can do so in Python
+    instead of through ``ops.cond`` and tensor-indexed ``ops.slice_update``,
+    each of which costs torch eager tens of microseconds per call
+    (docs/performance.md, "Decoding in eager torch"). Under ``jax.jit`` or
+    ``tf.function`` the value is not known yet and ``x`` comes back as it
+    was. On an accelerator, reading the value waits for the device.
+    """
+    if isinstance(x, (bool, int)):
+        return kind(x)
+    try:
+        return kind(x)
+    except Exception:  # a tracer, graph or meta tensor: no value yet
+        return x
+
+
+def cond(pred, true_fn, false_fn):
+    """``ops.cond``, or a plain Python branch where ``pred`` is a Python
+    bool (see `known_value`)."""
+    if isinstance(pred, bool):
+        return true_fn() if pred else false_fn()
+    return ops.cond(pred, true_fn, false_fn)
+
+
 def where_rows(mask, new, old):
     """``new`` in the rows where ``mask`` ``(B,)`` is True, else ``old``.
 

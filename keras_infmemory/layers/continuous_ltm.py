@@ -578,7 +578,6 @@ class ContinuousLTM(keras.layers.Layer):
                 "(batch, query_length)",
             )
         coefficients = state["coefficients"]
-        has_memory = ops.cast(state["has_memory"], self.math_dtype)  # (B,)
         cache = cache or {}
         mu, variance = self._density(
             query, coefficients, cache.get("summary")
@@ -589,23 +588,29 @@ class ContinuousLTM(keras.layers.Layer):
         output = self._attend(
             r, coefficients, cache.get("values")
         )  # (B, Lq, output_dim)
+        output = ops.cast(output, self.compute_dtype)
 
-        weight = has_memory[:, None, None]  # (B, 1, 1)
-        if query_mask is not None:
-            mask = ops.cast(query_mask, self.math_dtype)  # (B, Lq)
-            weight = weight * mask[:, None, :]
-        weight = ops.broadcast_to(weight, ops.shape(mu))  # (B, H, Lq)
-        if regularize and self.kl_weight > 0:
+        regularize = regularize and self.kl_weight > 0
+        histogram = return_state and self.sticky is not None
+        if regularize or histogram:
+            # How much each query counts for the KL term and the histogram
+            # (not formed otherwise: decoding pays per op in torch eager).
+            has_memory = ops.cast(state["has_memory"], self.math_dtype)  # (B,)
+            weight = has_memory[:, None, None]  # (B, 1, 1)
+            if query_mask is not None:
+                mask = ops.cast(query_mask, self.math_dtype)  # (B, Lq)
+                weight = weight * mask[:, None, :]
+            weight = ops.broadcast_to(weight, ops.shape(mu))  # (B, H, Lq)
+        if regularize:
             kl = basis.kl_to_prior(
                 mu, variance, self.kl_sigma, self.kl_prior_mean
             )  # (B, H, Lq)
             kl = ops.sum(kl * weight) / basis.floor(ops.sum(weight), 1.0)
             self.add_loss(self.kl_weight * kl)
-        output = ops.cast(output, self.compute_dtype)
         if not return_state:
             return output
         state = dict(state)
-        if self.sticky is not None:
+        if histogram:
             flat = lambda t: ops.reshape(t, (ops.shape(t)[0], -1))  # noqa
             masses = self.sticky.bin_masses(
                 flat(mu), flat(variance), flat(weight)

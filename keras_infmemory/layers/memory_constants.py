@@ -35,6 +35,7 @@ class MemoryConstants:
         self.centers, self.widths = basis.basis_parameters(
             num_basis, basis_widths
         )  # float64 (N,)
+        self.grid_arrays = basis.basis_grid(num_basis, basis_widths)
         self.by_length = {}  # length -> dict of float64 arrays
         self.update_growth = {}  # length -> spectral radius of G_oldᵀ S
         self._tensors = {}  # (length, name, dtype) -> tensor (torch only)
@@ -112,7 +113,7 @@ class MemoryConstants:
 
     def grid(self, dtype):
         """The basis grid, distinct centres ``(C,)`` and widths ``(K,)``."""
-        centers, widths = basis.basis_grid(*self.geometry[:2])
+        centers, widths = self.grid_arrays
         return (
             self.tensor(centers, dtype, ("grid", "centers")),
             self.tensor(widths, dtype, ("grid", "widths")),

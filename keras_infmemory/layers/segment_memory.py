@@ -27,10 +27,9 @@ The state of one memory is a dict: ``"pending"`` ``(B, L, e)`` float32,
 ``"pending_mask"`` ``(B, L)`` bool and ``"ltm"``, the `ContinuousLTM` state.
 """
 
-import keras
 from keras import ops
 
-from keras_infmemory.state import where_rows
+from keras_infmemory.state import cond, where_rows
 
 
 def initial_state(ltm, batch_size, segment_length):
@@ -162,8 +161,11 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
         state: the state (see `initial_state`), with or without
             ``"read"``.
         inputs: ``(B, C, e)`` the tokens' memory inputs.
-        position: int tensor, where the tokens sit in their segment.
-        write: bool tensor, whether a segment starts here.
+        position: int tensor or Python int, where the tokens sit in their
+            segment.
+        write: bool tensor or Python bool, whether a segment starts here.
+            Python values (`keras_infmemory.state.known_value`, eager
+            execution) branch and index in Python.
         inputs_mask: optional ``(B, C)`` bool, the real tokens (the others
             are neither read for the KL/histogram nor marked as waiting).
 
@@ -180,33 +182,34 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
         cached = ltm.read_cache(state["ltm"])
 
     if inputs_mask is None:
-        inputs_mask = ops.ones((batch, count), "bool")
-    inputs_mask = ops.cast(inputs_mask, "bool")
-    arriving = _real_only(inputs, inputs_mask, pending.dtype)
+        arriving = ops.cast(inputs, pending.dtype)
+        arriving_mask = ops.ones((batch, count), "bool")
+    else:
+        arriving_mask = ops.cast(inputs_mask, "bool")
+        arriving = _real_only(inputs, arriving_mask, pending.dtype)
 
     # The tokens enter "pending" inside both branches of the write's
     # `cond`, not after it: in a compiled sampling loop (XLA), updating a
     # tensor that the `cond` also reads costs two full copies of it per
     # token, one this way (docs/performance.md, "Decoding without copies").
-    def place():
-        return ops.slice_update(pending, [0, position, 0], arriving)
+    def place(waiting_mask):
+        return (
+            ops.slice_update(pending, [0, position, 0], arriving),
+            ops.slice_update(waiting_mask, [0, position], arriving_mask),
+        )
 
     def write_and_cache():
         written = ltm.write(pending, state["ltm"], mask=pending_mask)
-        return written, ltm.read_cache(written), place()
+        # What waited has entered the memory: only the new tokens wait.
+        return (written, ltm.read_cache(written)) + place(
+            ops.zeros_like(pending_mask)
+        )
 
-    ltm_state, cached, placed = ops.cond(
-        write, write_and_cache, lambda: (state["ltm"], cached, place())
-    )
-    pending_mask = ops.logical_and(pending_mask, ops.logical_not(write))
-    new_state = {
-        "pending": placed,
-        "pending_mask": ops.slice_update(
-            pending_mask, [0, position], inputs_mask
-        ),
-        "read": cached,
-    }
-    output, new_state["ltm"] = ltm.read(
+    def keep():
+        return (state["ltm"], cached) + place(pending_mask)
+
+    ltm_state, cached, placed, placed_mask = cond(write, write_and_cache, keep)
+    output, ltm_state = ltm.read(
         query,
         ltm_state,
         query_mask=inputs_mask,
@@ -214,6 +217,12 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
         regularize=False,
         cache=cached,
     )
+    new_state = {
+        "pending": placed,
+        "pending_mask": placed_mask,
+        "read": cached,
+        "ltm": ltm_state,
+    }
     return output, _stop_gradient(new_state)
 
 
@@ -236,4 +245,9 @@ def _real_only(x, mask, dtype):
 
 
 def _stop_gradient(state):
-    return keras.tree.map_structure(ops.stop_gradient, state)
+    """``ops.stop_gradient`` on every tensor of a state (nested dicts), by
+    hand: ``keras.tree`` costs torch eager ~0.2 ms a call, once per layer
+    and token when decoding."""
+    if isinstance(state, dict):
+        return {name: _stop_gradient(value) for name, value in state.items()}
+    return ops.stop_gradient(state)

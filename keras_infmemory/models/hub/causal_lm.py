@@ -16,7 +16,7 @@ from keras import ops
 
 from keras_infmemory import segments
 from keras_infmemory import validation as check
-from keras_infmemory.state import StateHolder
+from keras_infmemory.state import StateHolder, known_value
 
 
 class InfMemoryCausalLM:
@@ -345,12 +345,17 @@ class InfMemoryCausalLM:
         key_value, state = cache
         index = ops.cast(cache_update_index, "int32")
         position = ops.mod(index, self.backbone.segment_length)
+        # In eager execution (torch) the memory branches and indexes in
+        # Python: the position is read once here, not in every layer
+        # (`known_value`); compiled, it stays a tensor.
+        known = known_value(position, int)
         # A segment starts: what waits enters the memory (a no-op when
         # nothing waits, e.g. at the start of a text).
-        write = ops.equal(position, 0)
-        with self.backbone.open_run(
-            state, position=position, write=write
-        ) as run:
+        if isinstance(known, int):
+            write = known == 0
+        else:
+            write = ops.equal(position, 0)
+        with self.backbone.open_run(state, position=known, write=write) as run:
             logits, hidden, key_value = parent(
                 token_ids, key_value, position, **kwargs
             )

@@ -1,0 +1,130 @@
+"""segment_memory.decode_step: Python positions (eager) and tensors agree."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_infmemory as ki
+from keras_infmemory import state as state_lib
+from keras_infmemory.layers import segment_memory
+from tests.testing import to_numpy
+
+LENGTH = 8  # segment length
+
+
+def decoding_setup(sticky=False, seed=0):
+    """A small memory holding one segment, with a full segment waiting."""
+    sampler = ki.StickyMemorySampler(num_bins=8, mode="quantile")
+    sampler = sampler if sticky else None
+    ltm = ki.ContinuousLTM(
+        num_heads=2, key_dim=4, num_basis=16, num_samples=8, sticky=sampler
+    )
+    rng = np.random.default_rng(seed)
+    for weight in ltm.weights:
+        weight.assign(rng.normal(0, 0.5, weight.shape).astype("float32"))
+    state = segment_memory.initial_state(ltm, 2, LENGTH)
+    first = rng.normal(size=(2, LENGTH, 8)).astype("float32")
+    state["ltm"] = ltm.write(first, state["ltm"])
+    state["pending"] = ops.convert_to_tensor(
+        rng.normal(size=(2, LENGTH, 8)).astype("float32")
+    )
+    state["pending_mask"] = ops.convert_to_tensor(
+        np.array([[True] * LENGTH, [True] * 5 + [False] * 3])
+    )
+    query = rng.normal(size=(2, 1, 2, 4)).astype("float32")
+    inputs = rng.normal(size=(2, 1, 8)).astype("float32")
+    return ltm, state, query, inputs
+
+
+def assert_same(a, b):
+    flat_a, flat_b = keras.tree.flatten(a), keras.tree.flatten(b)
+    for x, y in zip(flat_a, flat_b, strict=True):
+        np.testing.assert_array_equal(to_numpy(x), to_numpy(y))
+
+
+@pytest.mark.parametrize("position", [0, 3])
+@pytest.mark.parametrize("sticky", [False, True])
+def test_python_position_matches_tensor_position(position, sticky):
+    """Eager decoding branches and indexes in Python (`known_value`); the
+    output and every tensor of the new state are those of the tensor
+    path, bit for bit, with and without an explicit all-real mask."""
+    ltm, state, query, inputs = decoding_setup(sticky)
+    write = position == 0
+    tensor = segment_memory.decode_step(
+        ltm,
+        query,
+        state,
+        inputs,
+        ops.convert_to_tensor(position, "int32"),
+        ops.convert_to_tensor(write),
+        inputs_mask=np.ones((2, 1), bool),
+    )
+    python = segment_memory.decode_step(
+        ltm, query, state, inputs, position, write
+    )
+    assert_same(python, tensor)
+    output, new_state = python
+    placed = to_numpy(new_state["pending"])[:, position]
+    np.testing.assert_array_equal(placed, inputs[:, 0])
+    waiting = to_numpy(new_state["pending_mask"])
+    if write:  # what waited entered the memory: only the new token waits
+        assert waiting.sum() == 2 and waiting[:, 0].all()
+    else:
+        np.testing.assert_array_equal(
+            waiting, to_numpy(state["pending_mask"]) | (np.arange(8) == 3)
+        )
+
+
+def test_python_values_need_no_cond(monkeypatch):
+    """With Python values, no `ops.cond` runs (torch eager pays ~70 µs
+    for one, per layer and token); with tensors, it does."""
+    ltm, state, query, inputs = decoding_setup()
+    calls = []
+    original = ops.cond
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(state_lib.ops, "cond", counted)
+    for position in (0, 3):
+        segment_memory.decode_step(
+            ltm, query, state, inputs, position, position == 0
+        )
+    assert not calls
+    segment_memory.decode_step(
+        ltm, query, state, inputs, ops.convert_to_tensor(3), ops.equal(3, 0)
+    )
+    assert len(calls) == 1
+
+
+def test_known_value():
+    """Values where there are values; the tensor itself while tracing."""
+    assert state_lib.known_value(ops.convert_to_tensor(7), int) == 7
+    assert state_lib.known_value(7, int) == 7
+    flag = state_lib.known_value(ops.convert_to_tensor(False), bool)
+    assert flag is False
+    assert state_lib.cond(True, lambda: 1, lambda: 2) == 1
+    assert state_lib.cond(False, lambda: 1, lambda: 2) == 2
+
+    seen = []
+
+    def traced(x):
+        seen.append(state_lib.known_value(x, int))
+        return x + 1
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        jax.jit(traced)(np.int32(3))
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.function(traced)(tf.constant(3))
+    else:
+        import torch
+
+        traced(torch.zeros((), dtype=torch.int32, device="meta"))
+    assert len(seen) == 1 and not isinstance(seen[0], int)
