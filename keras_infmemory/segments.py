@@ -161,19 +161,18 @@ def _traced_run(step, state, inputs, layer, first_tracked):
     variable updates (dropout and sampler seeds), which ride in the carry
     and are assigned at the end.
     """
-    fixed = [v for v in layer.variables if v.trainable]
-    updated = [v for v in layer.variables if not v.trainable]
+    updated = _non_trainable(layer)
     fixed_values, updated_values = _values(layer)
     adds_losses = []  # whether `step` adds losses (known while tracing)
 
     def run_step(index, state, updated_values):
-        mapping = list(zip(fixed, fixed_values, strict=True))
-        mapping += list(zip(updated, updated_values, strict=True))
-        with keras.StatelessScope(
-            state_mapping=mapping, collect_losses=True
-        ) as scope:
+        def one_step():
             segment = [ops.take(x, index, axis=0) for x in inputs]
-            output, state = step(index, segment, state)
+            return step(index, segment, state)
+
+        (output, state), updated_values, losses = _stateless(
+            one_step, layer, fixed_values, updated_values, collect_losses=True
+        )
         if isinstance(index, int):
             if index < first_tracked:
                 output = keras.tree.map_structure(ops.stop_gradient, output)
@@ -184,16 +183,10 @@ def _traced_run(step, state, inputs, layer, first_tracked):
                 ),
                 output,
             )
-        adds_losses.append(bool(scope.losses))
+        adds_losses.append(bool(losses))
         loss = ops.zeros((), "float32")
-        for extra in scope.losses:
+        for extra in losses:
             loss = loss + ops.cast(extra, "float32")
-        updated_values = [
-            value
-            if scope.get_current_value(v) is None
-            else scope.get_current_value(v)
-            for v, value in zip(updated, updated_values, strict=True)
-        ]
         return output, loss, state, updated_values
 
     if keras.backend.backend() == "jax":
@@ -247,6 +240,71 @@ def _traced_run(step, state, inputs, layer, first_tracked):
     if any(adds_losses):
         layer.add_loss(loss)
     return outputs, state
+
+
+def cond(pred, true_fn, false_fn, layer=None):
+    """``ops.cond`` whose branches may update ``layer``'s variables; a
+    plain Python branch where ``pred`` is a Python bool.
+
+    A Python ``pred`` comes from eager execution (`state.known_value`),
+    where a branch in Python spares torch ``ops.cond``'s per-call cost.
+    ``layer``: the layer (or model) whose variables the branches use. A
+    JAX ``cond`` cannot change a variable, and a categorical sticky
+    sampler advances its seed generator when a write samples: with
+    ``layer``, each branch runs in a `keras.StatelessScope` (as a step of
+    the traced segment loop does), the non-trainable values it leaves leave
+    the ``cond`` as outputs and are assigned after it. A layer without
+    non-trainable variables takes the plain ``ops.cond``.
+    """
+    if isinstance(pred, bool):
+        return true_fn() if pred else false_fn()
+    updated = [] if layer is None else _non_trainable(layer)
+    if not updated:
+        return ops.cond(pred, true_fn, false_fn)
+    fixed_values, updated_values = _values(layer)
+
+    def catching(fn):
+        def branch():
+            result, values, _ = _stateless(
+                fn, layer, fixed_values, updated_values
+            )
+            return result, values
+
+        return branch
+
+    result, values = ops.cond(pred, catching(true_fn), catching(false_fn))
+    for variable, value in zip(updated, values, strict=True):
+        variable.assign(value)
+    return result
+
+
+def _stateless(fn, layer, fixed_values, updated_values, collect_losses=False):
+    """Runs ``fn()`` in a `keras.StatelessScope` that maps ``layer``'s
+    trainable variables to ``fixed_values`` and the others to
+    ``updated_values`` (`_values`' order). Returns ``(result, values,
+    losses)``: ``values`` those of the non-trainable variables after
+    ``fn`` (the updates it made: dropout and sampler seeds), ``losses``
+    the losses it added (with ``collect_losses``)."""
+    fixed = [v for v in layer.variables if v.trainable]
+    updated = _non_trainable(layer)
+    mapping = list(zip(fixed, fixed_values, strict=True))
+    mapping += list(zip(updated, updated_values, strict=True))
+    with keras.StatelessScope(
+        state_mapping=mapping, collect_losses=collect_losses
+    ) as scope:
+        result = fn()
+    values = [
+        value
+        if scope.get_current_value(v) is None
+        else scope.get_current_value(v)
+        for v, value in zip(updated, updated_values, strict=True)
+    ]
+    return result, values, scope.losses
+
+
+def _non_trainable(layer):
+    """``layer``'s variables that are not trainable, in `_values`' order."""
+    return [v for v in layer.variables if not v.trainable]
 
 
 class _NoAutocast(keras.layers.Layer):

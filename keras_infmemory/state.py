@@ -29,14 +29,6 @@ def known_value(x, kind):
         return x
 
 
-def cond(pred, true_fn, false_fn):
-    """``ops.cond``, or a plain Python branch where ``pred`` is a Python
-    bool (see `known_value`)."""
-    if isinstance(pred, bool):
-        return true_fn() if pred else false_fn()
-    return ops.cond(pred, true_fn, false_fn)
-
-
 def where_rows(mask, new, old):
     """``new`` in the rows where ``mask`` ``(B,)`` is True, else ``old``.
 

@@ -29,7 +29,8 @@ The state of one memory is a dict: ``"pending"`` ``(B, L, e)`` float32,
 
 from keras import ops
 
-from keras_infmemory.state import cond, where_rows
+from keras_infmemory.segments import cond
+from keras_infmemory.state import where_rows
 
 
 def initial_state(ltm, batch_size, segment_length):
@@ -208,7 +209,9 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
     def keep():
         return (state["ltm"], cached) + place(pending_mask)
 
-    ltm_state, cached, placed, placed_mask = cond(write, write_and_cache, keep)
+    ltm_state, cached, placed, placed_mask = cond(
+        write, write_and_cache, keep, layer=ltm
+    )
     output, ltm_state = ltm.read(
         query,
         ltm_state,

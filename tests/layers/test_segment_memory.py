@@ -6,6 +6,7 @@ import pytest
 from keras import ops
 
 import keras_infmemory as ki
+from keras_infmemory import segments
 from keras_infmemory import state as state_lib
 from keras_infmemory.layers import segment_memory
 from tests.testing import to_numpy
@@ -13,10 +14,12 @@ from tests.testing import to_numpy
 LENGTH = 8  # segment length
 
 
-def decoding_setup(sticky=False, seed=0):
-    """A small memory holding one segment, with a full segment waiting."""
-    sampler = ki.StickyMemorySampler(num_bins=8, mode="quantile")
-    sampler = sampler if sticky else None
+def decoding_setup(sticky=None, seed=0):
+    """A small memory holding one segment, with a full segment waiting;
+    ``sticky``: ``None`` or the sampler's mode."""
+    sampler = None
+    if sticky is not None:
+        sampler = ki.StickyMemorySampler(num_bins=8, mode=sticky, seed=3)
     ltm = ki.ContinuousLTM(
         num_heads=2, key_dim=4, num_basis=16, num_samples=8, sticky=sampler
     )
@@ -44,12 +47,17 @@ def assert_same(a, b):
 
 
 @pytest.mark.parametrize("position", [0, 3])
-@pytest.mark.parametrize("sticky", [False, True])
+@pytest.mark.parametrize("sticky", [None, "quantile", "categorical"])
 def test_python_position_matches_tensor_position(position, sticky):
     """Eager decoding branches and indexes in Python (`known_value`); the
     output and every tensor of the new state are those of the tensor
-    path, bit for bit, with and without an explicit all-real mask."""
+    path (an `ops.cond`), bit for bit, with and without an explicit
+    all-real mask. A categorical sticky write draws its positions inside
+    the `cond`; its seed generator advances alike on both paths (a JAX
+    `cond` cannot change a variable: `segments.cond` carries it out)."""
     ltm, state, query, inputs = decoding_setup(sticky)
+    seeds = [v for v in ltm.variables if not v.trainable]
+    seeds_before = [to_numpy(v.value) for v in seeds]
     write = position == 0
     tensor = segment_memory.decode_step(
         ltm,
@@ -60,10 +68,20 @@ def test_python_position_matches_tensor_position(position, sticky):
         ops.convert_to_tensor(write),
         inputs_mask=np.ones((2, 1), bool),
     )
+    seeds_after = [to_numpy(v.value) for v in seeds]
+    for variable, value in zip(seeds, seeds_before, strict=True):
+        variable.assign(value)
     python = segment_memory.decode_step(
         ltm, query, state, inputs, position, write
     )
     assert_same(python, tensor)
+    for variable, value in zip(seeds, seeds_after, strict=True):
+        np.testing.assert_array_equal(to_numpy(variable.value), value)
+    if sticky == "categorical" and write:  # the write drew its positions
+        assert any(
+            not np.array_equal(a, b)
+            for a, b in zip(seeds_after, seeds_before, strict=True)
+        )
     output, new_state = python
     placed = to_numpy(new_state["pending"])[:, position]
     np.testing.assert_array_equal(placed, inputs[:, 0])
@@ -87,7 +105,7 @@ def test_python_values_need_no_cond(monkeypatch):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(state_lib.ops, "cond", counted)
+    monkeypatch.setattr(segments.ops, "cond", counted)
     for position in (0, 3):
         segment_memory.decode_step(
             ltm, query, state, inputs, position, position == 0
@@ -105,8 +123,8 @@ def test_known_value():
     assert state_lib.known_value(7, int) == 7
     flag = state_lib.known_value(ops.convert_to_tensor(False), bool)
     assert flag is False
-    assert state_lib.cond(True, lambda: 1, lambda: 2) == 1
-    assert state_lib.cond(False, lambda: 1, lambda: 2) == 2
+    assert segments.cond(True, lambda: 1, lambda: 2) == 1
+    assert segments.cond(False, lambda: 1, lambda: 2) == 2
 
     seen = []
 

@@ -395,8 +395,12 @@ class InfMemoryCausalLM:
                 )
                 return run.states
 
-            state = ops.cond(
-                ops.less(first, start), absorb, lambda state=state: state
+            # `segments.cond`: a sticky sampler's seed may advance inside.
+            state = segments.cond(
+                ops.less(first, start),
+                absorb,
+                lambda state=state: state,
+                layer=self.backbone,
             )
         padded = ops.pad(token_ids, ((0, 0), (0, size)))
         segment = ops.slice(padded, [0, start], [batch, size])  # (B, L)

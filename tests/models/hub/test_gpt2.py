@@ -80,6 +80,34 @@ def test_generate_text_makes_new_tokens(model):
     assert len(text) > len(prompt)
 
 
+def test_generate_with_categorical_sticky_memories(gpt2):
+    """A categorical sticky write draws random positions inside the
+    prompt's and the decoding's `cond`s; a JAX `cond` cannot advance the
+    seed generator, so `segments.cond` carries it out (this raised JAX's
+    UnexpectedTracerError before)."""
+    keras.utils.set_random_seed(2)
+    sticky = attach_memory(
+        gpt2,
+        segment_length=L,
+        sticky=StickyMemorySampler(mode="categorical", seed=4),
+        **MEMORY,
+    )
+    sticky.compile(sampler="greedy")
+    prompt = tokens(2 * L + 3, batch=1, seed=5)
+    # Room for 2 segments' worth of new tokens: decoding writes at 3L.
+    room = {k: np.pad(v, ((0, 0), (0, L + 2))) for k, v in prompt.items()}
+    preprocessor, sticky.preprocessor = sticky.preprocessor, None
+    try:
+        out = sticky.generate(room, stop_token_ids=None)
+    finally:
+        sticky.preprocessor = preprocessor
+    out = to_numpy(out["token_ids"])
+    n = prompt["token_ids"].shape[1]
+    np.testing.assert_array_equal(out[:, :n], prompt["token_ids"])
+    vocabulary = sticky.backbone.vocabulary_size
+    assert out.shape == (1, n + L + 2) and np.all(out[:, n:] < vocabulary)
+
+
 def test_score_is_the_forward_pass(model):
     x = tokens()
     logits = to_numpy(model(x))
