@@ -21,8 +21,6 @@ def known_value(x, kind):
     ``tf.function`` the value is not known yet and ``x`` comes back as it
     was. On an accelerator, reading the value waits for the device.
     """
-    if isinstance(x, (bool, int)):
-        return kind(x)
     try:
         return kind(x)
     except Exception:  # a tracer, graph or meta tensor: no value yet

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_infmemory.state import known_value
+
 _VALUE_CHECKS = os.environ.get("KERAS_INFMEMORY_VALUE_CHECKS", "0") not in (
     "",
     "0",
@@ -186,11 +188,10 @@ def check_batch(name, x, batch, source):
 
 
 def _eager_value(condition):
-    """``bool(condition)`` in eager mode, ``None`` while tracing."""
-    try:
-        return bool(condition)
-    except Exception:  # a tracer or graph tensor has no value yet
-        return None
+    """``bool(condition)`` in eager mode, ``None`` while tracing
+    (`keras_infmemory.state.known_value`)."""
+    value = known_value(condition, bool)
+    return value if isinstance(value, bool) else None
 
 
 def dtype_of(x):
