@@ -242,40 +242,46 @@ def _traced_run(step, state, inputs, layer, first_tracked):
     return outputs, state
 
 
-def cond(pred, true_fn, false_fn, layer=None):
-    """``ops.cond`` whose branches may update ``layer``'s variables; a
-    plain Python branch where ``pred`` is a Python bool.
+def apply_if(pred, fn, value, layer=None):
+    """``fn(value)`` where ``pred`` holds, else ``value`` unchanged.
 
-    A Python ``pred`` comes from eager execution (`state.known_value`),
-    where a branch in Python spares torch ``ops.cond``'s per-call cost.
-    ``layer``: the layer (or model) whose variables the branches use. A
-    JAX ``cond`` cannot change a variable, and a categorical sticky
-    sampler advances its seed generator when a write samples: with
-    ``layer``, each branch runs in a `keras.StatelessScope` (as a step of
-    the traced segment loop does), the non-trainable values it leaves leave
-    the ``cond`` as outputs and are assigned after it. A layer without
-    non-trainable variables takes the plain ``ops.cond``.
+    ``value`` is a structure of tensors and ``fn`` returns one of the same
+    structure, shapes and dtypes. A Python ``pred`` (eager execution,
+    `state.known_value`) branches in Python: torch's ``ops.cond`` costs tens
+    of microseconds a call. A tensor ``pred`` runs ``fn`` in a loop of 0 or
+    1 steps (``ops.fori_loop``), not in an ``ops.cond``: a compiled loop
+    updates what it carries in place, while XLA copies every tensor that a
+    ``cond`` passes through unchanged, here the whole memory state at each
+    decoded token (docs/performance.md, "Decoding without copies"). Such a
+    loop has no reverse-mode gradient on JAX: for inference paths.
+
+    ``layer``: the layer (or model) whose variables ``fn`` uses. A traced
+    loop cannot change a variable, and a categorical sticky sampler
+    advances its seed generator when a write samples: with ``layer``,
+    ``fn`` runs in a `keras.StatelessScope` (as a step of the traced
+    segment loop does), the non-trainable values ride in the loop and are
+    assigned after it. A layer without non-trainable variables carries
+    none.
     """
     if isinstance(pred, bool):
-        return true_fn() if pred else false_fn()
+        return fn(value) if pred else value
+    steps = ops.cast(pred, "int32")
     updated = [] if layer is None else _non_trainable(layer)
     if not updated:
-        return ops.cond(pred, true_fn, false_fn)
+        return ops.fori_loop(0, steps, lambda _, carry: fn(carry), value)
     fixed_values, updated_values = _values(layer)
 
-    def catching(fn):
-        def branch():
-            result, values, _ = _stateless(
-                fn, layer, fixed_values, updated_values
-            )
-            return result, values
+    def step(_, carry):
+        carried, values = carry
+        result, values, _ = _stateless(
+            lambda: fn(carried), layer, fixed_values, values
+        )
+        return result, values
 
-        return branch
-
-    result, values = ops.cond(pred, catching(true_fn), catching(false_fn))
-    for variable, value in zip(updated, values, strict=True):
-        variable.assign(value)
-    return result
+    value, values = ops.fori_loop(0, steps, step, (value, updated_values))
+    for variable, new_value in zip(updated, values, strict=True):
+        variable.assign(new_value)
+    return value
 
 
 def _stateless(fn, layer, fixed_values, updated_values, collect_losses=False):

@@ -29,7 +29,7 @@ The state of one memory is a dict: ``"pending"`` ``(B, L, e)`` float32,
 
 from keras import ops
 
-from keras_infmemory.segments import cond
+from keras_infmemory.segments import apply_if
 from keras_infmemory.state import where_rows
 
 
@@ -189,29 +189,27 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
         arriving_mask = ops.cast(inputs_mask, "bool")
         arriving = _real_only(inputs, arriving_mask, pending.dtype)
 
-    # The tokens enter "pending" inside both branches of the write's
-    # `cond`, not after it: in a compiled sampling loop (XLA), updating a
-    # tensor that the `cond` also reads costs two full copies of it per
-    # token, one this way (docs/performance.md, "Decoding without copies").
-    def place(waiting_mask):
+    def write_and_cache(carry):
+        ltm_state, _, waiting, waiting_mask = carry
+        written = ltm.write(waiting, ltm_state, mask=waiting_mask)
+        # What waited has entered the memory: nothing waits now.
         return (
-            ops.slice_update(pending, [0, position, 0], arriving),
-            ops.slice_update(waiting_mask, [0, position], arriving_mask),
+            written,
+            ltm.read_cache(written),
+            waiting,
+            ops.zeros_like(waiting_mask),
         )
 
-    def write_and_cache():
-        written = ltm.write(pending, state["ltm"], mask=pending_mask)
-        # What waited has entered the memory: only the new tokens wait.
-        return (written, ltm.read_cache(written)) + place(
-            ops.zeros_like(pending_mask)
-        )
-
-    def keep():
-        return (state["ltm"], cached) + place(pending_mask)
-
-    ltm_state, cached, placed, placed_mask = cond(
-        write, write_and_cache, keep, layer=ltm
+    # Compiled, `apply_if` is a loop of 0 or 1 steps: the state passes
+    # through in place when no segment starts (a `cond` copied it).
+    ltm_state, cached, pending, pending_mask = apply_if(
+        write,
+        write_and_cache,
+        (state["ltm"], cached, pending, pending_mask),
+        layer=ltm,
     )
+    placed = ops.slice_update(pending, [0, position, 0], arriving)
+    placed_mask = ops.slice_update(pending_mask, [0, position], arriving_mask)
     output, ltm_state = ltm.read(
         query,
         ltm_state,

@@ -51,10 +51,11 @@ def assert_same(a, b):
 def test_python_position_matches_tensor_position(position, sticky):
     """Eager decoding branches and indexes in Python (`known_value`); the
     output and every tensor of the new state are those of the tensor
-    path (an `ops.cond`), bit for bit, with and without an explicit
-    all-real mask. A categorical sticky write draws its positions inside
-    the `cond`; its seed generator advances alike on both paths (a JAX
-    `cond` cannot change a variable: `segments.cond` carries it out)."""
+    path (a loop of 0 or 1 steps, `segments.apply_if`), bit for bit, with
+    and without an explicit all-real mask. A categorical sticky write draws
+    its positions inside the loop; its seed generator advances alike on
+    both paths (a JAX loop cannot change a variable: `apply_if` carries it
+    out)."""
     ltm, state, query, inputs = decoding_setup(sticky)
     seeds = [v for v in ltm.variables if not v.trainable]
     seeds_before = [to_numpy(v.value) for v in seeds]
@@ -94,18 +95,19 @@ def test_python_position_matches_tensor_position(position, sticky):
         )
 
 
-def test_python_values_need_no_cond(monkeypatch):
-    """With Python values, no `ops.cond` runs (torch eager pays ~70 µs
-    for one, per layer and token); with tensors, it does."""
+def test_python_values_need_no_loop(monkeypatch):
+    """With Python values, no `ops.fori_loop` runs (torch eager pays
+    tens of µs per Keras op, per layer and token); with tensors, it
+    does."""
     ltm, state, query, inputs = decoding_setup()
     calls = []
-    original = ops.cond
+    original = ops.fori_loop
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(segments.ops, "cond", counted)
+    monkeypatch.setattr(segments.ops, "fori_loop", counted)
     for position in (0, 3):
         segment_memory.decode_step(
             ltm, query, state, inputs, position, position == 0
@@ -123,8 +125,8 @@ def test_known_value():
     assert state_lib.known_value(7, int) == 7
     flag = state_lib.known_value(ops.convert_to_tensor(False), bool)
     assert flag is False
-    assert segments.cond(True, lambda: 1, lambda: 2) == 1
-    assert segments.cond(False, lambda: 1, lambda: 2) == 2
+    assert segments.apply_if(True, lambda x: x + 1, 1) == 2
+    assert segments.apply_if(False, lambda x: x + 1, 1) == 1
 
     seen = []
 

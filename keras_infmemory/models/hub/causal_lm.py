@@ -376,7 +376,7 @@ class InfMemoryCausalLM:
         # the first ``before`` tokens: the last segment of ``token_ids``
         # (and any wholly after it) is never absorbed here; with every
         # memory off, nothing is. ``start`` is known only when the code
-        # runs, so each of those segments is absorbed under a ``cond``:
+        # runs, so each of those segments is absorbed under `apply_if`:
         # the ones from ``start`` on (the room left for new tokens) are
         # skipped, not run on padding.
         before = ((total - 1) // size) * size
@@ -384,7 +384,7 @@ class InfMemoryCausalLM:
             before = 0
         for first in range(0, before, size):
 
-            def absorb(state=state, first=first):
+            def absorb(state, first=first):
                 rows = token_ids[:, first : first + size]
                 _, run = self.backbone.run_segments(
                     self.backbone,
@@ -395,12 +395,9 @@ class InfMemoryCausalLM:
                 )
                 return run.states
 
-            # `segments.cond`: a sticky sampler's seed may advance inside.
-            state = segments.cond(
-                ops.less(first, start),
-                absorb,
-                lambda state=state: state,
-                layer=self.backbone,
+            # `apply_if`: a sticky sampler's seed may advance inside.
+            state = segments.apply_if(
+                ops.less(first, start), absorb, state, layer=self.backbone
             )
         padded = ops.pad(token_ids, ((0, 0), (0, size)))
         segment = ops.slice(padded, [0, start], [batch, size])  # (B, L)

@@ -82,8 +82,9 @@ def test_generate_text_makes_new_tokens(model):
 
 def test_generate_with_categorical_sticky_memories(gpt2):
     """A categorical sticky write draws random positions inside the
-    prompt's and the decoding's `cond`s; a JAX `cond` cannot advance the
-    seed generator, so `segments.cond` carries it out (this raised JAX's
+    prompt's and the decoding's conditional writes (`segments.apply_if`);
+    a traced JAX loop cannot advance the seed generator, so `apply_if`
+    carries it out (a `cond` without that raised JAX's
     UnexpectedTracerError before)."""
     keras.utils.set_random_seed(2)
     sticky = attach_memory(
