@@ -233,7 +233,8 @@ def gaussian_expectation(mu, variance, centers, widths):
         exponent = square * (-0.5 * inverse) + ops.expand_dims(log_norm, -1)
         return ops.exp(exponent), inverse, diff  # (..., K, C)
 
-    if keras.backend.backend() == "torch":  # no ops.custom_gradient there
+    # torch: autograd, as fast as the custom backward (benchmarks/NOTES.md §13).
+    if keras.backend.backend() == "torch":
         return expectation(mu, variance, centers, widths)[0]
 
     # Centres and widths are arguments, not closed over: a closure over
