@@ -170,11 +170,21 @@ def psi(positions, centers, widths):
 
 
 def _tensors(*values):
-    """Converts NumPy inputs, casting them to the first one's float dtype."""
-    first = ops.convert_to_tensor(values[0])
+    """Converts NumPy inputs, casting them to the first one's float dtype.
+
+    Tensors already of that dtype pass as they are: a decoding step calls
+    this once per layer and token, and torch eager pays each Keras op
+    (docs/performance.md, "Decoding in eager torch").
+    """
+    first = values[0]
+    if not ops.is_tensor(first):
+        first = ops.convert_to_tensor(first)
     dtype = first.dtype
     return [first] + [
-        ops.cast(ops.convert_to_tensor(v), dtype) for v in values[1:]
+        v
+        if ops.is_tensor(v) and v.dtype == dtype
+        else ops.cast(ops.convert_to_tensor(v), dtype)
+        for v in values[1:]
     ]
 
 
@@ -224,13 +234,15 @@ def gaussian_expectation(mu, variance, centers, widths):
     """
     mu, variance, centers, widths = _tensors(mu, variance, centers, widths)
 
+    # New axes by indexing and squares as products: the same numbers as
+    # `ops.expand_dims` and `ops.square`, without a Keras op each.
     def expectation(mu, variance, centers, widths):
-        total = ops.expand_dims(variance, -1) + ops.square(widths)  # (.., K)
-        inverse = ops.expand_dims(1.0 / total, -1)  # (..., K, 1)
+        total = variance[..., None] + widths * widths  # (..., K)
+        inverse = (1.0 / total)[..., None]  # (..., K, 1)
         log_norm = -0.5 * ops.log((2.0 * math.pi) * total)  # (..., K)
-        diff = ops.expand_dims(mu, -1) - centers  # (..., C)
-        square = ops.expand_dims(ops.square(diff), -2)  # (..., 1, C)
-        exponent = square * (-0.5 * inverse) + ops.expand_dims(log_norm, -1)
+        diff = mu[..., None] - centers  # (..., C)
+        square = (diff * diff)[..., None, :]  # (..., 1, C)
+        exponent = square * (-0.5 * inverse) + log_norm[..., None]
         return ops.exp(exponent), inverse, diff  # (..., K, C)
 
     # torch: autograd, as fast as the custom backward (benchmarks/NOTES.md §13).
