@@ -107,14 +107,9 @@ def step(
         active = ops.any(segment_mask, axis=1)
     if fresh and not return_density:
         output = ops.zeros((batch, length, ltm.output_dim), ltm.compute_dtype)
-        new_state = {
-            "pending": _real_only(
-                segment, segment_mask, state["pending"].dtype
-            ),
-            "pending_mask": segment_mask,
-            "ltm": state["ltm"],
-        }
-        return output, _stop_gradient(where_rows(active, new_state, state))
+        return output, _waits(
+            state, state["ltm"], segment, segment_mask, active
+        )
     written = ltm.write(
         state["pending"], state["ltm"], mask=state["pending_mask"]
     )
@@ -125,12 +120,7 @@ def step(
         return_state=True,
         regularize=regularize,
     )  # (B, Lq, output_dim)
-    new_state = {
-        "pending": _real_only(segment, segment_mask, state["pending"].dtype),
-        "pending_mask": segment_mask,
-        "ltm": ltm_state,
-    }
-    new_state = where_rows(active, new_state, state)
+    new_state = _waits(state, ltm_state, segment, segment_mask, active)
     if return_density:
         mu, variance = ltm.density(query, written)
         density = {
@@ -138,8 +128,47 @@ def step(
             "variance": variance,
             "has_memory": written["has_memory"],
         }
-        return output, _stop_gradient(new_state), _stop_gradient(density)
-    return output, _stop_gradient(new_state)
+        return output, new_state, _stop_gradient(density)
+    return output, new_state
+
+
+def write_step(ltm, state, segment, segment_mask, fresh=False):
+    """`step` without its read, where only the state is wanted: what
+    waits enters the memory and ``segment`` waits.
+
+    The state is `step`'s wherever the read leaves no trace in it, i.e.
+    without sticky memories (whose histogram sums the reads' densities;
+    ``ltm.sticky`` must be None). A model that absorbs text (its outputs
+    unused) runs its last memory layer this way and stops there
+    (`keras_infmemory.models.hub.decoder_memory.MemoryRun`).
+    Returns the new state (stop-gradient).
+    """
+    if ltm.sticky is not None:
+        raise ValueError(
+            "`write_step` skips the read, which a sticky memory's histogram "
+            f"needs; use `step`. Received: ltm.sticky={ltm.sticky!r}"
+        )
+    if not ltm.enabled:
+        return state
+    segment_mask = ops.cast(segment_mask, "bool")
+    active = ops.any(segment_mask, axis=1)
+    ltm_state = state["ltm"]
+    if not fresh:
+        ltm_state = ltm.write(
+            state["pending"], ltm_state, mask=state["pending_mask"]
+        )
+    return _waits(state, ltm_state, segment, segment_mask, active)
+
+
+def _waits(state, ltm_state, segment, segment_mask, active):
+    """The state after a segment: ``ltm_state`` and ``segment`` waiting, in
+    the ``active`` rows (the others keep ``state``); stop-gradient."""
+    new_state = {
+        "pending": _real_only(segment, segment_mask, state["pending"].dtype),
+        "pending_mask": segment_mask,
+        "ltm": ltm_state,
+    }
+    return _stop_gradient(where_rows(active, new_state, state))
 
 
 def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):

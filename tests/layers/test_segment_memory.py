@@ -1,4 +1,5 @@
-"""segment_memory.decode_step: Python positions (eager) and tensors agree."""
+"""segment_memory: Python positions (eager) and tensors agree in
+decode_step; write_step is step's state without the read."""
 
 import keras
 import numpy as np
@@ -148,3 +149,26 @@ def test_known_value():
 
         traced(torch.zeros((), dtype=torch.int32, device="meta"))
     assert len(seen) == 1 and not isinstance(seen[0], int)
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_write_step_is_the_state_of_step(fresh):
+    """Without sticky memories a read leaves no trace in the state:
+    `write_step` gives `step`'s state (a row without real tokens keeps its
+    own); with sticky memories it refuses."""
+    ltm, state, _, _ = decoding_setup()
+    rng = np.random.default_rng(4)
+    segment = rng.normal(size=(2, LENGTH, 8)).astype("float32")
+    mask = np.ones((2, LENGTH), bool)
+    mask[1] = False  # nothing real: the row keeps its state
+    if fresh:
+        state = segment_memory.initial_state(ltm, 2, LENGTH)
+    query = rng.normal(size=(2, LENGTH, 2, 4)).astype("float32")
+    _, expected = segment_memory.step(
+        ltm, query, state, segment, mask, regularize=False, fresh=fresh
+    )
+    written = segment_memory.write_step(ltm, state, segment, mask, fresh)
+    assert_same(written, expected)
+    sticky, state, _, _ = decoding_setup("quantile")
+    with pytest.raises(ValueError, match="ltm.sticky="):
+        segment_memory.write_step(sticky, state, segment, mask)

@@ -185,6 +185,7 @@ class InfMemoryBackbone:
         regularize=True,
         record=False,
         fresh=False,
+        outputs=True,
     ):
         """Runs ``function`` on ``inputs`` laid out as segment rows.
 
@@ -201,6 +202,9 @@ class InfMemoryBackbone:
             fresh: ``state`` is `get_initial_state`'s: the first segment
                 finds every memory empty and skips its write and read
                 (`MemoryRun`).
+            outputs: False when only the new state is wanted (absorbing
+                text): ``function`` is stopped once the last memory layer
+                has written (`MemoryRun`), and the output is None.
 
         Returns:
             ``(output (B, T, ...), run)``: ``run.states`` is the new state.
@@ -233,9 +237,15 @@ class InfMemoryBackbone:
             regularize=regularize,
             record=record,
             fresh=fresh,
+            outputs=outputs,
         ) as run:
-            output = function(rows)  # (B·S, L, ...)
+            try:
+                output = function(rows)  # (B·S, L, ...)
+            except decoder_memory.Absorbed:
+                output = None
         run.states = shard_rows(run.states)
+        if not outputs:
+            return None, run
         return segments.from_rows(output, batch)[:, :total], run
 
     # ------------------------------------------------------------------ #

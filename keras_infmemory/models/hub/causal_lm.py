@@ -264,7 +264,12 @@ class InfMemoryCausalLM:
         if fresh:
             memory = self.get_initial_state(ops.shape(token_ids)[0])
         _, run = self.backbone.run_segments(
-            self.backbone, inputs, memory, regularize=False, fresh=fresh
+            self.backbone,
+            inputs,
+            memory,
+            regularize=False,
+            fresh=fresh,
+            outputs=False,
         )
         return run.states
 
@@ -392,6 +397,7 @@ class InfMemoryCausalLM:
                     state,
                     regularize=False,
                     fresh=fresh and first == 0,
+                    outputs=False,
                 )
                 return run.states
 

@@ -49,7 +49,9 @@ def install(backbone, layer_index, family):
     def note_input(args, kwargs):
         run = backbone.memory_run
         if run is not None:
-            run.inputs[layer_index] = args[0] if args else kwargs[first]
+            inputs = args[0] if args else kwargs[first]
+            run.inputs[layer_index] = inputs
+            run.reached(layer_index, inputs)  # may stop the family's code
 
     def note_query(result):
         run = backbone.memory_run
@@ -83,6 +85,11 @@ def _tap(layer, before=None, after=None):
     layer.call = call
 
 
+class Absorbed(Exception):
+    """Stops the family's code in a run whose outputs are not wanted, once
+    its last memory layer has written (`MemoryRun`, ``outputs=False``)."""
+
+
 class MemoryRun:
     """The memory's part of one call of a KerasHub model with memory.
 
@@ -109,6 +116,13 @@ class MemoryRun:
         fresh: segments: ``states`` are the initial ones (empty memories,
             nothing waiting), so the first segment skips the memory's work
             (``fresh`` of `segment_memory.step`).
+        outputs: segments: False when only the new states are wanted
+            (absorbing text). The last memory layer then writes without
+            reading (`segment_memory.write_step`) as soon as its input
+            is known, and `Absorbed` stops the family's code there: that
+            layer's attention and read, the layers after it and the head
+            would only make outputs. A last memory with sticky memories
+            reads (its histogram sums the reads), so it runs in full.
 
     Attributes:
         states: the states, updated by each memory layer as it runs.
@@ -128,6 +142,7 @@ class MemoryRun:
         regularize=True,
         record=False,
         fresh=False,
+        outputs=True,
     ):
         self.backbone = backbone
         self.regularize = regularize
@@ -141,6 +156,39 @@ class MemoryRun:
         self.inputs_mask = inputs_mask
         self.inputs = {}  # decoder layer index -> its input
         self.queries = {}  # decoder layer index -> its queries
+        # Where the family's code may stop (`reached`): the last memory
+        # layer, when nothing after its write is wanted.
+        last = backbone.memories[-1]
+        self.stop_at = None
+        if mask is not None and not outputs and not record:
+            if last.sticky is None:
+                self.stop_at = backbone.memory_layers[-1]
+
+    def reached(self, layer_index, inputs):
+        """Decoder layer ``layer_index`` starts on ``inputs``. At
+        ``stop_at`` its memory writes the segments (no read) and `Absorbed`
+        stops the family's code."""
+        if layer_index != self.stop_at:
+            return
+        backbone = self.backbone
+        slot = len(backbone.memories) - 1
+        ltm = backbone.memories[slot]
+        batch = ops.shape(self.mask)[1]
+
+        def step(index, segment, state):
+            x, real = segment
+            fresh = segments.starts_empty(index, self.fresh)
+            state = segment_memory.write_step(ltm, state, x, real, fresh)
+            return ops.zeros((), "float32"), state
+
+        _, self.states[slot] = segments.run(
+            step,
+            self.states[slot],
+            [segments.rows_to_segments(inputs, batch), self.mask],
+            layer=ltm,
+            loop=backbone.segment_loop,
+        )
+        raise Absorbed()
 
     def add_output(self, layer_index, attention_output):
         """``attention_output`` + the memory's output for one layer."""

@@ -2,8 +2,9 @@
 
 Per family: an empty memory gives the family's logits; one call over
 several segments equals feeding them one at a time; cached decoding equals
-the forward pass; padding never enters the memory; save_to_preset →
-from_preset gives identical logits. Also: unsupported classes are refused
+the forward pass; padding never enters the memory; absorbing stops after
+the last memory's write; save_to_preset → from_preset gives identical
+logits. Also: unsupported classes are refused
 with the supported ones named.
 """
 
@@ -122,6 +123,31 @@ def test_padding_never_enters_the_memory(family):
         results.append((to_numpy(logits), keras.tree.flatten(state)))
     np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-6)
     for a, b in zip(results[0][1], results[1][1], strict=True):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-6)
+
+
+def test_absorbing_stops_once_the_last_memory_has_written(family, monkeypatch):
+    """`absorb` wants only the state: the family's code stops once the
+    last memory layer has written (`MemoryRun`, ``outputs=False``), so that
+    memory never reads; the state equals a call's (padding included)."""
+    name, _, model = family
+    x = tokens(3 * L - 2, seed=5)
+    x["padding_mask"][1, -6:] = 0
+    _, expected = model(x, state=model.get_initial_state(2))
+    reads = {i: 0 for i in range(len(model.backbone.memories))}
+    for i, ltm in enumerate(model.backbone.memories):
+        original = ltm.read
+
+        def counted(*args, i=i, original=original, **kwargs):
+            reads[i] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(ltm, "read", counted)
+    state = model.absorb(x)
+    assert reads == {0: 2, 1: 0}, (name, reads)  # segments 2 and 3 read
+    for a, b in zip(
+        keras.tree.flatten(state), keras.tree.flatten(expected), strict=True
+    ):
         np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-6)
 
 

@@ -109,6 +109,43 @@ def test_generate_with_categorical_sticky_memories(gpt2):
     assert out.shape == (1, n + L + 2) and np.all(out[:, n:] < vocabulary)
 
 
+def test_absorbing_skips_the_layers_after_the_last_memory(gpt2, monkeypatch):
+    """With a memory in the first layer only, absorbing never runs the
+    second decoder layer; with sticky memories the last memory reads (its
+    histogram sums the reads) and the layers run in full. Either way the
+    state is a call's."""
+    x = tokens(3 * L, seed=9)
+    for layers, sticky, second_runs in (
+        ([0], None, False),
+        (None, StickyMemorySampler(mode="quantile"), True),
+    ):
+        keras.utils.set_random_seed(3)
+        model = attach_memory(
+            gpt2,
+            segment_length=L,
+            memory_layers=layers,
+            sticky=sticky,
+            **MEMORY,
+        )
+        _, expected = model(x, state=model.get_initial_state(2))
+        second = model.backbone.transformer_layers[1]
+        calls = []
+
+        def counted(*args, calls=calls, original=second.call, **kwargs):
+            calls.append(1)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(second, "call", counted)
+        state = model.absorb(x)
+        assert bool(calls) == second_runs
+        for a, b in zip(
+            keras.tree.flatten(state),
+            keras.tree.flatten(expected),
+            strict=True,
+        ):
+            np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-6)
+
+
 def test_score_is_the_forward_pass(model):
     x = tokens()
     logits = to_numpy(model(x))
