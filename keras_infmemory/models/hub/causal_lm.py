@@ -235,8 +235,12 @@ class InfMemoryCausalLM:
     def absorb(self, inputs, memory=None):
         """Writes a long text into the memory, segment by segment.
 
-        The text runs through the backbone in segments (no logits are
-        computed) and the memory after it is returned, to read from with
+        The text runs through the backbone in segments and the memory
+        after it is returned; no logits are computed, and the backbone
+        stops once its last memory layer has written (without sticky
+        memories that layer does not read, and the layers after it do not
+        run: docs/performance.md, "Absorbing stops at the last memory").
+        Read from the memory with
         ``generate(prompt, memory=...)``, ``score(..., memory=...)`` or a
         call with ``state=``: the next text starts a new segment, and the
         text's last segment enters the memory when it starts. Absorbing a
