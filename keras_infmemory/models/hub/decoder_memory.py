@@ -157,11 +157,11 @@ class MemoryRun:
         self.inputs = {}  # decoder layer index -> its input
         self.queries = {}  # decoder layer index -> its queries
         # Where the family's code may stop (`reached`): the last memory
-        # layer, when nothing after its write is wanted.
-        last = backbone.memories[-1]
+        # layer, when nothing after its write is wanted (a backbone may
+        # have no memory layer at all: a baseline).
         self.stop_at = None
         if mask is not None and not outputs and not record:
-            if last.sticky is None:
+            if backbone.memories and backbone.memories[-1].sticky is None:
                 self.stop_at = backbone.memory_layers[-1]
 
     def reached(self, layer_index, inputs):

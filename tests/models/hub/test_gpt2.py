@@ -112,12 +112,13 @@ def test_generate_with_categorical_sticky_memories(gpt2):
 def test_absorbing_skips_the_layers_after_the_last_memory(gpt2, monkeypatch):
     """With a memory in the first layer only, absorbing never runs the
     second decoder layer; with sticky memories the last memory reads (its
-    histogram sums the reads) and the layers run in full. Either way the
-    state is a call's."""
+    histogram sums the reads) and the layers run in full, as without any
+    memory layer (a baseline). Either way the state is a call's."""
     x = tokens(3 * L, seed=9)
     for layers, sticky, second_runs in (
         ([0], None, False),
         (None, StickyMemorySampler(mode="quantile"), True),
+        ([], None, True),
     ):
         keras.utils.set_random_seed(3)
         model = attach_memory(
