@@ -6,9 +6,9 @@ Two kinds of functions live here, and nothing else:
   build time): the Gaussian basis, the design positions and the ridge
   matrices ``G_L`` and ``G_inf``, and the uniform sample matrix ``S``.
 * Small ``keras.ops`` functions used at run time: ψ(t), the fit, the
-  closed-form expectation ``r``, the KL regulariser and the sticky-memory bin
-  masses and sample positions. They run in whatever dtype they are given; the
-  layers call them in float32.
+  closed-form expectation ``r`` and the values it weighs, the KL
+  regulariser and the sticky-memory bin masses and sample positions. They
+  run in whatever dtype they are given; the layers call them in float32.
 
 Equation numbers refer to Martins et al., "∞-former: Infinite Memory
 Transformer" (ACL 2022); sections (§) to ``docs/math.md``, which states the
@@ -281,6 +281,35 @@ def gaussian_expectation(mu, variance, centers, widths):
         return r, gradient
 
     return expectation_with_gradient(mu, variance, centers, widths)
+
+
+def expected_values(mu, variance, centers, widths, values, remat=True):
+    """The values under each query's density: ``Σ_n r_n V_n`` per head.
+
+    (Eq. 8 before ``W_O``; docs/math.md §3.4.) ``mu``, ``variance``
+    ``(B, H, Lq)``; the basis grid as in `gaussian_expectation`; ``values``
+    ``(B, H, d, N)`` with the basis axis in ``r``'s grid order. Returns
+    ``(B, Lq, H, d)``.
+
+    ``r`` ``(B, H, Lq, N)`` is the read's largest tensor (12 MiB per layer
+    and segment at GPT-2's shape). With ``remat`` (a gradient may follow)
+    torch recomputes it in the backward pass from ``mu`` and ``variance``
+    (`keras.remat`) instead of keeping it: the same numbers and gradients.
+    Torch eager keeps every tensor its autograd saves; JAX's XLA already
+    recomputes ``r`` inside the fusions that use it, and TensorFlow's
+    recompute cost more time than the memory was worth
+    (docs/performance.md, "The read's largest tensor is recomputed").
+    """
+
+    def weighted(mu, variance, centers, widths, values):
+        r = gaussian_expectation(mu, variance, centers, widths)
+        heads, count = values.shape[1], values.shape[-1]
+        r = ops.reshape(r, (-1, heads, ops.shape(mu)[2], count))  # (B,H,Lq,N)
+        return ops.einsum("bhqn,bhdn->bqhd", r, values)
+
+    if remat and keras.backend.backend() == "torch":
+        weighted = keras.remat(weighted)
+    return weighted(mu, variance, centers, widths, values)
 
 
 def kl_to_prior(mu, variance, sigma_0, mu_0=None):

@@ -8,7 +8,7 @@ import pytest
 from scipy import integrate, stats
 
 from keras_infmemory import basis
-from tests.testing import to_numpy
+from tests.testing import to_numpy, value_and_grad
 
 
 def fit_error(length, num_basis, ridge, widths, signal):
@@ -93,6 +93,48 @@ def test_gaussian_expectation_matches_quadrature():
                 integrand, lo, hi, points=[mu[i], centers[j]], limit=500
             )
             np.testing.assert_allclose(r[i, j], value, rtol=1e-4, atol=1e-6)
+
+
+def test_expected_values_recomputed_in_the_backward_are_the_same():
+    # ``Σ_n r_n V_n`` with ``r`` recomputed in the backward (remat) gives
+    # the forward and the gradients of the plain composition.
+    rng = np.random.default_rng(0)
+    centers, widths = basis.basis_grid(8, (0.01, 0.05))
+    centers, widths = centers.astype("float32"), widths.astype("float32")
+    mu = rng.uniform(0.05, 0.95, (2, 3, 5)).astype("float32")  # (B, H, Lq)
+    variance = rng.uniform(1e-4, 0.05, (2, 3, 5)).astype("float32")
+    values = rng.normal(size=(2, 3, 4, 8)).astype("float32")  # (B, H, d, N)
+    weights = rng.normal(size=(2, 5, 3, 4)).astype("float32")  # (B,Lq,H,d)
+    weights = keras.ops.convert_to_tensor(weights)
+
+    def composed(mu, variance, values):
+        r = basis.gaussian_expectation(mu, variance, centers, widths)
+        r = keras.ops.reshape(r, (2, 3, 5, 8))
+        return keras.ops.einsum("bhqn,bhdn->bqhd", r, values)
+
+    def loss(read):
+        return lambda *args: keras.ops.sum(read(*args) * weights)
+
+    def fused(remat):
+        return lambda mu, variance, values: basis.expected_values(
+            mu, variance, centers, widths, values, remat=remat
+        )
+
+    expected, expected_grads = value_and_grad(
+        loss(composed), mu, variance, values
+    )
+    assert all(np.any(to_numpy(g) != 0) for g in expected_grads)
+    for remat in (True, False):
+        value, grads = value_and_grad(loss(fused(remat)), mu, variance, values)
+        np.testing.assert_allclose(
+            to_numpy(keras.ops.stop_gradient(value)),
+            to_numpy(keras.ops.stop_gradient(expected)),
+            rtol=1e-6,
+        )
+        for grad, want in zip(grads, expected_grads, strict=True):
+            np.testing.assert_allclose(
+                to_numpy(grad), to_numpy(want), rtol=1e-5, atol=1e-6
+            )
 
 
 def test_bin_masses_match_scipy():

@@ -582,11 +582,8 @@ class ContinuousLTM(keras.layers.Layer):
         mu, variance = self._density(
             query, coefficients, cache.get("summary")
         )  # (B, H, Lq)
-        r = basis.gaussian_expectation(
-            mu, variance, *self.geometry.grid(self.math_dtype)
-        )  # (B, H, Lq, K, C): the basis grid
         output = self._attend(
-            r, coefficients, cache.get("values")
+            mu, variance, coefficients, cache.get("values")
         )  # (B, Lq, output_dim)
         output = ops.cast(output, self.compute_dtype)
 
@@ -618,18 +615,19 @@ class ContinuousLTM(keras.layers.Layer):
             state["histogram"] = state["histogram"] + masses
         return output, state
 
-    def _attend(self, r, coefficients, values=None):
+    def _attend(self, mu, variance, coefficients, values=None):
         """``W_O concat_h(V_hᵀ r)`` with ``V = B W_V``, the cheaper way round.
 
-        ``r`` ``(B, H, Lq, K, C)`` on the basis grid (`gaussian_expectation`),
+        ``mu``, ``variance`` ``(B, H, Lq)`` the read densities (`_density`),
         ``coefficients`` ``(B, N, e)``; ``values`` optional, ``V`` already
-        formed (`read_cache`). The coefficients are put in ``r``'s grid
-        order (`_grid_order`), not ``r`` in theirs.
+        formed (`read_cache`). ``r`` comes on the basis grid
+        (`basis.gaussian_expectation`); the coefficients are put in its
+        grid order (`_grid_order`), not ``r`` in theirs.
         """
         h, d, e = self.num_heads, self.key_dim, self.memory_dim
         n, hd = self.num_basis, self.heads_dim
-        lq = r.shape[2]
-        r = ops.reshape(r, (-1, h, ops.shape(r)[2], n))  # (B, H, Lq, N)
+        grid = self.geometry.grid(self.math_dtype)
+        lq = mu.shape[2]
         # Multiply-adds of the two orders: (rᵀ B) W_V against r (B W_V).
         if (
             values is None
@@ -637,15 +635,21 @@ class ContinuousLTM(keras.layers.Layer):
             and h * lq * n * e + lq * e * hd < n * e * hd + lq * n * hd
         ):
             # Few queries (decoding): (rᵀ B) W_V per head, V never formed.
+            r = basis.gaussian_expectation(mu, variance, *grid)
+            r = ops.reshape(r, (-1, h, lq, n))  # (B, H, Lq, N)
             rb = ops.einsum(
                 "bhqn,bne->bhqe", r, self._grid_order(coefficients)
             )  # (B, H, Lq, e)
             w_v = ops.reshape(self.value_kernel, (e, h, d))
             z = ops.einsum("bhqe,ehd->bqhd", rb, w_v)  # (B, Lq, H, d)
         else:
+            # Cached values (decoding) need no gradient: no remat.
+            remat = values is None
             if values is None:
                 values = self._values(coefficients)  # (B, H, d, N)
-            z = ops.einsum("bhqn,bhdn->bqhd", r, values)  # (B, Lq, H, d)
+            z = basis.expected_values(
+                mu, variance, *grid, values, remat=remat
+            )  # (B, Lq, H, d)
         z = ops.reshape(z, (-1, ops.shape(z)[1], hd))  # (B, Lq, H·d)
         # einsum, not matmul: Keras-torch matmul returns float32 for float64.
         return ops.einsum("bqe,ef->bqf", z, self.output_kernel)
