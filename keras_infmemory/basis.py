@@ -295,10 +295,11 @@ def expected_values(mu, variance, centers, widths, values, remat=True):
     and segment at GPT-2's shape). With ``remat`` (a gradient may follow)
     torch recomputes it in the backward pass from ``mu`` and ``variance``
     (`keras.remat`) instead of keeping it: the same numbers and gradients.
-    Torch eager keeps every tensor its autograd saves; JAX's XLA already
-    recomputes ``r`` inside the fusions that use it, and TensorFlow's
-    recompute cost more time than the memory was worth
-    (docs/performance.md, "The read's largest tensor is recomputed").
+    Torch eager keeps every tensor its autograd saves. Under JAX's XLA the
+    compiled step's peak did not fall with the recompute, and under
+    TensorFlow's it cost more time than the memory was worth, so those
+    keep ``r`` (docs/performance.md, "The read's largest tensor is
+    recomputed").
     """
 
     def weighted(mu, variance, centers, widths, values):

@@ -15,12 +15,12 @@ def known_value(x, kind):
 
     In eager execution (torch, or a backend outside a trace) a scalar tensor
     has a value, and code that branches or indexes on it can do so in Python
-    instead of through a traced conditional (`segments.apply_if`) and
-    tensor-indexed ``ops.slice_update``,
-    each of which costs torch eager tens of microseconds per call
-    (docs/performance.md, "Decoding in eager torch"). Under ``jax.jit`` or
-    ``tf.function`` the value is not known yet and ``x`` comes back as it
-    was. On an accelerator, reading the value waits for the device.
+    instead of through a traced conditional (`segments.apply_if`) and a
+    tensor-indexed ``ops.slice_update``, each of which costs torch eager
+    tens of microseconds per call (docs/performance.md, "Decoding in eager
+    torch"). Under ``jax.jit`` or ``tf.function`` the value is not known
+    yet and ``x`` comes back as it was. On an accelerator, reading the
+    value waits for the device.
     """
     try:
         return kind(x)
