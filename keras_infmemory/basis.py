@@ -265,8 +265,18 @@ def gaussian_expectation(mu, variance, centers, widths):
             g = upstream * r * inverse  # r·u/T, (..., K, C)
             per_center = ops.sum(g, axis=-2)  # (..., C)
             d_mu = -ops.sum(per_center * diff, axis=-1)
-            # ½ Σ_k (Σ_c g_kc d_c²) / T_k − ½ Σ g
-            spread = ops.sum(g * ops.expand_dims(ops.square(diff), -2), -1)
+            # ½ Σ_k (Σ_c g_kc d_c²) / T_k − ½ Σ g, one width at a time
+            # (K is small): with d² broadcast to (..., K, C), JAX's XLA
+            # materialised the broadcast and kept it through the backward
+            # pass; as a contraction, TensorFlow's materialised g.
+            square = diff * diff  # (..., C)
+            spread = ops.stack(
+                [
+                    ops.sum(g[..., k, :] * square, axis=-1)
+                    for k in range(r.shape[-2])
+                ],
+                axis=-1,
+            )  # (..., K)
             d_variance = 0.5 * (
                 ops.sum(spread * inverse[..., 0], axis=-1)
                 - ops.sum(per_center, axis=-1)
