@@ -302,14 +302,11 @@ def expected_values(mu, variance, centers, widths, values, remat=True):
     ``(B, Lq, H, d)``.
 
     ``r`` ``(B, H, Lq, N)`` is the read's largest tensor (12 MiB per layer
-    and segment at GPT-2's shape). With ``remat`` (a gradient may follow)
-    torch recomputes it in the backward pass from ``mu`` and ``variance``
-    (`keras.remat`) instead of keeping it: the same numbers and gradients.
-    Torch eager keeps every tensor its autograd saves. Under JAX's XLA the
-    compiled step's peak did not fall with the recompute, and under
-    TensorFlow's it cost more time than the memory was worth, so those
-    keep ``r`` (docs/performance.md, "The read's largest tensor is
-    recomputed").
+    and segment at GPT-2's shape). With ``remat`` it is recomputed in the
+    backward pass from ``mu`` and ``variance`` (`keras.remat`) instead of
+    kept: the same numbers and gradients, one more expectation's work.
+    `ContinuousLTM` chooses per backend (its ``remat_read``;
+    docs/performance.md, "The read's largest tensor is recomputed").
     """
 
     def weighted(mu, variance, centers, widths, values):
@@ -318,7 +315,7 @@ def expected_values(mu, variance, centers, widths, values, remat=True):
         r = ops.reshape(r, (-1, heads, ops.shape(mu)[2], count))  # (B,H,Lq,N)
         return ops.einsum("bhqn,bhdn->bqhd", r, values)
 
-    if remat and keras.backend.backend() == "torch":
+    if remat:
         weighted = keras.remat(weighted)
     return weighted(mu, variance, centers, widths, values)
 

@@ -43,6 +43,7 @@ def check_arguments(
     output_dim,
     initial_variance=None,
     density_scale=1.0,
+    remat_read=None,
 ):
     """Checks a `ContinuousLTM`'s arguments; returns them normalized (a
     dict of attribute values: floats, a tuple of widths, a sampler object,
@@ -87,6 +88,11 @@ def check_arguments(
                 f"{initial_variance}"
             )
     density_scale = check.check_range("density_scale", density_scale, 0.0, None)
+    if remat_read is not None and not isinstance(remat_read, bool):
+        raise ValueError(
+            "`remat_read` must be None, True or False. "
+            f"Received: remat_read={remat_read!r}"
+        )
     heads_dim = num_heads * key_dim
     memory_dim = int(memory_dim or heads_dim)
     return {
@@ -113,6 +119,7 @@ def check_arguments(
         ),
         "variance_offset": variance_offset(initial_variance),
         "density_scale": density_scale,
+        "remat_read": remat_read,
     }
 
 
@@ -149,6 +156,7 @@ def config(layer):
         "output_dim": layer.output_dim,
         "initial_variance": layer.initial_variance,
         "density_scale": layer.density_scale,
+        "remat_read": layer.remat_read,
         "kernel_initializer": keras.initializers.serialize(
             layer.kernel_initializer
         ),
