@@ -304,9 +304,9 @@ def expected_values(mu, variance, centers, widths, values, remat=True):
     ``r`` ``(B, H, Lq, N)`` is the read's largest tensor (12 MiB per layer
     and segment at GPT-2's shape). With ``remat`` it is recomputed in the
     backward pass from ``mu`` and ``variance`` (`keras.remat`) instead of
-    kept: the same numbers and gradients, one more expectation's work.
-    `ContinuousLTM` chooses per backend (its ``remat_read``;
-    docs/performance.md, "The read's largest tensor is recomputed").
+    kept: the same numbers and gradients, one more expectation's work
+    (`ContinuousLTM`'s ``remat_read``; docs/performance.md, "Recomputing
+    the read's largest tensor").
     """
 
     def weighted(mu, variance, centers, widths, values):

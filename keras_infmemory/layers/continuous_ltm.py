@@ -107,14 +107,13 @@ class ContinuousLTM(keras.layers.Layer):
             ``w_μᵀ s`` and ``w_σᵀ s``. Defaults to 1 (the authors'); larger
             values make μ and σ² move faster under Adam-type optimizers
             (docs/math.md §3).
-        remat_read: ``None`` (default), True or False: whether a read whose
-            gradient may follow forms the expectation ``r`` ``(B, H, Lq, N)``
-            again in the backward pass instead of keeping it (the read's
-            largest tensor; same numbers and gradients). True saves that
-            memory for one more expectation in the backward; False keeps
-            ``r``. ``None`` chooses by backend, as measured: recompute on
-            torch, keep on JAX and TensorFlow (docs/performance.md, "The
-            read's largest tensor is recomputed").
+        remat_read: bool, whether a read whose gradient may follow forms
+            the expectation ``r`` ``(B, H, Lq, N)`` again in the backward
+            pass instead of keeping it (the read's largest tensor; same
+            numbers and gradients). True saves that memory for one more
+            expectation in the backward. Defaults to False
+            (docs/performance.md, "Recomputing the read's largest
+            tensor").
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -165,7 +164,7 @@ class ContinuousLTM(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         initial_variance=None,
         density_scale=1.0,
-        remat_read=None,
+        remat_read=False,
         **kwargs,
     ):
         # The memory math runs in float32 whatever the policy: inputs and
@@ -654,7 +653,7 @@ class ContinuousLTM(keras.layers.Layer):
             z = ops.einsum("bhqe,ehd->bqhd", rb, w_v)  # (B, Lq, H, d)
         else:
             # Cached values (decoding) need no gradient: no remat.
-            remat = values is None and self._recomputes_read()
+            remat = values is None and self.remat_read
             if values is None:
                 values = self._values(coefficients)  # (B, H, d, N)
             z = basis.expected_values(
@@ -663,12 +662,6 @@ class ContinuousLTM(keras.layers.Layer):
         z = ops.reshape(z, (-1, ops.shape(z)[1], hd))  # (B, Lq, H·d)
         # einsum, not matmul: Keras-torch matmul returns float32 for float64.
         return ops.einsum("bqe,ef->bqf", z, self.output_kernel)
-
-    def _recomputes_read(self):
-        """``remat_read``, with ``None`` resolved for this backend."""
-        if self.remat_read is None:
-            return keras.backend.backend() == "torch"
-        return self.remat_read
 
     # ------------------------------------------------------------------ #
     # Keras call

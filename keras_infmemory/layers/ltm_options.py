@@ -43,7 +43,7 @@ def check_arguments(
     output_dim,
     initial_variance=None,
     density_scale=1.0,
-    remat_read=None,
+    remat_read=False,
 ):
     """Checks a `ContinuousLTM`'s arguments; returns them normalized (a
     dict of attribute values: floats, a tuple of widths, a sampler object,
@@ -88,9 +88,9 @@ def check_arguments(
                 f"{initial_variance}"
             )
     density_scale = check.check_range("density_scale", density_scale, 0.0, None)
-    if remat_read is not None and not isinstance(remat_read, bool):
+    if not isinstance(remat_read, bool):
         raise ValueError(
-            "`remat_read` must be None, True or False. "
+            "`remat_read` must be True or False. "
             f"Received: remat_read={remat_read!r}"
         )
     heads_dim = num_heads * key_dim
