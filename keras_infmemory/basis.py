@@ -293,6 +293,17 @@ def gaussian_expectation(mu, variance, centers, widths):
     return expectation_with_gradient(mu, variance, centers, widths)
 
 
+def expectation_by_head(mu, variance, centers, widths):
+    """`gaussian_expectation` of per-head densities, the grid flattened.
+
+    ``mu``, ``variance`` ``(B, H, Lq)`` -> ``r`` ``(B, H, Lq, N)``, the
+    basis axis in the grid order (width-major) of `gaussian_expectation`.
+    """
+    r = gaussian_expectation(mu, variance, centers, widths)  # (B,H,Lq,K,C)
+    count = r.shape[-2] * r.shape[-1]
+    return ops.reshape(r, (-1, mu.shape[1], ops.shape(mu)[2], count))
+
+
 def expected_values(mu, variance, centers, widths, values, remat=True):
     """The values under each query's density: ``Σ_n r_n V_n`` per head.
 
@@ -310,9 +321,7 @@ def expected_values(mu, variance, centers, widths, values, remat=True):
     """
 
     def weighted(mu, variance, centers, widths, values):
-        r = gaussian_expectation(mu, variance, centers, widths)
-        heads, count = values.shape[1], values.shape[-1]
-        r = ops.reshape(r, (-1, heads, ops.shape(mu)[2], count))  # (B,H,Lq,N)
+        r = expectation_by_head(mu, variance, centers, widths)  # (B,H,Lq,N)
         return ops.einsum("bhqn,bhdn->bqhd", r, values)
 
     if remat:

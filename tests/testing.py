@@ -139,3 +139,20 @@ def fresh_road(monkeypatch, road):
     monkeypatch.setattr(ContinuousLTM, "write", counted_write)
     monkeypatch.setattr(segment_memory, "step", routed_step)
     return writes
+
+
+def tiny_inf_former_lm(memory_options):
+    """The smallest `InfFormerLM` with a memory in its block: one layer,
+    hidden 8, 2 heads, segments of 4 tokens, a vocabulary of 10."""
+    from keras_infmemory.models import InfFormerLM
+
+    return InfFormerLM.arm(
+        "inf_former",
+        vocabulary_size=10,
+        num_layers=1,
+        hidden_dim=8,
+        num_heads=2,
+        intermediate_dim=16,
+        segment_length=4,
+        memory_options=memory_options,
+    )

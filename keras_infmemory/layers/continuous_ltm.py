@@ -644,8 +644,7 @@ class ContinuousLTM(keras.layers.Layer):
             and h * lq * n * e + lq * e * hd < n * e * hd + lq * n * hd
         ):
             # Few queries (decoding): (rᵀ B) W_V per head, V never formed.
-            r = basis.gaussian_expectation(mu, variance, *grid)
-            r = ops.reshape(r, (-1, h, lq, n))  # (B, H, Lq, N)
+            r = basis.expectation_by_head(mu, variance, *grid)  # (B,H,Lq,N)
             rb = ops.einsum(
                 "bhqn,bne->bhqe", r, self._grid_order(coefficients)
             )  # (B, H, Lq, e)

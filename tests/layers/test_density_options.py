@@ -7,7 +7,7 @@ import pytest
 
 import keras_infmemory as ki
 from keras_infmemory.models import InfFormerLM
-from tests.testing import to_numpy
+from tests.testing import tiny_inf_former_lm, to_numpy
 
 SMALL = dict(
     num_heads=2,
@@ -113,16 +113,7 @@ def test_passed_through_the_model_memory_options():
         "initial_variance": 0.01,
         "density_scale": 5.0,
     }
-    model = InfFormerLM.arm(
-        "inf_former",
-        vocabulary_size=10,
-        num_layers=1,
-        hidden_dim=8,
-        num_heads=2,
-        intermediate_dim=16,
-        segment_length=4,
-        memory_options=options,
-    )
+    model = tiny_inf_former_lm(options)
     ltm = model.blocks[0].ltm
     assert ltm.initial_variance == 0.01 and ltm.density_scale == 5.0
     clone = InfFormerLM.from_config(model.get_config())

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import keras_infmemory as ki
-from keras_infmemory.models import InfFormerLM
-from tests.testing import to_numpy, variable_grads
+from tests.testing import tiny_inf_former_lm, to_numpy, variable_grads
 
 GEOMETRY = dict(num_basis=16, num_samples=8, basis_widths=(0.05, 0.1))
 
@@ -59,16 +58,7 @@ def test_a_compiled_training_step_is_the_same():
     initial = None
     for remat in (False, True):
         keras.utils.set_random_seed(0)
-        model = InfFormerLM.arm(
-            "inf_former",
-            vocabulary_size=10,
-            num_layers=1,
-            hidden_dim=8,
-            num_heads=2,
-            intermediate_dim=16,
-            segment_length=4,
-            memory_options={**GEOMETRY, "remat_read": remat},
-        )
+        model = tiny_inf_former_lm({**GEOMETRY, "remat_read": remat})
         model.compile(
             optimizer=keras.optimizers.SGD(0.1),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
