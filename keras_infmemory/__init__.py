@@ -8,6 +8,7 @@ from keras_infmemory import (
     models,
 )
 from keras_infmemory.layers import (
+    CompressiveMemory,
     ContinuousLTM,
     InfFormerBlock,
     StickyMemorySampler,
@@ -16,6 +17,7 @@ from keras_infmemory.layers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompressiveMemory",
     "ContinuousLTM",
     "InfFormerBlock",
     "StickyMemorySampler",

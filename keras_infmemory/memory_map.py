@@ -355,12 +355,12 @@ class MemoryTracker:
 
     def absorb(self, inputs, memory=None):
         """``model.absorb(inputs, memory)``, followed on the map."""
-        fresh = memory is None
+        starts_empty = memory is None
         with self._recording() as recorded:
             memory = self.model.absorb(inputs, memory=memory)
-        if fresh and recorded is not None:
+        if starts_empty and recorded is not None:
             # From an empty memory the first segment skips its write
-            # (nothing waits, `segment_memory.step`'s ``fresh``); that
+            # (nothing waits, `segment_memory.step`'s ``starts_empty``); that
             # write would have sampled uniformly (no reads yet), which is
             # what ``None`` replays.
             recorded = [None] + recorded

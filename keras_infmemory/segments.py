@@ -93,14 +93,14 @@ def segments_to_rows(x):
     return ops.reshape(x, (-1,) + tuple(x.shape[2:]))
 
 
-def starts_empty(index, fresh):
+def finds_empty(index, starts_empty):
     """Whether segment ``index`` of a run is known to find its memories
     empty with nothing waiting: the first segment of a run that started
-    from an initial state (``fresh``), when the index is a Python int (the
-    Python loop, TensorFlow's first traced step; JAX's ``scan`` traces one
-    step for all segments and runs the full step). Runners pass it to
-    `segment_memory.step` as ``fresh``."""
-    return bool(fresh) and isinstance(index, int) and index == 0
+    from an initial state (``starts_empty``), when the index is a Python
+    int (the Python loop, TensorFlow's first traced step; JAX's ``scan``
+    traces one step for all segments and runs the full step). Runners pass
+    it to `segment_memory.step` as ``starts_empty``."""
+    return bool(starts_empty) and isinstance(index, int) and index == 0
 
 
 def check_loop(loop):

@@ -117,10 +117,11 @@ def fresh_road(monkeypatch, road):
     """Sets up one road of a fresh-memory test; returns the list that
     counts `ContinuousLTM.write` calls from now on.
 
-    ``road="skip"``: `segment_memory.step` takes the ``fresh`` its runners
-    pass (a fresh first segment skips its write and read); ``"full"``: it
-    always runs the full step. Call once per road; each call replaces the
-    previous patches (the originals are wrapped, never a wrapper).
+    ``road="skip"``: `segment_memory.step` takes the ``starts_empty`` its
+    runners pass (a fresh first segment skips its write and read);
+    ``"full"``: it always runs the full step. Call once per road; each call
+    replaces the previous patches (the originals are wrapped, never a
+    wrapper).
     """
     from keras_infmemory import ContinuousLTM
     from keras_infmemory.layers import segment_memory
@@ -133,8 +134,10 @@ def fresh_road(monkeypatch, road):
         writes.append(1)
         return write(self, *args, **kwargs)
 
-    def routed_step(*args, fresh=False, **kwargs):
-        return step(*args, fresh=fresh and road == "skip", **kwargs)
+    def routed_step(*args, starts_empty=False, **kwargs):
+        return step(
+            *args, starts_empty=starts_empty and road == "skip", **kwargs
+        )
 
     monkeypatch.setattr(ContinuousLTM, "write", counted_write)
     monkeypatch.setattr(segment_memory, "step", routed_step)

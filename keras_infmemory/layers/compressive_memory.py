@@ -66,7 +66,6 @@ import keras
 from keras import ops
 
 from keras_infmemory import validation as check
-from keras_infmemory.layers.ltm_options import fresh_initializer
 from keras_infmemory.state import where_rows
 
 COMPRESSIONS = ("conv", "mean")
@@ -149,7 +148,7 @@ class CompressiveMemory(keras.layers.Layer):
             self.kernel = self.add_weight(
                 name="kernel",
                 shape=(self.compression_rate, hidden, hidden),
-                initializer=fresh_initializer(self.kernel_initializer),
+                initializer=self.kernel_initializer.clone(),
                 autocast=False,
             )
             self.bias = self.add_weight(
@@ -229,28 +228,30 @@ class CompressiveMemory(keras.layers.Layer):
         and pushed into the FIFO.
 
         Returns:
-            ``(memory, memory_mask, fresh, fresh_mask)``: ``memory``
-            ``(B, N, D)`` in ``dtype`` and its mask, and the freshly
+            ``(memory, memory_mask, new_vectors, new_mask)``: ``memory``
+            ``(B, N, D)`` in ``dtype`` and its mask, and the newly
             compressed vectors ``(B, L/c, D)`` float32 and their mask (for
-            the reconstruction loss). Only the fresh vectors carry a
+            the reconstruction loss). Only the new vectors carry a
             gradient to the compressor, and only when the reconstruction
             loss is off.
         """
-        fresh, fresh_mask = self.compress(
+        new_vectors, new_mask = self.compress(
             ops.stop_gradient(state["uncompressed"]), state["uncompressed_mask"]
         )
-        pushed = fresh
+        pushed = new_vectors
         if self.reconstruction_weight > 0:
-            pushed = ops.stop_gradient(fresh)  # trained by that loss alone
+            pushed = ops.stop_gradient(
+                new_vectors
+            )  # trained by that loss alone
         n = self.memory_length
         memory = ops.concatenate(
             [ops.stop_gradient(state["compressed"]), ops.cast(pushed, dtype)],
             axis=1,
         )[:, -n:]  # (B, N, D), oldest first
         memory_mask = ops.concatenate(
-            [state["compressed_mask"], fresh_mask], axis=1
+            [state["compressed_mask"], new_mask], axis=1
         )[:, -n:]
-        return memory, memory_mask, fresh, fresh_mask
+        return memory, memory_mask, new_vectors, new_mask
 
     def next_state(
         self, state, memory, memory_mask, leaving, leaving_mask, active
@@ -276,17 +277,17 @@ class CompressiveMemory(keras.layers.Layer):
     # ------------------------------------------------------------------ #
 
     def add_reconstruction_loss(
-        self, query, state, fresh, fresh_mask, project, layers, query_mask
+        self, query, state, new_vectors, new_mask, project, layers, query_mask
     ):
         """Adds ``weight · ‖attn(h, old) − attn(h, compress(old))‖²``.
 
         Args:
             query: ``(B, Lq, H, d)`` the queries of the segment reading the
-                fresh vectors (stop-gradient here).
+                new vectors (stop-gradient here).
             state: the state before the segment (``"uncompressed"`` is the
                 old memory).
-            fresh: ``(B, L/c, D)`` its compression, from `read`.
-            fresh_mask: ``(B, L/c)``.
+            new_vectors: ``(B, L/c, D)`` its compression, from `read`.
+            new_mask: ``(B, L/c)``.
             project: ``project(x)`` → ``(keys, values)`` ``(B, T, H, d)``,
                 the block's own key and value projections.
             layers: the layers ``project`` uses; their weights are
@@ -299,10 +300,10 @@ class CompressiveMemory(keras.layers.Layer):
         old_mask = ops.cast(state["uncompressed_mask"], "bool")
         with _frozen(layers):
             old_keys, old_values = project(old)
-            new_keys, new_values = project(ops.cast(fresh, old.dtype))
+            new_keys, new_values = project(ops.cast(new_vectors, old.dtype))
         query = ops.stop_gradient(ops.cast(query, "float32"))
         difference = _content_attention(
-            query, new_keys, new_values, fresh_mask
+            query, new_keys, new_values, new_mask
         ) - _content_attention(query, old_keys, old_values, old_mask)
         # Real queries of rows that compressed something.
         weight = ops.logical_and(

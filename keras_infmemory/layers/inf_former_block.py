@@ -11,7 +11,6 @@ from keras_infmemory.layers.compressive_memory import (
 )
 from keras_infmemory.layers.compressive_memory import CompressiveMemory
 from keras_infmemory.layers.continuous_ltm import ContinuousLTM
-from keras_infmemory.layers.ltm_options import fresh_initializer
 from keras_infmemory.state import where_rows
 
 
@@ -139,13 +138,13 @@ class InfFormerBlock(keras.layers.Layer):
         padding_mask: optional ``(B, L)`` or ``(B, T)`` bool, True for real
             tokens. Defaults to a Keras mask on ``inputs``, if any.
         training: bool, dropout on or off.
-        fresh: bool, streaming mode: ``state`` is `get_initial_state`'s
+        starts_empty: bool, streaming mode: ``state`` is `get_initial_state`'s
             (an empty memory, nothing waiting), so the LTM skips this
             segment's write and read, which would absorb nothing and read
             zeros (same outputs and gradients). For a runner that built the
             state itself (`InfFormerLM`); any other state with
-            ``fresh=True`` is read as empty. Sequence mode does this on its
-            own.
+            ``starts_empty=True`` is read as empty. Sequence mode does this
+            on its own.
 
     Returns:
         Streaming: ``(y, new_state)``, ``y`` ``(B, L, D)``. Sequence mode:
@@ -261,7 +260,7 @@ class InfFormerBlock(keras.layers.Layer):
                 f"num_heads={self.ltm.num_heads}, key_dim={self.ltm.key_dim}"
             )
         self.hidden_dim, self.head_dim = hidden, head_dim
-        init = lambda: fresh_initializer(self.kernel_initializer)  # noqa: E731
+        init = self.kernel_initializer.clone
         seq = (None, None, hidden)
 
         def projection(name):
@@ -369,11 +368,11 @@ class InfFormerBlock(keras.layers.Layer):
         padding_mask=None,
         training=None,
         mask=None,
-        fresh=False,
+        starts_empty=False,
     ):
         if padding_mask is None:
             padding_mask = mask
-        check.check_bool("fresh", fresh)
+        check.check_bool("starts_empty", starts_empty)
         check.check_shape(
             "inputs",
             inputs,
@@ -408,7 +407,7 @@ class InfFormerBlock(keras.layers.Layer):
             )
         if reset_mask is not None:
             state = self.reset_state(state, reset_mask)
-        return self._step(inputs, state, padding_mask, training, fresh)
+        return self._step(inputs, state, padding_mask, training, starts_empty)
 
     def _call_sequence(self, inputs, padding_mask, training):
         """Runs the block segment by segment from an empty memory."""
@@ -423,8 +422,10 @@ class InfFormerBlock(keras.layers.Layer):
         x, mask, _ = segments.pad_to_segments(inputs, length, padding_mask)
 
         def step(index, segment, state):
-            fresh = segments.starts_empty(index, True)  # an initial state
-            return self._step(segment[0], state, segment[1], training, fresh)
+            starts_empty = segments.finds_empty(index, True)  # an initial state
+            return self._step(
+                segment[0], state, segment[1], training, starts_empty
+            )
 
         outputs, _ = segments.run(
             step,
@@ -435,9 +436,10 @@ class InfFormerBlock(keras.layers.Layer):
         )  # (S, B, L, D)
         return segments.from_segments(outputs)[:, :total]  # (B, T, D)
 
-    def _step(self, x, state, padding_mask, training, fresh=False):
+    def _step(self, x, state, padding_mask, training, starts_empty=False):
         """One segment: attention over [STM; x] (+ LTM), feed-forward.
-        ``fresh``: ``state`` is `get_initial_state`'s (`segment_memory.step`).
+        ``starts_empty``: ``state`` is `get_initial_state`'s
+        (`segment_memory.step`).
         """
         batch, length = ops.shape(x)[0], x.shape[1]
         x = ops.cast(x, self.compute_dtype)
@@ -463,7 +465,7 @@ class InfFormerBlock(keras.layers.Layer):
             def norm(m):  # what attention sees of a block input
                 return self.attention_norm(m) if self.normalize_first else m
 
-            compressed, compressed_mask, fresh, fresh_mask = (
+            compressed, compressed_mask, new_vectors, new_mask = (
                 self.compressor.read(state, self.compute_dtype)
             )  # (B, N, D): the waiting segment compressed and pushed
             context = ops.concatenate([norm(compressed), context], axis=1)
@@ -507,8 +509,8 @@ class InfFormerBlock(keras.layers.Layer):
             self.compressor.add_reconstruction_loss(
                 query,
                 compressed_state,
-                fresh,
-                fresh_mask,
+                new_vectors,
+                new_mask,
                 lambda m: (self.key_dense(norm(m)), self.value_dense(norm(m))),
                 [self.attention_norm, self.key_dense, self.value_dense],
                 query_mask=valid,
@@ -522,7 +524,7 @@ class InfFormerBlock(keras.layers.Layer):
                 evicted_mask,
                 query_mask=valid,
                 active=active,
-                fresh=fresh,
+                starts_empty=starts_empty,
             )  # (B, L, D)
             new_state.update(memory_state)
             attention_output = attention_output + ops.cast(
@@ -574,7 +576,7 @@ class InfFormerBlock(keras.layers.Layer):
         padding_mask=None,
         training=None,
         mask=None,
-        fresh=False,
+        starts_empty=False,
     ):
         y = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
         if state is None:

@@ -19,7 +19,7 @@ The padding policy lives here and in `ContinuousLTM.write`, nowhere else:
   written nor read: its output is zero and its state does not change.
 
 A runner that starts from `initial_state` knows that its first segment
-finds the memory empty and nothing waiting; it says so (``fresh``) and
+finds the memory empty and nothing waiting; it says so (``starts_empty``) and
 that segment skips the write and the read, which would absorb nothing and
 read zeros (docs/performance.md, "A fresh memory is not run").
 
@@ -64,7 +64,7 @@ def step(
     active=None,
     regularize=True,
     return_density=False,
-    fresh=False,
+    starts_empty=False,
 ):
     """One segment: what waits enters the memory, the memory is read, and
     ``segment`` waits.
@@ -82,7 +82,7 @@ def step(
             their state.
         regularize: add the read's KL term (see `ContinuousLTM.read`).
         return_density: also return where the read looked (inspection).
-        fresh: Python bool, ``state`` is known to be `initial_state` (an
+        starts_empty: Python bool, ``state`` is known to be `initial_state` (an
             empty memory, nothing waiting). The write and the read are then
             skipped: the write would absorb nothing and the read would
             return zeros with a KL term of weight zero, so outputs, state,
@@ -105,7 +105,7 @@ def step(
     segment_mask = ops.cast(segment_mask, "bool")
     if active is None:
         active = ops.any(segment_mask, axis=1)
-    if fresh and not return_density:
+    if starts_empty and not return_density:
         output = ops.zeros((batch, length, ltm.output_dim), ltm.compute_dtype)
         return output, _waits(
             state, state["ltm"], segment, segment_mask, active
@@ -132,7 +132,7 @@ def step(
     return output, new_state
 
 
-def write_step(ltm, state, segment, segment_mask, fresh=False):
+def write_step(ltm, state, segment, segment_mask, starts_empty=False):
     """`step` without its read, where only the state is wanted: what
     waits enters the memory and ``segment`` waits.
 
@@ -153,7 +153,7 @@ def write_step(ltm, state, segment, segment_mask, fresh=False):
     segment_mask = ops.cast(segment_mask, "bool")
     active = ops.any(segment_mask, axis=1)
     ltm_state = state["ltm"]
-    if not fresh:
+    if not starts_empty:
         ltm_state = ltm.write(
             state["pending"], ltm_state, mask=state["pending_mask"]
         )

@@ -396,7 +396,7 @@ class InfFormerLM(keras.Model):
                 None,
                 padding_mask,
                 training,
-                fresh=True,
+                starts_empty=True,
             )
             return logits
         return self._run(token_ids, state, reset_mask, padding_mask, training)
@@ -439,11 +439,18 @@ class InfFormerLM(keras.Model):
             check.check_shape("reset_mask", reset_mask, (batch,), "(batch,)")
 
     def _run(
-        self, token_ids, state, reset_mask, padding_mask, training, fresh=False
+        self,
+        token_ids,
+        state,
+        reset_mask,
+        padding_mask,
+        training,
+        starts_empty=False,
     ):
         """Runs ``(B, T)`` tokens segment by segment, carrying ``state``;
-        ``fresh``: ``state`` is `get_initial_state`'s, so the first segment
-        skips the memories' work (`InfFormerBlock`'s ``fresh``)."""
+        ``starts_empty``: ``state`` is `get_initial_state`'s, so the first
+        segment skips the memories' work (`InfFormerBlock`'s
+        ``starts_empty``)."""
         if reset_mask is not None:
             state = [
                 block.reset_state(block_state, reset_mask)
@@ -463,7 +470,7 @@ class InfFormerLM(keras.Model):
                 block_states,
                 segment[1],
                 training,
-                segments.starts_empty(index, fresh),
+                segments.finds_empty(index, starts_empty),
             )
 
         logits, state = segments.run(
@@ -480,7 +487,9 @@ class InfFormerLM(keras.Model):
         logits = segments.from_segments(logits)[:, :total]  # (B, T, V)
         return logits, shard_rows(state)
 
-    def _segment(self, token_ids, state, padding_mask, training, fresh=False):
+    def _segment(
+        self, token_ids, state, padding_mask, training, starts_empty=False
+    ):
         """One segment through the stack: ``(B, L)`` → ``(B, L, V)``."""
         x = self.embedding(token_ids)  # (B, L, D)
         new_state = []
@@ -490,7 +499,7 @@ class InfFormerLM(keras.Model):
                 block_state,
                 padding_mask=padding_mask,
                 training=training,
-                fresh=fresh,
+                starts_empty=starts_empty,
             )
             new_state.append(block_state)
         if self.final_norm is not None:

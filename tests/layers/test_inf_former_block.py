@@ -315,7 +315,7 @@ def test_sequence_mode_takes_any_length_in_a_compiled_predict():
 @pytest.mark.parametrize("name", ["inf", "inf_no_stm", "sticky"])
 def test_a_fresh_memory_skips_the_first_write_and_read(name, monkeypatch):
     """Sequence mode starts from an empty memory: its first segment neither
-    writes nor reads (`segment_memory.step`'s ``fresh``), and outputs, KL
+    writes nor reads (`segment_memory.step`'s ``starts_empty``), and outputs, KL
     losses and gradients equal the full road's, every segment run."""
     from tests.testing import fresh_road, variable_grads
 

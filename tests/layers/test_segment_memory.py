@@ -151,8 +151,8 @@ def test_known_value():
     assert len(seen) == 1 and not isinstance(seen[0], int)
 
 
-@pytest.mark.parametrize("fresh", [False, True])
-def test_write_step_is_the_state_of_step(fresh):
+@pytest.mark.parametrize("starts_empty", [False, True])
+def test_write_step_is_the_state_of_step(starts_empty):
     """Without sticky memories a read leaves no trace in the state:
     `write_step` gives `step`'s state (a row without real tokens keeps its
     own); with sticky memories it refuses."""
@@ -161,13 +161,19 @@ def test_write_step_is_the_state_of_step(fresh):
     segment = rng.normal(size=(2, LENGTH, 8)).astype("float32")
     mask = np.ones((2, LENGTH), bool)
     mask[1] = False  # nothing real: the row keeps its state
-    if fresh:
+    if starts_empty:
         state = segment_memory.initial_state(ltm, 2, LENGTH)
     query = rng.normal(size=(2, LENGTH, 2, 4)).astype("float32")
     _, expected = segment_memory.step(
-        ltm, query, state, segment, mask, regularize=False, fresh=fresh
+        ltm,
+        query,
+        state,
+        segment,
+        mask,
+        regularize=False,
+        starts_empty=starts_empty,
     )
-    written = segment_memory.write_step(ltm, state, segment, mask, fresh)
+    written = segment_memory.write_step(ltm, state, segment, mask, starts_empty)
     assert_same(written, expected)
     sticky, state, _, _ = decoding_setup("quantile")
     with pytest.raises(ValueError, match="ltm.sticky="):

@@ -445,7 +445,8 @@ def test_a_fresh_memory_skips_the_first_segment(arm, monkeypatch):
     weights = weights.astype("float32")
     results = {}
     for road in ("skip", "full"):
-        # Both roads take the short step when told fresh; the call decides.
+        # Both roads take the short step when told the state starts
+        # empty; the call decides.
         writes = fresh_road(monkeypatch, "skip")
         if road == "skip":
             call = lambda: model(tokens)  # noqa: E731
@@ -469,9 +470,9 @@ def test_a_fresh_memory_skips_the_first_segment(arm, monkeypatch):
     np.testing.assert_array_equal(logits, logits_full)
     for got, expected in zip(grads, grads_full, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
-    with pytest.raises(ValueError, match="fresh"):
+    with pytest.raises(ValueError, match="starts_empty"):
         model.blocks[0](
             np.zeros((2, SEGMENT, 16), "float32"),
             model.blocks[0].get_initial_state(2),
-            fresh=1,
+            starts_empty=1,
         )

@@ -184,7 +184,7 @@ class InfMemoryBackbone:
         state,
         regularize=True,
         record=False,
-        fresh=False,
+        starts_empty=False,
         outputs=True,
     ):
         """Runs ``function`` on ``inputs`` laid out as segment rows.
@@ -199,7 +199,7 @@ class InfMemoryBackbone:
             state: the memory state before the first segment.
             regularize: add the memories' KL terms (see `MemoryRun`).
             record: keep where the reads looked (`MemoryRun.densities`).
-            fresh: ``state`` is `get_initial_state`'s: the first segment
+            starts_empty: ``state`` is `get_initial_state`'s: the first segment
                 finds every memory empty and skips its write and read
                 (`MemoryRun`).
             outputs: False when only the new state is wanted (absorbing
@@ -236,7 +236,7 @@ class InfMemoryBackbone:
             mask=segments.by_segment(mask, length),
             regularize=regularize,
             record=record,
-            fresh=fresh,
+            starts_empty=starts_empty,
             outputs=outputs,
         ) as run:
             try:
@@ -264,7 +264,7 @@ class InfMemoryBackbone:
             lambda rows: parent(rows, *args, **kwargs),
             inputs,
             self.get_initial_state(batch),
-            fresh=True,
+            starts_empty=True,
         )
         return hidden
 

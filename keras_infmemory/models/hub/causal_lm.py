@@ -183,7 +183,7 @@ class InfMemoryCausalLM:
             lambda rows: parent(rows, training=training, **kw),
             inputs,
             state,
-            fresh=not (self.stateful or explicit),
+            starts_empty=not (self.stateful or explicit),
         )  # (B, T, V)
         state = run.states
         if self.stateful:
@@ -224,11 +224,15 @@ class InfMemoryCausalLM:
                 target_ids=rows.get("target_ids"),
             )
 
-        fresh = memory is None
-        if fresh:
+        starts_empty = memory is None
+        if starts_empty:
             memory = self.get_initial_state(ops.shape(token_ids)[0])
         scores, _ = self.backbone.run_segments(
-            score_rows, inputs, memory, regularize=False, fresh=fresh
+            score_rows,
+            inputs,
+            memory,
+            regularize=False,
+            starts_empty=starts_empty,
         )
         return scores
 
@@ -264,15 +268,15 @@ class InfMemoryCausalLM:
         check.check_token_ids(
             "token_ids", token_ids, self.backbone.vocabulary_size
         )
-        fresh = memory is None
-        if fresh:
+        starts_empty = memory is None
+        if starts_empty:
             memory = self.get_initial_state(ops.shape(token_ids)[0])
         _, run = self.backbone.run_segments(
             self.backbone,
             inputs,
             memory,
             regularize=False,
-            fresh=fresh,
+            starts_empty=starts_empty,
             outputs=False,
         )
         return run.states
@@ -370,12 +374,12 @@ class InfMemoryCausalLM:
             )
         return logits, hidden, (key_value, run.states)
 
-    def _prefill(self, token_ids, length, state, fresh=False):
+    def _prefill(self, token_ids, length, state, starts_empty=False):
         """The cache after ``token_ids[:, :length]`` (``length``: an int
         tensor): the segments before the one holding token ``length`` run
         through the backbone (their outputs unused), then the family's
         ``_build_cache`` seeds the cache with that segment's first tokens.
-        ``fresh``: ``state`` is the initial one (`MemoryRun`).
+        ``starts_empty``: ``state`` is the initial one (`MemoryRun`).
         """
         size = self.backbone.segment_length
         batch, total = ops.shape(token_ids)[0], token_ids.shape[1]
@@ -400,7 +404,7 @@ class InfMemoryCausalLM:
                     {"token_ids": rows, "padding_mask": ops.ones_like(rows)},
                     state,
                     regularize=False,
-                    fresh=fresh and first == 0,
+                    starts_empty=starts_empty and first == 0,
                     outputs=False,
                 )
                 return run.states
@@ -460,11 +464,13 @@ class InfMemoryCausalLM:
         batch = ops.shape(token_ids)[0]
         index = ops.min(ops.sum(ops.cast(padding_mask, "int32"), axis=-1))
         memory = inputs.get("memory")
-        fresh = memory is None
-        if fresh:
+        starts_empty = memory is None
+        if starts_empty:
             memory = self.get_initial_state(batch)
         # The sampler's first step recomputes token index - 1.
-        cache = self._prefill(token_ids, index - 1, memory, fresh=fresh)
+        cache = self._prefill(
+            token_ids, index - 1, memory, starts_empty=starts_empty
+        )
 
         def next(prompt, cache, index):
             prompt = ops.slice(prompt, [0, index - 1], [batch, 1])

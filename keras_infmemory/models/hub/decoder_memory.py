@@ -113,9 +113,9 @@ class MemoryRun:
         regularize: segments: add the reads' KL terms (a training or
             evaluation call; not while generating or scoring).
         record: segments: keep where each read looked (``densities``).
-        fresh: segments: ``states`` are the initial ones (empty memories,
+        starts_empty: segments: ``states`` are the initial ones (empty memories,
             nothing waiting), so the first segment skips the memory's work
-            (``fresh`` of `segment_memory.step`).
+            (``starts_empty`` of `segment_memory.step`).
         outputs: segments: False when only the new states are wanted
             (absorbing text). The last memory layer then writes without
             reading (`segment_memory.write_step`) as soon as its input
@@ -141,13 +141,13 @@ class MemoryRun:
         inputs_mask=None,
         regularize=True,
         record=False,
-        fresh=False,
+        starts_empty=False,
         outputs=True,
     ):
         self.backbone = backbone
         self.regularize = regularize
         self.record = record
-        self.fresh = fresh
+        self.starts_empty = starts_empty
         self.densities = [None] * len(states)
         self.states = list(states)
         self.mask = mask
@@ -177,8 +177,8 @@ class MemoryRun:
 
         def step(index, segment, state):
             x, real = segment
-            fresh = segments.starts_empty(index, self.fresh)
-            state = segment_memory.write_step(ltm, state, x, real, fresh)
+            starts_empty = segments.finds_empty(index, self.starts_empty)
+            state = segment_memory.write_step(ltm, state, x, real, starts_empty)
             return ops.zeros((), "float32"), state
 
         _, self.states[slot] = segments.run(
@@ -229,7 +229,7 @@ class MemoryRun:
                     query_mask=real,
                     regularize=self.regularize,
                     return_density=self.record,
-                    fresh=segments.starts_empty(index, self.fresh),
+                    starts_empty=segments.finds_empty(index, self.starts_empty),
                 )
                 if self.record:
                     output, state, density = result
