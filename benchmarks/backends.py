@@ -225,7 +225,8 @@ def report(results, names, repeats, load, command, quick):
         configs={n: CONFIGS[n] for n in names},
         results=results,
     )
-    _plot(results, names, os.path.join(out_dir, "backends.png"))
+    png, link = common.figure_path(out_dir, "backends")
+    _plot(results, names, png)
     errors = [
         f"- {backend} {key}: {row['error']}"
         for backend, rows_ in results.items()
@@ -249,7 +250,7 @@ def report(results, names, repeats, load, command, quick):
             + table
             + "\n\n"
             + ("Failures:\n\n" + "\n".join(errors) + "\n\n" if errors else "")
-            + "![backends](backends.png)\n"
+            + f"![backends]({link})\n"
         )
 
 

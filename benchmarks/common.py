@@ -28,6 +28,21 @@ def output_dir(quick):
     return path
 
 
+def figure_path(out_dir, name):
+    """Where a run's plot goes: ``(file, Markdown link from out_dir)``.
+
+    The records in ``benchmarks/results`` show the figure that the docs
+    serve (``docs/performance/<name>.png``: mkdocs serves only ``docs/``),
+    one copy; any other run (``gpu.sh``, ``--quick``) keeps its plot beside
+    its files.
+    """
+    if os.path.abspath(out_dir) == os.path.abspath(RESULTS):
+        path = os.path.join(ROOT, "docs", "performance", f"{name}.png")
+    else:
+        path = os.path.join(out_dir, f"{name}.png")
+    return path, os.path.relpath(path, out_dir).replace(os.sep, "/")
+
+
 def measure(fn, repeats=10, warmup=2, min_time=0.0):
     """Median wall time of ``fn()`` in seconds (``fn`` must block)."""
     for _ in range(warmup):

@@ -358,9 +358,12 @@ def report(config, cfg, stream, full, load, command, quick):
         full_attention=full,
         state_bytes={n: r[0]["state_bytes"] for n, r in models.items()},
     )
-    _plot(models, os.path.join(out_dir, f"{name}.png"))
+    png, link = common.figure_path(out_dir, name)
+    _plot(models, png)
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
-        f.write(_markdown(cfg, stream, full, load, command, table, models))
+        f.write(
+            _markdown(cfg, stream, full, load, command, table, models, link)
+        )
 
 
 def _k(tokens):
@@ -369,7 +372,7 @@ def _k(tokens):
     return f"{tokens / 1024:g}k" if tokens < 2**20 else f"{tokens / 2**20:g}M"
 
 
-def _markdown(cfg, stream, full, load, command, table, models):
+def _markdown(cfg, stream, full, load, command, table, models, link):
     inf = models["inf_former"]
     first, last = inf[0], inf[-1]
     ltm = cfg["ltm"]
@@ -432,7 +435,7 @@ def _markdown(cfg, stream, full, load, command, table, models):
         "",
         f"Full attention: {full['stopped'] or 'ran at every checkpoint'}.",
         "",
-        "![context scaling](context_scaling.png)",
+        f"![context scaling]({link})",
         "",
     ]
     return "\n".join(line for line in lines if line is not None)

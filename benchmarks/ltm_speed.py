@@ -236,6 +236,7 @@ def report(results, names, repeats, load, command, quick):
         configs={n: CONFIGS[n] for n in names},
         results=results,
     )
+    png, link = common.figure_path(out_dir, "ltm_speed")
     with open(os.path.join(out_dir, "ltm_speed.md"), "w") as f:
         f.write("# ContinuousLTM speed\n\n")
         f.write(
@@ -261,8 +262,8 @@ def report(results, names, repeats, load, command, quick):
             "recomputing the read's expectation `r` in the backward pass "
             "instead of keeping it (docs/performance.md).\n\n"
         )
-        f.write(table + "\n\n![ltm speed](ltm_speed.png)\n")
-    _plot(rows, os.path.join(out_dir, "ltm_speed.png"))
+        f.write(table + f"\n\n![ltm speed]({link})\n")
+    _plot(rows, png)
 
 
 def _plot(rows, path):

@@ -471,7 +471,8 @@ def report(results, size, repeats, load, command, out_dir):
     common.write_record(
         out_dir, "model_overhead", command, load, size=size, results=results
     )
-    _plot(results, measures, os.path.join(out_dir, "model_overhead.png"))
+    png, link = common.figure_path(out_dir, "model_overhead")
+    _plot(results, measures, png)
     first = results[backends[0]]["models"][0]
     with open(os.path.join(out_dir, "model_overhead.md"), "w") as f:
         f.write(
@@ -507,7 +508,7 @@ def report(results, size, repeats, load, command, out_dir):
             + table
             + "\n\n"
             + times_table
-            + "\n\n![model overhead](model_overhead.png)\n"
+            + f"\n\n![model overhead]({link})\n"
         )
 
 

@@ -204,7 +204,8 @@ def report(results, name, repeats, load, command, quick):
         config=bench_backends.CONFIGS[name],
         results=results,
     )
-    _plot(results, os.path.join(out_dir, "overheads.png"))
+    png, link = common.figure_path(out_dir, "overheads")
+    _plot(results, png)
     with open(os.path.join(out_dir, "overheads.md"), "w") as f:
         f.write(
             "# Overheads\n\n"
@@ -222,7 +223,7 @@ def report(results, name, repeats, load, command, quick):
             + table
             + "\n\nTimes:\n\n"
             + times_table
-            + "\n\n![overheads](overheads.png)\n"
+            + f"\n\n![overheads]({link})\n"
         )
 
 

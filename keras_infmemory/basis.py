@@ -245,7 +245,8 @@ def gaussian_expectation(mu, variance, centers, widths):
         exponent = square * (-0.5 * inverse) + log_norm[..., None]
         return ops.exp(exponent), inverse, diff  # (..., K, C)
 
-    # torch: autograd, as fast as the custom backward (benchmarks/NOTES.md §13).
+    # torch: autograd, as fast as the custom backward (docs/performance.md,
+    # "The expectation's gradient").
     if keras.backend.backend() == "torch":
         return expectation(mu, variance, centers, widths)[0]
 
@@ -258,7 +259,8 @@ def gaussian_expectation(mu, variance, centers, widths):
         def gradient(*args, upstream=None):
             # ∂r/∂μ = −r·d/T and ∂r/∂σ² = ½·r/T·(d²/T − 1), d = μ − c,
             # T = σ² + w². Reusing r: XLA's autodiff recomputed the
-            # exponentials and reduced broadcasts (~1.6× slower on CPU).
+            # exponentials and reduced broadcasts (docs/performance.md,
+            # "The expectation's gradient").
             # The basis is constant: no gradient to centres and widths.
             if upstream is None:
                 (upstream,) = args

@@ -11,11 +11,8 @@ On torch and TensorFlow, without attention dropout, the scores, mask,
 softmax and weighted sum go through ``keras.ops.dot_product_attention``
 (torch's fused scaled-dot-product attention). On JAX, and with dropout on
 the probabilities (the dropout layer acts between the softmax and the
-sum), the same steps run op by op. Measured at the sorting configuration
-(2 rows, 1,024 queries, 2,048 keys, 6 heads of 50; forward, in turns, one
-process): fused ÷ op by op 0.36× on torch eager, 1.00× on TensorFlow XLA,
-1.58× on JAX ``jit`` (JAX's XLA path of ``jax.nn.dot_product_attention``
-on CPU), hence the exception.
+sum), the same steps run op by op: JAX's fused path is the slower one on
+CPU (docs/performance.md, "Attention: fused where it is faster").
 """
 
 import math

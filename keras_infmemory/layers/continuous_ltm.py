@@ -221,9 +221,7 @@ class ContinuousLTM(keras.layers.Layer):
 
         def kernel(name, shape, initializer=None):
             if initializer is None:
-                initializer = ltm_options.fresh_initializer(
-                    self.kernel_initializer
-                )
+                initializer = self.kernel_initializer.clone()
             # Never autocast: read/write math stays float32 under mixed
             # precision.
             return self.add_weight(

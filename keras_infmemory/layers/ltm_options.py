@@ -14,17 +14,6 @@ from keras_infmemory.layers.sticky_memory_sampler import StickyMemorySampler
 GATES = ("conv", None)
 
 
-def fresh_initializer(initializer):
-    """A new instance of a Keras initializer, for one more weight.
-
-    An unseeded Keras initializer instance draws the same values at every
-    call, which would make e.g. ``W_K = W_V = W_O`` at initialisation. The
-    copy is rebuilt from its config, not serialized: Keras' serialization
-    imports TensorFlow wherever it is installed.
-    """
-    return initializer.__class__.from_config(initializer.get_config())
-
-
 def check_arguments(
     num_heads,
     key_dim,

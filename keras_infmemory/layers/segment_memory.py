@@ -276,8 +276,8 @@ def _real_only(x, mask, dtype):
 
 def _stop_gradient(state):
     """``ops.stop_gradient`` on every tensor of a state (nested dicts), by
-    hand: ``keras.tree`` costs torch eager ~0.2 ms a call, once per layer
-    and token when decoding."""
+    hand: torch eager pays each ``keras.tree`` walk once per layer and
+    token when decoding (docs/performance.md, "Decoding in eager torch")."""
     if isinstance(state, dict):
         return {name: _stop_gradient(value) for name, value in state.items()}
     return ops.stop_gradient(state)

@@ -117,12 +117,11 @@ class InfFormerLM(keras.Model):
             and iterates with ``keras.ops.scan`` (JAX) or
             ``keras.ops.fori_loop`` (TensorFlow; torch always loops in
             Python; see `keras_infmemory.segments.run`). Both give the same
-            numbers. Measured on JAX (CPU, 2
-            layers, D=64, L=64, batch 4, one train step): 64 segments
-            compile in 9 s with ``"scan"`` against 92 s unrolled, but each
-            later step takes 1.06 s against 0.66 s (16 segments: 3.6 s /
-            14 s to compile, 161 / 88 ms a step). Unrolled is the better
-            default for long training runs; ``"scan"`` for many segments.
+            numbers. ``"scan"`` compiles in about the same time for any
+            number of segments but runs each step slower: unrolled is the
+            better default for long training runs, ``"scan"`` for many
+            segments (docs/performance.md, "The segment loop: unrolled or
+            traced").
         **kwargs: base `keras.Model` arguments.
     """
 

@@ -15,7 +15,7 @@ so ``ν`` (and with it ``B``) stays below ``ν(B_1) + max_t ν(G_newᵀ x_t) /
 (1 − max_gain)`` for ever, whatever the reads, the geometry, or the mode.
 
 ``python -m tests.layers.test_sticky_stability`` prints the measurements
-quoted in benchmarks/NOTES.md.
+quoted in docs/sticky_memories.md ("How it was measured").
 """
 
 import math
