@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 # The sorting task on CPU: the ∞-former against Transformer-XL at 1,024
 # symbols, where one segment of STM covers 1/17 of the sequence.
 demo: venv
-	KERAS_BACKEND=jax $(BIN)/python examples/sorting.py --preset cpu \
+	KERAS_BACKEND=jax $(BIN)/python examples/sorting.py --scale cpu \
 	  --arms inf_former transformer_xl --lengths 1024 --output results/demo
 
 lint: venv

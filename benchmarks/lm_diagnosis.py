@@ -28,11 +28,11 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import numpy as np  # noqa: E402
 
-from keras_infmemory.data.documents import DocumentBlocks  # noqa: E402
-from keras_infmemory.evaluation import (  # noqa: E402
+from experiments.evaluation import (  # noqa: E402
     bucket_starts,
     document_positions,
 )
+from keras_infmemory.documents import DocumentBlocks  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {

@@ -39,7 +39,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_infmemory.records import write_json  # noqa: E402
+from experiments.records import write_json  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLERS = {"uniform": "inf_former", "sticky": "sticky"}

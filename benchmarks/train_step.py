@@ -11,7 +11,7 @@ This benchmark times ``train_on_batch`` of two models with the switch off
 (the default) and on (what every step paid before), interleaved in one
 process:
 
-* the sorting transformer, ``"cpu"`` preset, ∞-former arm, 1,088 tokens
+* the sorting transformer, ``"cpu"`` scale, ∞-former arm, 1,088 tokens
   (17 segments of 64), batch 16;
 * a GPT-2 (4 layers, hidden 128) with a memory in every layer, 4 segments
   of 128 tokens, batch 4.
@@ -35,24 +35,21 @@ def models(quick):
     import keras_hub
     import numpy as np
 
-    from keras_infmemory.models import (
-        attach_memory,
-        sorting_compile_arguments,
-        sorting_transformer,
-    )
+    from experiments.sorting import compile_arguments, sorting_transformer
+    from keras_infmemory.models import attach_memory
     from keras_infmemory.optimizers import MemoryAdamW
 
     rng = np.random.default_rng(0)
     keras.utils.set_random_seed(0)
     overrides = dict(num_layers=1, hidden_dim=16) if quick else {}
-    sorting = sorting_transformer("inf_former", preset="cpu", **overrides)
-    sorting.compile(**sorting_compile_arguments("cpu", steps=100))
+    sorting = sorting_transformer("inf_former", scale="cpu", **overrides)
+    sorting.compile(**compile_arguments("cpu", steps=100))
     length, batch = (128, 2) if quick else (1024 + 64, 16)
     x = rng.integers(0, 20, size=(batch, length)).astype("int32")
     y = rng.integers(0, 20, size=(batch, length)).astype("int32")
     w = np.zeros((batch, length), "float32")
     w[:, -20:] = 1
-    yield "sorting (cpu preset, ∞-former)", sorting, (x, y, w)
+    yield "sorting (cpu scale, ∞-former)", sorting, (x, y, w)
 
     hidden, segment = (16, 16) if quick else (128, 128)
     backbone = keras_hub.models.GPT2Backbone(

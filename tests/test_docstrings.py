@@ -20,14 +20,14 @@ MODULES = [
     "keras_infmemory.layers.sticky_memory_sampler",
     "keras_infmemory.layers.compressive_memory",
     "keras_infmemory.models.hub.attach",
-    "keras_infmemory.data.tokenizers",
+    "experiments.tokenizers",
     "keras_infmemory.plotting",
-    "keras_infmemory.data.cmu_dog",
-    "keras_infmemory.data.grounded",
-    "keras_infmemory.dialogue",
-    "keras_infmemory.evaluation",
+    "experiments.data.cmu_dog",
+    "experiments.data.grounded",
+    "experiments.dialogue",
+    "experiments.evaluation",
     "keras_infmemory.memory_map",
-    "keras_infmemory.records",
+    "experiments.records",
 ]
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE

@@ -25,7 +25,7 @@ import keras_hub
 import numpy as np
 import pytest
 
-from keras_infmemory.data.tokenizers import (
+from experiments.tokenizers import (
     BPE_FAMILIES,
     LAYOUTS,
     SENTENCEPIECE_FAMILIES,
@@ -33,7 +33,7 @@ from keras_infmemory.data.tokenizers import (
     minimum_vocabulary_size,
     train_tokenizer,
 )
-from keras_infmemory.models import FAMILIES, InfMemoryCausalLM
+from keras_infmemory.models.hub import FAMILIES, InfMemoryCausalLM
 from tests.testing import to_numpy
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))

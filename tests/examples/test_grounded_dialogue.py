@@ -10,8 +10,8 @@ import shutil
 
 import pytest
 
-from keras_infmemory.data import cmu_dog
-from tests.data.test_cmu_dog import write_fixture
+from experiments.data import cmu_dog
+from tests.experiments.data.test_cmu_dog import write_fixture
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SCRIPT = os.path.join(ROOT, "examples", "grounded_dialogue.py")

@@ -41,7 +41,7 @@ class InfMemoryCausalLM:
     * ``stateful=True``: the state lives in variables for batches of
       exactly ``batch_size`` rows, so ``fit`` carries the memory from
       batch to batch (documents fed in order, see
-      `keras_infmemory.data.documents.DocumentBlocks`, whose inputs hold a
+      `keras_infmemory.documents.DocumentBlocks`, whose inputs hold a
       ``"reset_mask"`` where documents start); `reset_state` empties it.
 
     ``generate()`` keeps the memory in the sampler's cache: a long prompt is

@@ -13,7 +13,11 @@ import keras_hub
 import numpy as np
 import pytest
 
-from keras_infmemory.models import FAMILIES, InfMemoryCausalLM, attach_memory
+from keras_infmemory.models.hub import (
+    FAMILIES,
+    InfMemoryCausalLM,
+    attach_memory,
+)
 from tests.models.hub.tiny import VOCAB, tiny_causal_lm
 from tests.testing import to_numpy
 

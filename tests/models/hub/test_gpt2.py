@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keras_infmemory import StickyMemorySampler
-from keras_infmemory.data.documents import DocumentBlocks
+from keras_infmemory.documents import DocumentBlocks
 from keras_infmemory.models import InfMemoryCausalLM, attach_memory
 from keras_infmemory.optimizers import MemoryAdamW
 from tests.testing import to_numpy
@@ -278,7 +278,7 @@ def test_from_preset_gives_a_plain_preset_a_memory(gpt2, tmp_path):
     x = tokens(L)
     np.testing.assert_allclose(to_numpy(model(x)), to_numpy(gpt2(x)), atol=1e-5)
     with pytest.raises(ValueError, match="loads Llama3CausalLM presets"):
-        from keras_infmemory.models import InfMemoryLlama3CausalLM
+        from keras_infmemory.models.hub import InfMemoryLlama3CausalLM
 
         InfMemoryLlama3CausalLM.from_preset(path)
 

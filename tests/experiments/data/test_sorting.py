@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_infmemory.data import sorting
-from keras_infmemory.data.sorting import (
+from experiments.data import sorting
+from experiments.data.sorting import (
     NUM_SYMBOLS,
     PAD_ID,
     SEPARATOR_ID,

@@ -1,6 +1,17 @@
-"""Data for the paper's experiments: NumPy generators, no downloads."""
+"""The experiments' tasks and readers: seeded NumPy generators and
+readers of local files, no downloads.
 
-from keras_infmemory.data.sorting import (
+* `experiments.data.sorting`: the paper's sorting task;
+* `experiments.data.corpora`: the offline Shakespeare corpus;
+* `experiments.data.cmu_dog`: the CMU-DoG dialogue reader;
+* `experiments.data.grounded`: an offline document-grounded dialogue task.
+
+Nothing here builds a model: the data modules import neither
+`keras_infmemory.models` nor the experiments' model code (a test checks
+the direction of the imports).
+"""
+
+from experiments.data.sorting import (
     ANSWER_LENGTH,
     NUM_SYMBOLS,
     PAD_ID,
@@ -33,8 +44,3 @@ __all__ = [
     "sorting_target",
     "total_length",
 ]
-from keras_infmemory.data.documents import (  # noqa: E402, F401
-    DocumentBlocks,
-    cut_blocks,
-    read_documents,
-)

@@ -1,6 +1,6 @@
-"""The ∞-former paper's sorting transformer (docs/math.md §7), as presets.
+"""The ∞-former paper's sorting transformer (docs/math.md §7), at two scales.
 
-A preset fixes the model (an `InfFormerLM`), its LTM and its training
+A scale fixes the model (an `InfFormerLM`), its LTM and its training
 recipe. ``"paper"`` is the paper's configuration; ``"cpu"`` is a scaled-down
 one that trains in minutes on two CPU cores, with the same ratios where they
 matter: one segment of STM, ``N = M``, ``τ = 0.75``, widths {0.01, 0.05},
@@ -8,20 +8,20 @@ matter: one segment of STM, ``N = M``, ``τ = 0.75``, widths {0.01, 0.05},
 
 Example:
 
->>> model = sorting_transformer("inf_former", preset="cpu")
+>>> model = sorting_transformer("inf_former", scale="cpu")
 >>> model.segment_length, model.stm_length, model.memory_options["num_basis"]
 (64, 64, 64)
->>> model.compile(**sorting_compile_arguments("cpu", steps=100))
+>>> model.compile(**compile_arguments("cpu", steps=100))
 """
 
 import copy
 
 import keras
 
-from keras_infmemory.data import sorting as sorting_data
+from experiments.data import sorting as sorting_data
 from keras_infmemory.models.inf_former_lm import ARMS, InfFormerLM
 
-SORTING_PRESETS = {
+SCALES = {
     "paper": {
         "model": {
             "num_layers": 3,
@@ -77,22 +77,21 @@ SORTING_PRESETS = {
         },
     },
 }
-"""The presets: ``model`` (`InfFormerLM` arguments), ``ltm``
+"""The scales: ``model`` (`InfFormerLM` arguments), ``ltm``
 (`ContinuousLTM` arguments) and ``train`` (the recipe of
-`sorting_compile_arguments` and `examples/sorting.py`)."""
+`compile_arguments` and `examples/sorting.py`)."""
 
 
-def get_preset(preset):
-    """A deep copy of ``SORTING_PRESETS[preset]``, checked."""
-    if preset not in SORTING_PRESETS:
+def get_scale(scale):
+    """A deep copy of ``SCALES[scale]``, checked."""
+    if scale not in SCALES:
         raise ValueError(
-            f"`preset` must be one of {tuple(SORTING_PRESETS)}. "
-            f"Received: preset={preset!r}"
+            f"`scale` must be one of {tuple(SCALES)}. Received: scale={scale!r}"
         )
-    return copy.deepcopy(SORTING_PRESETS[preset])
+    return copy.deepcopy(SCALES[scale])
 
 
-def sorting_transformer(arm="inf_former", preset="paper", **overrides):
+def sorting_transformer(arm="inf_former", scale="paper", **overrides):
     """The sorting transformer of one of the paper's arms.
 
     Args:
@@ -100,16 +99,16 @@ def sorting_transformer(arm="inf_former", preset="paper", **overrides):
             ``"inf_former"``, ``"sticky"``, ``"compressive"`` (the
             Compressive Transformer: 4-fold compression into as many
             vectors as the STM holds; ``"cpu"``: 64, the LTM's ``N``).
-        preset: ``"paper"`` or ``"cpu"`` (see `SORTING_PRESETS`).
-        **overrides: `InfFormerLM` arguments replacing the preset's; an
-            ``memory_options`` dict is merged into the preset's LTM settings.
+        scale: ``"paper"`` or ``"cpu"`` (see `SCALES`).
+        **overrides: `InfFormerLM` arguments replacing the scale's; an
+            ``memory_options`` dict is merged into the scale's LTM settings.
 
     Returns:
         An unbuilt `InfFormerLM` over the task's `VOCABULARY_SIZE` tokens.
     """
     if arm not in ARMS:
         raise ValueError(f"`arm` must be one of {ARMS}. Received: arm={arm!r}")
-    config = get_preset(preset)
+    config = get_scale(scale)
     memory_options = {
         **config["ltm"],
         **dict(overrides.pop("memory_options", {})),
@@ -120,18 +119,18 @@ def sorting_transformer(arm="inf_former", preset="paper", **overrides):
     return InfFormerLM.arm(arm, memory_options=memory_options, **model_config)
 
 
-def sorting_compile_arguments(preset="paper", steps=None, **overrides):
-    """``model.compile`` arguments of a preset's training recipe.
+def compile_arguments(scale="paper", steps=None, **overrides):
+    """``model.compile`` arguments of a scale's training recipe.
 
-    Adam with a cosine decay over ``steps`` (default: the preset's), global
+    Adam with a cosine decay over ``steps`` (default: the scale's), global
     gradient-norm clipping, cross-entropy and accuracy over the answer
-    tokens only (the weights of `keras_infmemory.data.sorting`: the loss is
+    tokens only (the weights of `experiments.data.sorting`: the loss is
     divided by the number of answer tokens, not by the sequence length).
 
     Returns:
         A dict with ``optimizer``, ``loss`` and ``weighted_metrics``.
     """
-    train = get_preset(preset)["train"]
+    train = get_scale(scale)["train"]
     train.update(overrides)
     steps = train["steps"] if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from keras_infmemory import evaluation
+from experiments import evaluation
 
 REFERENCE = "the cat sat on the mat"
 

@@ -33,7 +33,7 @@ import os
 
 import numpy as np
 
-from keras_infmemory.data.documents import DocumentBlocks
+from keras_infmemory.documents import DocumentBlocks
 
 SPECIAL_TOKENS = ("<doc>", "<eos>", "<speaker1>", "<speaker2>")
 SPLITS = ("train", "valid", "test")
@@ -220,7 +220,7 @@ def chunk_from_end(values, segment_length, pad_value=0):
 
     Example:
 
-    >>> from keras_infmemory.data.cmu_dog import chunk_from_end
+    >>> from experiments.data.cmu_dog import chunk_from_end
     >>> chunks, mask = chunk_from_end([1, 2, 3, 4, 5], 2)
     >>> chunks.tolist(), mask.astype(int).tolist()
     ([[1, 0], [2, 3], [4, 5]], [[1, 0], [1, 1], [1, 1]])

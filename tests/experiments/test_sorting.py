@@ -1,4 +1,4 @@
-"""The sorting transformer presets, the answer-only recipe, the example."""
+"""The sorting transformer's scales, the answer-only recipe, the example."""
 
 import doctest
 import json
@@ -10,9 +10,10 @@ import keras
 import numpy as np
 import pytest
 
+from experiments import sorting
+from experiments.data import sorting as sorting_data
 from keras_infmemory import basis
-from keras_infmemory.data import sorting as sorting_data
-from keras_infmemory.models import ARMS, sorting
+from keras_infmemory.models import ARMS
 from tests.testing import to_numpy, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -50,8 +51,8 @@ def run_example(output, *args, backend, **env):
     return result
 
 
-def test_paper_preset_is_the_papers_configuration():
-    model = sorting.sorting_transformer("inf_former", preset="paper")
+def test_paper_scale_is_the_papers_configuration():
+    model = sorting.sorting_transformer("inf_former", scale="paper")
     assert (model.num_layers, model.hidden_dim, model.num_heads) == (3, 300, 6)
     assert model.intermediate_dim == 300 and model.dropout == 0.1
     assert model.segment_length == model.stm_length == 1024
@@ -62,16 +63,16 @@ def test_paper_preset_is_the_papers_configuration():
     assert tuple(ltm.basis_widths) == (0.01, 0.05)
     assert (ltm.ridge_penalty, ltm.min_variance) == (1.0, 1e-6)
     assert (ltm.num_heads, ltm.key_dim) == (6, 50)
-    train = sorting.SORTING_PRESETS["paper"]["train"]
+    train = sorting.SCALES["paper"]["train"]
     assert train["learning_rate"] == 2e-4 and train["global_clipnorm"] == 0.25
     assert (train["batch_size"], train["steps"]) == (8, 20000)
     assert tuple(train["lengths"]) == (4096, 8192, 16384)
 
 
-@pytest.mark.parametrize("preset", sorted(sorting.SORTING_PRESETS))
-def test_presets_have_a_stable_memory(preset):
+@pytest.mark.parametrize("scale", sorted(sorting.SCALES))
+def test_scales_have_a_stable_memory(scale):
     """Old content must shrink at every write, or a long stream blows up."""
-    config = sorting.SORTING_PRESETS[preset]
+    config = sorting.SCALES[scale]
     ltm = config["ltm"]
     constants = basis.memory_constants(
         config["model"]["segment_length"],
@@ -87,7 +88,7 @@ def test_presets_have_a_stable_memory(preset):
 
 @pytest.mark.parametrize("arm", ARMS)
 def test_arms(arm):
-    model = sorting.sorting_transformer(arm, preset="cpu")
+    model = sorting.sorting_transformer(arm, scale="cpu")
     has_ltm = arm in ("inf_former", "sticky")
     assert (model.memory_options is not None) == has_ltm
     assert model.stm_length == (0 if arm == "window" else 64)
@@ -98,11 +99,11 @@ def test_arms(arm):
 
 def test_overrides_merge_the_memory_options():
     model = sorting.sorting_transformer(
-        "inf_former", preset="cpu", num_layers=1, memory_options={"tau": 0.5}
+        "inf_former", scale="cpu", num_layers=1, memory_options={"tau": 0.5}
     )
     assert model.num_layers == 1
     assert model.memory_options["tau"] == 0.5
-    assert model.memory_options["num_basis"] == 64  # kept from the preset
+    assert model.memory_options["num_basis"] == 64  # kept from the scale
 
 
 @pytest.mark.parametrize("arm", ARMS)
@@ -110,8 +111,8 @@ def test_each_arm_trains(arm):
     """A few steps of the recipe: finite loss, every trainable weight moves
     (the LTM's too: it is read by the last segment)."""
     keras.utils.set_random_seed(0)
-    model = sorting.sorting_transformer(arm, preset="cpu", **TINY)
-    model.compile(**sorting.sorting_compile_arguments("cpu", steps=10))
+    model = sorting.sorting_transformer(arm, scale="cpu", **TINY)
+    model.compile(**sorting.compile_arguments("cpu", steps=10))
     x, y, w = sorting_data.make_batch(2, 40, seed=0, pad_to_multiple=16)
     model.build(x.shape)
     before = [to_numpy(v) for v in model.trainable_variables]
@@ -133,8 +134,8 @@ def test_loss_and_accuracy_count_the_answer_only():
     divided by the padded sequence length); accuracy matches
     `answer_accuracy`."""
     keras.utils.set_random_seed(0)
-    model = sorting.sorting_transformer("transformer_xl", preset="cpu", **TINY)
-    model.compile(**sorting.sorting_compile_arguments("cpu", steps=10))
+    model = sorting.sorting_transformer("transformer_xl", scale="cpu", **TINY)
+    model.compile(**sorting.compile_arguments("cpu", steps=10))
     x, y, w = sorting_data.make_batch(2, 40, seed=1, pad_to_multiple=16)
     metrics = model.evaluate(x, y, sample_weight=w, return_dict=True, verbose=0)
     logits = to_numpy(model(x)).astype("float64")  # (B, T, V)
@@ -150,12 +151,12 @@ def test_loss_and_accuracy_count_the_answer_only():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="Received: preset='tiny'"):
-        sorting.sorting_transformer("inf_former", preset="tiny")
+    with pytest.raises(ValueError, match="Received: scale='tiny'"):
+        sorting.sorting_transformer("inf_former", scale="tiny")
     with pytest.raises(ValueError, match="Received: arm='lstm'"):
-        sorting.sorting_transformer("lstm", preset="cpu")
+        sorting.sorting_transformer("lstm", scale="cpu")
     with pytest.raises(ValueError, match="Received: steps=0"):
-        sorting.sorting_compile_arguments("cpu", steps=0)
+        sorting.compile_arguments("cpu", steps=0)
 
 
 def test_docstring_example():
@@ -185,7 +186,7 @@ def test_example_quick(tmp_path):
 
 
 def test_make_demo_command():
-    """`make demo` runs the CPU preset for the ∞-former and Transformer-XL
+    """`make demo` runs the CPU scale for the ∞-former and Transformer-XL
     arms at a length where the STM covers at most an eighth of the
     sequence."""
     import importlib.util
@@ -202,9 +203,9 @@ def test_make_demo_command():
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     args = example.parse_args(argv)
-    assert args.preset == "cpu"
+    assert args.scale == "cpu"
     assert sorted(args.arms) == ["inf_former", "transformer_xl"]
-    model = sorting.sorting_transformer("transformer_xl", preset="cpu")
+    model = sorting.sorting_transformer("transformer_xl", scale="cpu")
     for length in args.lengths:
         tokens = sorting_data.total_length(length, model.segment_length)
         assert 8 * model.stm_length <= tokens

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from keras_infmemory.data import cmu_dog
+from experiments.data import cmu_dog
 
 # A word-level tokenizer: whitespace-separated words, ids fixed here, so
 # that every expected id below can be read off by hand.

@@ -11,7 +11,7 @@ Example:
 
 >>> import json, os, tempfile
 >>> import numpy as np
->>> from keras_infmemory.records import write_json
+>>> from experiments.records import write_json
 >>> path = os.path.join(tempfile.mkdtemp(), "run.json")
 >>> write_json({"loss": np.float32(0.5), "widths": (0.05, 0.1)}, path)
 >>> with open(path) as f:

@@ -60,7 +60,7 @@ def bucket_starts(segment_length, longest):
 
     Example:
 
-    >>> from keras_infmemory.evaluation import bucket_starts
+    >>> from experiments.evaluation import bucket_starts
     >>> bucket_starts(16, 100)
     [0, 16, 32, 64]
     """
@@ -81,7 +81,7 @@ def document_positions(reset_mask, batch_size, segment_length):
 
     Args:
         reset_mask: ``(steps·B,)`` bool, True where a row starts a new
-            document (as in `keras_infmemory.data.documents.DocumentBlocks`'
+            document (as in `keras_infmemory.documents.DocumentBlocks`'
             ``arrays()``: step by step, ``B`` rows each).
         batch_size: ``B``, the rows read in parallel.
         segment_length: ``L``, tokens per block.
@@ -91,7 +91,7 @@ def document_positions(reset_mask, batch_size, segment_length):
 
     Example:
 
-    >>> from keras_infmemory.evaluation import document_positions
+    >>> from experiments.evaluation import document_positions
     >>> document_positions([1, 1, 0, 1, 0, 0], 2, 2)[:, 0].tolist()
     [0, 0, 2, 0, 4, 2]
     """
@@ -116,7 +116,7 @@ def token_cross_entropy(logits, targets):
     Example:
 
     >>> import numpy as np
-    >>> from keras_infmemory.evaluation import token_cross_entropy
+    >>> from experiments.evaluation import token_cross_entropy
     >>> token_cross_entropy(np.zeros((1, 2, 4)), np.array([[0, 3]])).round(4)
     array([[1.3863, 1.3863]])
     """
@@ -136,7 +136,7 @@ def token_losses(model, data, max_steps=None, use_memory=True, chunk=1):
     ``token_ids``, ``padding_mask`` and ``reset_mask`` (an
     `keras_infmemory.models.InfFormerLM` or an
     `keras_infmemory.models.InfMemoryCausalLM`); ``data`` a
-    `keras_infmemory.data.documents.DocumentBlocks`. ``chunk`` segments go
+    `keras_infmemory.documents.DocumentBlocks`. ``chunk`` segments go
     into each call (the model carries its memory within the call as
     between calls) unless a document starts inside a chunk; then one
     segment per call. ``use_memory=False`` switches the memory off (same
@@ -205,7 +205,7 @@ def bucket_losses(losses, weights, positions, starts):
     Example:
 
     >>> import numpy as np
-    >>> from keras_infmemory.evaluation import bucket_losses
+    >>> from experiments.evaluation import bucket_losses
     >>> bucket_losses(np.array([[1.0, 3.0, 2.0, 0.0]]),
     ...               np.array([[1, 1, 1, 0]]),
     ...               np.array([[0, 1, 2, 3]]), [0, 2])
@@ -235,7 +235,7 @@ def mean_and_spread(values):
 
     Example:
 
-    >>> from keras_infmemory.evaluation import mean_and_spread
+    >>> from experiments.evaluation import mean_and_spread
     >>> mean_and_spread([1.0, 2.0, 3.0])
     {'mean': 2.0, 'std': 1.0, 'values': [1.0, 2.0, 3.0]}
     """
@@ -272,12 +272,12 @@ def summarize_runs(runs, arms, starts, extra=()):
     Returns:
         ``{"bucket_starts": starts, arm: {"perplexity": mean_and_spread,
         "loss_by_position": {"mean", "std"}, …}}`` (``std`` a list of
-        zeros for one seed), as `keras_infmemory.plotting.
-        plot_language_model` draws it.
+        zeros for one seed), as `experiments.plots.plot_language_model`
+        draws it.
 
     Example:
 
-    >>> from keras_infmemory.evaluation import summarize_runs
+    >>> from experiments.evaluation import summarize_runs
     >>> runs = [{"arm": "a", "perplexity": p, "loss_by_position": [p, 1.0]}
     ...         for p in (2.0, 4.0)]
     >>> summarize_runs(runs, ["a"], [0, 8])["a"]["loss_by_position"]
@@ -311,7 +311,7 @@ def paired_gaps(runs, arm, baseline):
 
     Example:
 
-    >>> from keras_infmemory.evaluation import paired_gaps
+    >>> from experiments.evaluation import paired_gaps
     >>> runs = [{"arm": a, "seed": s, "perplexity": p,
     ...          "loss_by_position": [p / 10]}
     ...         for a, s, p in (("m", 0, 9.0), ("b", 0, 10.0),
@@ -354,7 +354,7 @@ def position_table(record, perplexity=False):
 
     Example:
 
-    >>> from keras_infmemory.evaluation import position_table
+    >>> from experiments.evaluation import position_table
     >>> record = {"arms": ["m"], "gaps": {}, "bucket_starts": [0, 4],
     ...           "segment_length": 4, "tokens": [4, 8],
     ...           "summary": {"m": {"loss_by_position": {
@@ -416,7 +416,7 @@ def unigram_f1(hypothesis, reference):
 
     Example:
 
-    >>> from keras_infmemory.evaluation import unigram_f1
+    >>> from experiments.evaluation import unigram_f1
     >>> round(unigram_f1("The cat sat.", "a cat sat on the mat"), 4)
     0.6667
     """
@@ -508,7 +508,7 @@ def dialogue_metrics(hypotheses, references, wordnet=None):
 
     Example:
 
-    >>> from keras_infmemory.evaluation import dialogue_metrics
+    >>> from experiments.evaluation import dialogue_metrics
     >>> scores = dialogue_metrics(["the cat sat"], ["a cat sat down"],
     ...                           wordnet=False)
     >>> round(scores["f1"], 2), scores["meteor"]

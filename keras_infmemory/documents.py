@@ -89,7 +89,7 @@ class DocumentBlocks:
 
     Example:
 
-    >>> from keras_infmemory.data.documents import DocumentBlocks
+    >>> from keras_infmemory.documents import DocumentBlocks
     >>> docs = [list(range(1, 30)), list(range(1, 12)), list(range(1, 5))]
     >>> data = DocumentBlocks(docs, segment_length=8, batch_size=2,
     ...                       start_token_id=0)

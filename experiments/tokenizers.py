@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 
+from experiments.data.cmu_dog import SPECIAL_TOKENS
 from keras_infmemory.models.hub.families import FAMILIES
 
 
@@ -113,7 +114,7 @@ def family_classes(family):
 
     Example:
 
-    >>> from keras_infmemory.data.tokenizers import family_classes
+    >>> from experiments.tokenizers import family_classes
     >>> [cls.__name__ for cls in family_classes("gemma3")]
     ['Gemma3CausalLM', 'Gemma3CausalLMPreprocessor', 'Gemma3Tokenizer']
     """
@@ -132,7 +133,7 @@ def minimum_vocabulary_size(family):
 
     Example:
 
-    >>> from keras_infmemory.data.tokenizers import minimum_vocabulary_size
+    >>> from experiments.tokenizers import minimum_vocabulary_size
     >>> minimum_vocabulary_size("gpt2"), minimum_vocabulary_size("gemma")
     (265, 268)
     """
@@ -152,7 +153,7 @@ def train_tokenizer(family, texts, vocabulary_size=1024):
 
     Example:
 
-    >>> from keras_infmemory.data.tokenizers import train_tokenizer
+    >>> from experiments.tokenizers import train_tokenizer
     >>> texts = ["To be, or not to be, that is the question."] * 20
     >>> tokenizer, preprocessor_cls = train_tokenizer("gpt2", texts, 300)
     >>> type(tokenizer).__name__, preprocessor_cls.__name__
@@ -289,3 +290,78 @@ def _train_sentencepiece(texts, vocabulary_size, layout):
                 f"Received: vocabulary_size={vocabulary_size}"
             ) from error
     return proto.getvalue()
+
+
+def add_special_tokens(tokenizer, tokens=SPECIAL_TOKENS):
+    """A copy of a byte-pair tokenizer (GPT-2's) with ``tokens`` added.
+
+    Each new token gets the next free id and is never split (nor merged
+    with its neighbours) when text is tokenized.
+
+    Example:
+
+    >>> import keras_hub
+    >>> from experiments.tokenizers import add_special_tokens
+    >>> base = keras_hub.models.GPT2Tokenizer(
+    ...     vocabulary={"!": 0, "a": 1, "Ġ": 2, "Ġa": 3,
+    ...                 "<|endoftext|>": 4},
+    ...     merges=["Ġ a"],
+    ... )
+    >>> tokenizer, ids = add_special_tokens(base)
+    >>> ids
+    {'<doc>': 5, '<eos>': 6, '<speaker1>': 7, '<speaker2>': 8}
+    >>> [int(i) for i in tokenizer("<speaker1> a")]
+    [7, 3]
+
+    Args:
+        tokenizer: a `keras_hub.tokenizers.BytePairTokenizer` (e.g.
+            `keras_hub.models.GPT2Tokenizer`).
+        tokens: the tokens to add. Defaults to the recipe's four.
+
+    Returns:
+        ``(tokenizer, ids)``: the new tokenizer and a dict token -> id.
+    """
+    vocabulary = getattr(tokenizer, "vocabulary", None)
+    merges = getattr(tokenizer, "merges", None)
+    if not isinstance(vocabulary, dict) or merges is None:
+        raise ValueError(
+            "`tokenizer` must be a byte-pair tokenizer with a vocabulary and "
+            f"merges (GPT-2's). Received: tokenizer={type(tokenizer).__name__}"
+        )
+    vocabulary = dict(vocabulary)
+    ids = {}
+    for token in tokens:
+        if token not in vocabulary:
+            vocabulary[token] = max(vocabulary.values()) + 1
+        ids[token] = int(vocabulary[token])
+    unsplittable = list(getattr(tokenizer, "unsplittable_tokens", None) or [])
+    unsplittable += [t for t in tokens if t not in unsplittable]
+    new = type(tokenizer)(
+        vocabulary=vocabulary,
+        merges=list(merges),
+        unsplittable_tokens=unsplittable,
+    )
+    return new, ids
+
+
+def word_tokenizer(words=None, special_tokens=SPECIAL_TOKENS):
+    """A GPT-2 tokenizer where each word of the offline grounded task
+    (`experiments.data.grounded`) is one token.
+
+    A byte-level BPE vocabulary is trained on the task's words
+    (`train_tokenizer`, GPT-2's layout: id
+    0 an ordinary token, the padding id; ``<|endoftext|>`` appended), then
+    the ``special_tokens`` are added, never split
+    (`add_special_tokens`).
+
+    Returns:
+        ``(tokenizer, special_ids)``.
+    """
+    from experiments.data.grounded import vocabulary_words
+
+    words = vocabulary_words() if words is None else list(words)
+    # Each word after a space and after a newline (a section's first word),
+    # twice: BPE keeps merges seen at least twice.
+    texts = [" ".join(words), "\n".join(words)] * 2
+    tokenizer, _ = train_tokenizer("gpt2", texts, vocabulary_size=1024)
+    return add_special_tokens(tokenizer, special_tokens)

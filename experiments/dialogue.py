@@ -1,17 +1,18 @@
 """Grounded dialogue with the document in memory: the model side of the
 CMU-DoG recipe (Martins et al. 2022 §4.3; docs/documents.md).
 
-* `add_special_tokens` and `resize_vocabulary`: the recipe's special tokens
-  (``<doc>``, ``<eos>``, ``<speaker1>``, ``<speaker2>``) added to a
-  byte-pair tokenizer (GPT-2's) and to the model's embeddings;
+* `resize_vocabulary`: room in the model's embeddings for the recipe's
+  special tokens (``<doc>``, ``<eos>``, ``<speaker1>``, ``<speaker2>``),
+  which `experiments.tokenizers.add_special_tokens` adds to a byte-pair
+  tokenizer (GPT-2's);
 * `ReplySampler`: nucleus sampling (top-p 0.9, temperature 1) that cannot
   stop before the first token of a reply (replies of 1–50 tokens);
-* `generate_replies`: for each `keras_infmemory.data.cmu_dog.ReplyExample`,
+* `generate_replies`: for each `experiments.data.cmu_dog.ReplyExample`,
   the context before the reply's segment is absorbed into the memory
   (`InfMemoryCausalLM.absorb`), then the reply is generated from the last
   tokens, reading that memory;
 * `evaluate_replies`: `generate_replies` scored with
-  `keras_infmemory.evaluation.dialogue_metrics`.
+  `experiments.evaluation.dialogue_metrics`.
 
 Imports ``keras_hub`` on use.
 """
@@ -19,60 +20,8 @@ Imports ``keras_hub`` on use.
 import numpy as np
 from keras import ops
 
-from keras_infmemory.data.cmu_dog import SPECIAL_TOKENS, split_context
-from keras_infmemory.evaluation import dialogue_metrics
-
-
-def add_special_tokens(tokenizer, tokens=SPECIAL_TOKENS):
-    """A copy of a byte-pair tokenizer (GPT-2's) with ``tokens`` added.
-
-    Each new token gets the next free id and is never split (nor merged
-    with its neighbours) when text is tokenized.
-
-    Example:
-
-    >>> import keras_hub
-    >>> from keras_infmemory.dialogue import add_special_tokens
-    >>> base = keras_hub.models.GPT2Tokenizer(
-    ...     vocabulary={"!": 0, "a": 1, "Ġ": 2, "Ġa": 3,
-    ...                 "<|endoftext|>": 4},
-    ...     merges=["Ġ a"],
-    ... )
-    >>> tokenizer, ids = add_special_tokens(base)
-    >>> ids
-    {'<doc>': 5, '<eos>': 6, '<speaker1>': 7, '<speaker2>': 8}
-    >>> [int(i) for i in tokenizer("<speaker1> a")]
-    [7, 3]
-
-    Args:
-        tokenizer: a `keras_hub.tokenizers.BytePairTokenizer` (e.g.
-            `keras_hub.models.GPT2Tokenizer`).
-        tokens: the tokens to add. Defaults to the recipe's four.
-
-    Returns:
-        ``(tokenizer, ids)``: the new tokenizer and a dict token -> id.
-    """
-    vocabulary = getattr(tokenizer, "vocabulary", None)
-    merges = getattr(tokenizer, "merges", None)
-    if not isinstance(vocabulary, dict) or merges is None:
-        raise ValueError(
-            "`tokenizer` must be a byte-pair tokenizer with a vocabulary and "
-            f"merges (GPT-2's). Received: tokenizer={type(tokenizer).__name__}"
-        )
-    vocabulary = dict(vocabulary)
-    ids = {}
-    for token in tokens:
-        if token not in vocabulary:
-            vocabulary[token] = max(vocabulary.values()) + 1
-        ids[token] = int(vocabulary[token])
-    unsplittable = list(getattr(tokenizer, "unsplittable_tokens", None) or [])
-    unsplittable += [t for t in tokens if t not in unsplittable]
-    new = type(tokenizer)(
-        vocabulary=vocabulary,
-        merges=list(merges),
-        unsplittable_tokens=unsplittable,
-    )
-    return new, ids
+from experiments.data.cmu_dog import split_context
+from experiments.evaluation import dialogue_metrics
 
 
 def resize_vocabulary(causal_lm, vocabulary_size, seed=0, stddev=0.02):
@@ -194,7 +143,7 @@ def generate_replies(
 ):
     """Generates the reply of every example, the context in memory.
 
-    For each `keras_infmemory.data.cmu_dog.ReplyExample`, the last
+    For each `experiments.data.cmu_dog.ReplyExample`, the last
     ``segment_length − max_new_tokens`` tokens of its context are the
     prompt (room is left in its segment for the reply); what comes before
     is cut into segments from the prompt backwards and absorbed into the
@@ -205,7 +154,7 @@ def generate_replies(
 
     Args:
         model: a KerasHub causal LM with memory.
-        examples: list of `keras_infmemory.data.cmu_dog.ReplyExample`.
+        examples: list of `experiments.data.cmu_dog.ReplyExample`.
         tokenizer: the tokenizer that decodes the reply.
         stop_token_ids: ids that end a reply (the speaker tags, ``<eos>``).
         max_new_tokens: int, the longest reply.
@@ -290,7 +239,7 @@ def evaluate_replies(
     model, examples, tokenizer, stop_token_ids, wordnet=None, **kwargs
 ):
     """`generate_replies` scored against the examples' references with
-    `keras_infmemory.evaluation.dialogue_metrics`.
+    `experiments.evaluation.dialogue_metrics`.
 
     Returns ``(scores, replies)``.
     """

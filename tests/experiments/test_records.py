@@ -1,11 +1,11 @@
-"""keras_infmemory.records: run records written as JSON."""
+"""experiments.records: run records written as JSON."""
 
 import json
 
 import numpy as np
 import pytest
 
-from keras_infmemory.records import write_json
+from experiments.records import write_json
 
 
 def test_numpy_scalars_are_written_as_numbers(tmp_path):

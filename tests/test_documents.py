@@ -5,8 +5,8 @@ import doctest
 import numpy as np
 import pytest
 
-from keras_infmemory.data import documents
-from keras_infmemory.data.documents import (
+from keras_infmemory import documents
+from keras_infmemory.documents import (
     DocumentBlocks,
     cut_blocks,
     read_documents,

@@ -27,16 +27,14 @@ take at least 34 tokens, so with segments of 32 the whole document lies
 beyond the attention window when the answer is generated or learned: it
 can only be read from the memory.
 
-`word_tokenizer` trains a GPT-2 byte-pair tokenizer on the task's words, so
-that each is one token.
+`experiments.tokenizers.word_tokenizer` trains a GPT-2 byte-pair tokenizer
+on the task's words, so that each is one token.
 """
 
 import json
 import os
 
 import numpy as np
-
-from keras_infmemory.data.cmu_dog import SPECIAL_TOKENS
 
 TOPICS = {
     "sea": "boat wave shell fish sail anchor reef tide crab gull island harbor",
@@ -94,29 +92,6 @@ def vocabulary_words():
     for text in GREETINGS + QUESTIONS + CHAT:
         words += text.split()
     return sorted(set(words))
-
-
-def word_tokenizer(words=None, special_tokens=SPECIAL_TOKENS):
-    """A GPT-2 tokenizer where each word of the task is one token.
-
-    A byte-level BPE vocabulary is trained on the task's words
-    (`keras_infmemory.data.tokenizers.train_tokenizer`, GPT-2's layout: id
-    0 an ordinary token, the padding id; ``<|endoftext|>`` appended), then
-    the ``special_tokens`` are added, never split
-    (`keras_infmemory.dialogue.add_special_tokens`).
-
-    Returns:
-        ``(tokenizer, special_ids)``.
-    """
-    from keras_infmemory.data.tokenizers import train_tokenizer
-    from keras_infmemory.dialogue import add_special_tokens
-
-    words = vocabulary_words() if words is None else list(words)
-    # Each word after a space and after a newline (a section's first word),
-    # twice: BPE keeps merges seen at least twice.
-    texts = [" ".join(words), "\n".join(words)] * 2
-    tokenizer, _ = train_tokenizer("gpt2", texts, vocabulary_size=1024)
-    return add_special_tokens(tokenizer, special_tokens)
 
 
 def make_document(rng, num_sentences=(10, 16), key_counts=(8, 5)):
@@ -183,7 +158,7 @@ def write_dataset(
     Example:
 
     >>> import tempfile
-    >>> from keras_infmemory.data import cmu_dog, grounded
+    >>> from experiments.data import cmu_dog, grounded
     >>> folder = tempfile.mkdtemp()
     >>> grounded.write_dataset(folder, sizes=(3, 1, 1))
     >>> conversation = cmu_dog.read_split(folder, "test")[0]
