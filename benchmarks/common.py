@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+from experiments.records import markdown_table  # noqa: F401 (re-exported)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 BACKENDS = ("torch", "jax", "tensorflow")
@@ -125,13 +127,6 @@ def write_record(out_dir, name, command, load, **fields):
     with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump(payload, f, indent=1)
     return payload
-
-
-def markdown_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |"]
-    lines.append("|" + "---|" * len(header))
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------

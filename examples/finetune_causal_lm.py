@@ -642,7 +642,7 @@ def plot_reads(lm, test_ids, start, args, path):
     ]
     histogram = None
     if args.sticky:
-        histogram = keras.ops.convert_to_numpy(state[-1]["ltm"]["histogram"])
+        histogram = keras.ops.convert_to_numpy(state[-1]["memory"]["histogram"])
         histogram = histogram[0]
     number = (len(ids) - 1) // length + 1
     plot_memory_attention(

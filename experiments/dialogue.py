@@ -216,7 +216,7 @@ def _generate_batch(
     out = model.generate(
         {"token_ids": ids, "padding_mask": mask},
         stop_token_ids=stops,
-        memory=memory,
+        state=memory,
     )
     out = ops.convert_to_numpy(out["token_ids"])
     replies = []

@@ -353,11 +353,11 @@ class MemoryTracker:
         self.map = MemoryMap(batch_size, self.segment_length, self.ltm.tau)
         self.read_positions = []
 
-    def absorb(self, inputs, memory=None):
-        """``model.absorb(inputs, memory)``, followed on the map."""
-        starts_empty = memory is None
+    def absorb(self, inputs, state=None):
+        """``model.absorb(inputs, state)``, followed on the map."""
+        starts_empty = state is None
         with self._recording() as recorded:
-            memory = self.model.absorb(inputs, memory=memory)
+            state = self.model.absorb(inputs, state=state)
         if starts_empty and recorded is not None:
             # From an empty memory the first segment skips its write
             # (nothing waits, `segment_memory.step`'s ``starts_empty``); that
@@ -365,7 +365,7 @@ class MemoryTracker:
             # what ``None`` replays.
             recorded = [None] + recorded
         self._replay(inputs, recorded, keep=False)
-        return memory
+        return state
 
     def memory_densities(self, inputs, state=None):
         """``model.memory_densities(inputs, state)``, followed on the map.

@@ -89,7 +89,7 @@ def compute(num_devices):
     fixed = [v.value for v in parallel.non_trainable_variables]
     for _ in range(3):
         _, state = step(trainable, fixed, tokens, state)
-    coefficients = state[0]["ltm"]["coefficients"]  # (B, N, e)
+    coefficients = state[0]["ltm"]["memory"]["coefficients"]  # (B, N, e)
     rows = sorted(
         {shard.data.shape[0] for shard in coefficients.addressable_shards}
     )

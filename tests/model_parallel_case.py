@@ -74,7 +74,7 @@ def compute(family):
     parallel.set_weights(weights)
     key_kernel = parallel.backbone.memories[0].key_kernel.value
     p_logits, state, p_loss, p_after = run(parallel, x, y)
-    coefficients = state[0]["ltm"]["coefficients"]
+    coefficients = state[0]["memory"]["coefficients"]
     keras.distribution.set_distribution(None)
     return {
         "logits": logits,

@@ -132,7 +132,7 @@ def test_ltm_rejects_bad_calls(value_checks):
         (lambda: layer.density(q[..., :2], state), "query.shape"),
         (lambda: layer(q, x[:, :0], state), "memory_input.shape"),
         (
-            lambda: layer.reset_state(state, np.ones((3,), bool)),
+            lambda: layer.reset_rows(state, np.ones((3,), bool)),
             r"reset_mask.shape=\(3,\)",
         ),
         (lambda: layer.get_initial_state(0), "batch_size=0"),
@@ -210,8 +210,10 @@ def test_block_rejects_bad_calls(value_checks):
             r"reset_mask.shape=\(3,\)",
         ),
         (
-            lambda: layer(x, dict(state, stm=f32(2, 8, E))),
-            r"state\['stm'\].shape=\(2, 8, 8\)",
+            lambda: layer(
+                x, dict(state, stm=dict(state["stm"], inputs=f32(2, 8, E)))
+            ),
+            r"state\['stm'\]\['inputs'\].shape=\(2, 8, 8\)",
         ),
         (lambda: layer.get_initial_state(-1), "batch_size=-1"),
     ]
@@ -347,7 +349,7 @@ def test_valid_lm_inputs_give_finite_outputs(
     logits, state = model(tokens[:, :segment_length], state)
     assert np.all(np.isfinite(to_numpy(logits)))
     for block_state in state:
-        coefficients = to_numpy(block_state["ltm"]["coefficients"])
+        coefficients = to_numpy(block_state["ltm"]["memory"]["coefficients"])
         assert np.all(np.isfinite(coefficients))
 
 

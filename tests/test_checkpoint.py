@@ -126,7 +126,9 @@ def test_model_and_explicit_state_resume_bit_identically(tmp_path, policy):
         os.path.join(tmp_path, "state.npz"), like=loaded.get_initial_state(2)
     )
     assert (
-        keras.backend.standardize_dtype(state[0]["ltm"]["coefficients"].dtype)
+        keras.backend.standardize_dtype(
+            state[0]["ltm"]["memory"]["coefficients"].dtype
+        )
         == "float32"
     )
     for tokens, expected in zip(segments[2:], straight[2:], strict=True):
@@ -176,7 +178,7 @@ def test_where_rows_and_reset_clear_non_finite_rows():
     state = ltm.get_initial_state(2)
     bad = np.full((2, 16, 8), np.nan, "float32")
     state = dict(state, coefficients=keras.ops.convert_to_tensor(bad))
-    fresh = ltm.reset_state(state, np.array([True, False]))
+    fresh = ltm.reset_rows(state, np.array([True, False]))
     coefficients = keras.ops.convert_to_numpy(fresh["coefficients"])
     assert np.all(coefficients[0] == 0.0) and np.all(np.isnan(coefficients[1]))
     picked = where_rows(

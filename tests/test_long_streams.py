@@ -169,8 +169,10 @@ def stream_stack(
     start = time.perf_counter()
     for _ in range(num_segments):
         for i, block_state in enumerate(state):
-            pending = to_numpy(block_state["pending"])  # (B, L, D)
-            writes = np.all(to_numpy(block_state["pending_mask"]), axis=1)
+            pending = to_numpy(block_state["ltm"]["pending"])  # (B, L, D)
+            writes = np.all(
+                to_numpy(block_state["ltm"]["pending_mask"]), axis=1
+            )
             norms = np.sqrt(np.sum(np.square(pending), axis=(1, 2)))
             max_input[i] = np.where(
                 writes, np.maximum(max_input[i], norms), max_input[i]
@@ -180,7 +182,9 @@ def stream_stack(
         if not np.all(np.isfinite(to_numpy(logits))):
             raise AssertionError("non-finite logits")
         for i, block_state in enumerate(state):
-            coefficients = to_numpy(block_state["ltm"]["coefficients"])
+            coefficients = to_numpy(
+                block_state["ltm"]["memory"]["coefficients"]
+            )
             if not np.all(np.isfinite(coefficients)):
                 raise AssertionError(f"non-finite coefficients in layer {i}")
             norms = np.sqrt(np.sum(np.square(coefficients), axis=(1, 2)))

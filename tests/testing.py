@@ -12,6 +12,14 @@ def to_numpy(x):
     return x.astype(np.float64) if np.issubdtype(x.dtype, np.floating) else x
 
 
+def assert_rows_equal(state, expected, rows):
+    """Every tensor of two states (nested dicts and lists of the same
+    layout) is equal in the batch ``rows`` (a slice or index array)."""
+    expected = dict(keras.tree.flatten_with_path(to_numpy(expected)))
+    for path, value in keras.tree.flatten_with_path(to_numpy(state)):
+        np.testing.assert_array_equal(value[rows], expected[path][rows])
+
+
 def max_rel_error(actual, expected):
     """max |a − e| / max |e| (the golden README's 'relative to max-norm')."""
     actual, expected = to_numpy(actual), np.asarray(expected, np.float64)

@@ -10,7 +10,7 @@ attention-reconstruction loss; `InfFormerBlock` (``compressor=``) does the
 attention.
 
 Segment flow (the order of docs/math.md §4, write then read). The segment
-leaving the STM waits in the state (``"uncompressed"``) and is compressed at
+leaving the STM waits in the state (``"pending"``) and is compressed at
 the start of the next segment, then read by it: the numbers are those of
 compressing it when it leaves (the paper's order), but the compressed
 vectors a segment reads first are computed in its own forward pass, so the
@@ -56,7 +56,7 @@ Example:
 >>> block(x).shape  # sequence mode, 5 segments
 (3, 40, 16)
 >>> state = block.get_initial_state(batch_size=3)
->>> tuple(state["compressed"].shape)  # (B, N, D)
+>>> tuple(state["compressed"]["memory"].shape)  # (B, N, D)
 (3, 8, 16)
 """
 
@@ -69,12 +69,6 @@ from keras_infmemory import validation as check
 from keras_infmemory.state import where_rows
 
 COMPRESSIONS = ("conv", "mean")
-STATE_KEYS = (
-    "compressed",
-    "compressed_mask",
-    "uncompressed",
-    "uncompressed_mask",
-)
 
 
 @keras.saving.register_keras_serializable(package="keras_infmemory")
@@ -173,28 +167,24 @@ class CompressiveMemory(keras.layers.Layer):
     # ------------------------------------------------------------------ #
 
     def get_initial_state(self, batch_size, segment_length, dtype):
-        """An empty memory: ``"compressed"`` ``(B, N, D)`` (oldest first)
-        and ``"compressed_mask"`` ``(B, N)``; ``"uncompressed"`` ``(B, L,
-        D)`` and ``"uncompressed_mask"`` ``(B, L)``, the segment that has
-        left the STM and is compressed at the next call."""
+        """An empty memory: ``"memory"`` ``(B, N, D)``, the compressed
+        vectors (oldest first), and ``"memory_mask"`` ``(B, N)``;
+        ``"pending"`` ``(B, L, D)`` and ``"pending_mask"`` ``(B, L)``, the
+        segment that has left the STM and is compressed at the next
+        call."""
         hidden = self.hidden_dim
         return {
-            "compressed": ops.zeros(
+            "memory": ops.zeros(
                 (batch_size, self.memory_length, hidden), dtype
             ),
-            "compressed_mask": ops.zeros(
-                (batch_size, self.memory_length), "bool"
-            ),
-            "uncompressed": ops.zeros(
-                (batch_size, segment_length, hidden), dtype
-            ),
-            "uncompressed_mask": ops.zeros(
-                (batch_size, segment_length), "bool"
-            ),
+            "memory_mask": ops.zeros((batch_size, self.memory_length), "bool"),
+            "pending": ops.zeros((batch_size, segment_length, hidden), dtype),
+            "pending_mask": ops.zeros((batch_size, segment_length), "bool"),
         }
 
-    def reset_state(self, state, reset_mask):
-        """Empties the rows where ``reset_mask`` ``(B,)`` is True."""
+    def reset_rows(self, state, reset_mask):
+        """``state`` with the rows where ``reset_mask`` ``(B,)`` is True
+        emptied; the other rows unchanged."""
         empty = {k: ops.zeros_like(v) for k, v in state.items()}
         return where_rows(ops.cast(reset_mask, "bool"), empty, state)
 
@@ -236,7 +226,7 @@ class CompressiveMemory(keras.layers.Layer):
             loss is off.
         """
         new_vectors, new_mask = self.compress(
-            ops.stop_gradient(state["uncompressed"]), state["uncompressed_mask"]
+            ops.stop_gradient(state["pending"]), state["pending_mask"]
         )
         pushed = new_vectors
         if self.reconstruction_weight > 0:
@@ -245,12 +235,12 @@ class CompressiveMemory(keras.layers.Layer):
             )  # trained by that loss alone
         n = self.memory_length
         memory = ops.concatenate(
-            [ops.stop_gradient(state["compressed"]), ops.cast(pushed, dtype)],
+            [ops.stop_gradient(state["memory"]), ops.cast(pushed, dtype)],
             axis=1,
         )[:, -n:]  # (B, N, D), oldest first
-        memory_mask = ops.concatenate(
-            [state["compressed_mask"], new_mask], axis=1
-        )[:, -n:]
+        memory_mask = ops.concatenate([state["memory_mask"], new_mask], axis=1)[
+            :, -n:
+        ]
         return memory, memory_mask, new_vectors, new_mask
 
     def next_state(
@@ -260,14 +250,14 @@ class CompressiveMemory(keras.layers.Layer):
         segment ``leaving`` the STM ``(B, L, D)`` (waiting); rows not
         ``active`` ``(B,)`` keep ``state``."""
         leaving_mask = ops.cast(leaving_mask, "bool")
-        leaving = ops.cast(leaving, state["uncompressed"].dtype)
+        leaving = ops.cast(leaving, state["pending"].dtype)
         new_state = {
-            "compressed": ops.cast(memory, state["compressed"].dtype),
-            "compressed_mask": memory_mask,
-            "uncompressed": ops.where(
+            "memory": ops.cast(memory, state["memory"].dtype),
+            "memory_mask": memory_mask,
+            "pending": ops.where(
                 leaving_mask[:, :, None], leaving, ops.zeros_like(leaving)
             ),
-            "uncompressed_mask": leaving_mask,
+            "pending_mask": leaving_mask,
         }
         new_state = where_rows(active, new_state, state)
         return keras.tree.map_structure(ops.stop_gradient, new_state)
@@ -284,7 +274,7 @@ class CompressiveMemory(keras.layers.Layer):
         Args:
             query: ``(B, Lq, H, d)`` the queries of the segment reading the
                 new vectors (stop-gradient here).
-            state: the state before the segment (``"uncompressed"`` is the
+            state: the state before the segment (``"pending"`` is the
                 old memory).
             new_vectors: ``(B, L/c, D)`` its compression, from `read`.
             new_mask: ``(B, L/c)``.
@@ -296,8 +286,8 @@ class CompressiveMemory(keras.layers.Layer):
         """
         if self.reconstruction_weight <= 0:
             return
-        old = ops.stop_gradient(state["uncompressed"])
-        old_mask = ops.cast(state["uncompressed_mask"], "bool")
+        old = ops.stop_gradient(state["pending"])
+        old_mask = ops.cast(state["pending_mask"], "bool")
         with _frozen(layers):
             old_keys, old_values = project(old)
             new_keys, new_values = project(ops.cast(new_vectors, old.dtype))

@@ -217,7 +217,11 @@ class ContinuousLTM(keras.layers.Layer):
     def build(self, query_shape=None, memory_input_shape=None, state=None):
         if self.built:
             return
-        e, hd, n = self.memory_dim, self.heads_dim, self.num_basis
+        e, hd, n = (
+            self.memory_dim,
+            self.num_heads * self.key_dim,
+            self.num_basis,
+        )
 
         def kernel(name, shape, initializer=None):
             if initializer is None:
@@ -303,8 +307,10 @@ class ContinuousLTM(keras.layers.Layer):
             )
         return state
 
-    def reset_state(self, state, reset_mask):
-        """Empties the rows where ``reset_mask`` ``(B,)`` is True."""
+    def reset_rows(self, state, reset_mask):
+        """``state`` with the rows where ``reset_mask`` ``(B,)`` is True
+        emptied (a new document starts there); the other rows unchanged.
+        A pure function: the layer holds no state."""
         batch = self._check_state(state)
         check.check_shape("reset_mask", reset_mask, (batch,), "(batch,)")
         empty = {name: ops.zeros_like(value) for name, value in state.items()}
@@ -632,7 +638,7 @@ class ContinuousLTM(keras.layers.Layer):
         grid order (`_grid_order`), not ``r`` in theirs.
         """
         h, d, e = self.num_heads, self.key_dim, self.memory_dim
-        n, hd = self.num_basis, self.heads_dim
+        n, hd = self.num_basis, self.num_heads * self.key_dim
         grid = self.geometry.grid(self.math_dtype)
         lq = mu.shape[2]
         # Multiply-adds of the two orders: (rᵀ B) W_V against r (B W_V).

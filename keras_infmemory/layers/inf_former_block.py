@@ -6,9 +6,6 @@ from keras import ops
 from keras_infmemory import segments
 from keras_infmemory import validation as check
 from keras_infmemory.layers import attention, block_state, segment_memory
-from keras_infmemory.layers.compressive_memory import (
-    STATE_KEYS as COMPRESSED_KEYS,
-)
 from keras_infmemory.layers.compressive_memory import CompressiveMemory
 from keras_infmemory.layers.continuous_ltm import ContinuousLTM
 from keras_infmemory.state import where_rows
@@ -259,7 +256,7 @@ class InfFormerBlock(keras.layers.Layer):
                 f"{self.num_heads}, key_dim={head_dim}. Received: ltm with "
                 f"num_heads={self.ltm.num_heads}, key_dim={self.ltm.key_dim}"
             )
-        self.hidden_dim, self.head_dim = hidden, head_dim
+        self.hidden_dim, self.key_dim = hidden, head_dim
         init = self.kernel_initializer.clone
         seq = (None, None, hidden)
 
@@ -334,23 +331,25 @@ class InfFormerBlock(keras.layers.Layer):
     def get_initial_state(self, batch_size):
         """An empty memory for ``batch_size`` rows.
 
-        Returns a dict, with only the entries this configuration uses:
+        Returns a dict with one entry per memory this configuration uses:
 
-        * ``"stm"`` ``(B, S, D)`` the last ``S`` block inputs, oldest first,
-          and ``"stm_mask"`` ``(B, S)`` bool, which slots hold real tokens;
-        * ``"pending"`` ``(B, L, D)`` float32 and ``"pending_mask"``
-          ``(B, L)``: the segment that has left the STM and enters the LTM
-          at the next call, and ``"ltm"``, the `ContinuousLTM` state (the
-          layout of `keras_infmemory.layers.segment_memory`);
-        * with a compressor, ``"compressed"``, ``"compressed_mask"``,
-          ``"uncompressed"`` and ``"uncompressed_mask"`` (see
-          `CompressiveMemory.get_initial_state`).
+        * ``"stm"``: ``{"inputs": (B, S, D), "mask": (B, S)}``, the last
+          ``S`` block inputs (oldest first) and which slots hold real
+          tokens;
+        * ``"ltm"``: the segment that has left the STM and enters the LTM
+          at the next call, ``"pending"`` ``(B, L, D)`` float32 and
+          ``"pending_mask"`` ``(B, L)``, and ``"memory"``, the
+          `ContinuousLTM` state (the layout of
+          `keras_infmemory.layers.segment_memory`);
+        * ``"compressed"``: the `CompressiveMemory` state (see its
+          `get_initial_state`).
         """
         return block_state.initial_state(self, batch_size)
 
-    def reset_state(self, state, reset_mask):
-        """Empties the memories of the rows where ``reset_mask`` is True."""
-        return block_state.reset_state(self, state, reset_mask)
+    def reset_rows(self, state, reset_mask):
+        """``state`` with the memories of the rows where ``reset_mask``
+        ``(B,)`` is True emptied; the other rows unchanged."""
+        return block_state.reset_rows(self, state, reset_mask)
 
     def _check_state(self, state):
         """Checks the keys and shapes of ``state``; returns its batch size."""
@@ -406,7 +405,7 @@ class InfFormerBlock(keras.layers.Layer):
                 f"Received: inputs.shape={tuple(inputs.shape)}"
             )
         if reset_mask is not None:
-            state = self.reset_state(state, reset_mask)
+            state = self.reset_rows(state, reset_mask)
         return self._step(inputs, state, padding_mask, training, starts_empty)
 
     def _call_sequence(self, inputs, padding_mask, training):
@@ -454,10 +453,12 @@ class InfFormerBlock(keras.layers.Layer):
         h = self.attention_norm(x) if self.normalize_first else x
         query = self.query_dense(h)  # (B, L, H, d)
         if self.stm_length:
-            stm = ops.stop_gradient(ops.cast(state["stm"], self.compute_dtype))
+            stm = ops.stop_gradient(
+                ops.cast(state["stm"]["inputs"], self.compute_dtype)
+            )
             memory = self.attention_norm(stm) if self.normalize_first else stm
             context = ops.concatenate([memory, h], axis=1)  # (B, S+L, D)
-            key_valid = ops.concatenate([state["stm_mask"], valid], axis=1)
+            key_valid = ops.concatenate([state["stm"]["mask"], valid], axis=1)
         else:
             context, key_valid = h, valid
         if self.compressor is not None:  # [compressed; STM; segment]
@@ -466,7 +467,7 @@ class InfFormerBlock(keras.layers.Layer):
                 return self.attention_norm(m) if self.normalize_first else m
 
             compressed, compressed_mask, new_vectors, new_mask = (
-                self.compressor.read(state, self.compute_dtype)
+                self.compressor.read(state["compressed"], self.compute_dtype)
             )  # (B, N, D): the waiting segment compressed and pushed
             context = ops.concatenate([norm(compressed), context], axis=1)
             key_valid = ops.concatenate([compressed_mask, key_valid], axis=1)
@@ -481,30 +482,26 @@ class InfFormerBlock(keras.layers.Layer):
             valid[:, :, None], ops.stop_gradient(x), ops.zeros_like(x)
         )  # padded positions are not even kept
         if self.stm_length:
-            stm, stm_mask = state["stm"], state["stm_mask"]
+            stm, stm_mask = state["stm"]["inputs"], state["stm"]["mask"]
             pushed = {
-                "stm": ops.concatenate(
+                "inputs": ops.concatenate(
                     [stm[:, length:], ops.cast(incoming, stm.dtype)], axis=1
                 ),  # (B, S, D)
-                "stm_mask": ops.concatenate([stm_mask[:, length:], valid], 1),
+                "mask": ops.concatenate([stm_mask[:, length:], valid], 1),
             }
-            new_state.update(
-                where_rows(active, pushed, {"stm": stm, "stm_mask": stm_mask})
-            )
+            new_state["stm"] = where_rows(active, pushed, state["stm"])
             evicted, evicted_mask = stm[:, :length], stm_mask[:, :length]
         else:
             evicted, evicted_mask = incoming, valid
         if self.compressor is not None:
-            compressed_state = {k: state[k] for k in COMPRESSED_KEYS}
-            new_state.update(
-                self.compressor.next_state(
-                    compressed_state,
-                    compressed,
-                    compressed_mask,
-                    evicted,
-                    evicted_mask,
-                    active,
-                )
+            compressed_state = state["compressed"]
+            new_state["compressed"] = self.compressor.next_state(
+                compressed_state,
+                compressed,
+                compressed_mask,
+                evicted,
+                evicted_mask,
+                active,
             )
             self.compressor.add_reconstruction_loss(
                 query,
@@ -516,17 +513,16 @@ class InfFormerBlock(keras.layers.Layer):
                 query_mask=valid,
             )
         if self.ltm is not None:
-            ltm_output, memory_state = segment_memory.step(
+            ltm_output, new_state["ltm"] = segment_memory.step(
                 self.ltm,
                 query,
-                {k: state[k] for k in ("pending", "pending_mask", "ltm")},
+                state["ltm"],
                 evicted,
                 evicted_mask,
                 query_mask=valid,
                 active=active,
                 starts_empty=starts_empty,
             )  # (B, L, D)
-            new_state.update(memory_state)
             attention_output = attention_output + ops.cast(
                 ltm_output, attention_output.dtype
             )  # Z = Z_T + Z_LTM  (docs/math.md §3)

@@ -36,7 +36,7 @@ def check_arguments(
 ):
     """Checks a `ContinuousLTM`'s arguments; returns them normalized (a
     dict of attribute values: floats, a tuple of widths, a sampler object,
-    the resolved ``memory_dim`` and ``output_dim``, and ``heads_dim``)."""
+    the resolved ``memory_dim`` and ``output_dim``)."""
     check.check_int("num_heads", num_heads)
     check.check_int("key_dim", key_dim)
     check.check_int("num_basis", num_basis)
@@ -82,12 +82,10 @@ def check_arguments(
             "`remat_read` must be True or False. "
             f"Received: remat_read={remat_read!r}"
         )
-    heads_dim = num_heads * key_dim
-    memory_dim = int(memory_dim or heads_dim)
+    memory_dim = int(memory_dim or num_heads * key_dim)
     return {
         "num_heads": num_heads,
         "key_dim": key_dim,
-        "heads_dim": heads_dim,
         "memory_dim": memory_dim,
         "output_dim": int(output_dim or memory_dim),
         "num_basis": num_basis,

@@ -23,8 +23,9 @@ finds the memory empty and nothing waiting; it says so (``starts_empty``) and
 that segment skips the write and the read, which would absorb nothing and
 read zeros (docs/performance.md, "A fresh memory is not run").
 
-The state of one memory is a dict: ``"pending"`` ``(B, L, e)`` float32,
-``"pending_mask"`` ``(B, L)`` bool and ``"ltm"``, the `ContinuousLTM` state.
+The state of one memory is a dict: ``"pending"`` ``(B, L, e)`` float32 and
+``"pending_mask"`` ``(B, L)`` bool, what waits to be written, and
+``"memory"``, the `ContinuousLTM` state it will be written into.
 """
 
 from keras import ops
@@ -40,17 +41,17 @@ def initial_state(ltm, batch_size, segment_length):
             (batch_size, segment_length, ltm.memory_dim), ltm.math_dtype
         ),
         "pending_mask": ops.zeros((batch_size, segment_length), "bool"),
-        "ltm": ltm.get_initial_state(batch_size),
+        "memory": ltm.get_initial_state(batch_size),
     }
 
 
-def reset_state(ltm, state, reset_mask):
+def reset_rows(ltm, state, reset_mask):
     """Empties the rows where ``reset_mask`` ``(B,)`` is True."""
     reset_mask = ops.cast(reset_mask, "bool")
     waiting = {k: state[k] for k in ("pending", "pending_mask")}
     empty = {k: ops.zeros_like(v) for k, v in waiting.items()}
     new_state = where_rows(reset_mask, empty, waiting)
-    new_state["ltm"] = ltm.reset_state(state["ltm"], reset_mask)
+    new_state["memory"] = ltm.reset_rows(state["memory"], reset_mask)
     return new_state
 
 
@@ -108,10 +109,10 @@ def step(
     if starts_empty and not return_density:
         output = ops.zeros((batch, length, ltm.output_dim), ltm.compute_dtype)
         return output, _waits(
-            state, state["ltm"], segment, segment_mask, active
+            state, state["memory"], segment, segment_mask, active
         )
     written = ltm.write(
-        state["pending"], state["ltm"], mask=state["pending_mask"]
+        state["pending"], state["memory"], mask=state["pending_mask"]
     )
     output, ltm_state = ltm.read(
         query,
@@ -152,7 +153,7 @@ def write_step(ltm, state, segment, segment_mask, starts_empty=False):
         return state
     segment_mask = ops.cast(segment_mask, "bool")
     active = ops.any(segment_mask, axis=1)
-    ltm_state = state["ltm"]
+    ltm_state = state["memory"]
     if not starts_empty:
         ltm_state = ltm.write(
             state["pending"], ltm_state, mask=state["pending_mask"]
@@ -166,7 +167,7 @@ def _waits(state, ltm_state, segment, segment_mask, active):
     new_state = {
         "pending": _real_only(segment, segment_mask, state["pending"].dtype),
         "pending_mask": segment_mask,
-        "ltm": ltm_state,
+        "memory": ltm_state,
     }
     return _stop_gradient(where_rows(active, new_state, state))
 
@@ -209,7 +210,7 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
     pending, pending_mask = state["pending"], state["pending_mask"]
     cached = state.get("read")
     if cached is None:
-        cached = ltm.read_cache(state["ltm"])
+        cached = ltm.read_cache(state["memory"])
 
     if inputs_mask is None:
         arriving = ops.cast(inputs, pending.dtype)
@@ -234,7 +235,7 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
     ltm_state, cached, pending, pending_mask = apply_if(
         write,
         write_and_cache,
-        (state["ltm"], cached, pending, pending_mask),
+        (state["memory"], cached, pending, pending_mask),
         layer=ltm,
     )
     placed = ops.slice_update(pending, [0, position, 0], arriving)
@@ -251,7 +252,7 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
         "pending": placed,
         "pending_mask": placed_mask,
         "read": cached,
-        "ltm": ltm_state,
+        "memory": ltm_state,
     }
     return output, _stop_gradient(new_state)
 

@@ -7,16 +7,14 @@ from keras_infmemory import segments
 from keras_infmemory import validation as check
 from keras_infmemory.distribution import shard_rows
 from keras_infmemory.layers.compressive_memory import CompressiveMemory
-from keras_infmemory.layers.continuous_ltm import ContinuousLTM
 from keras_infmemory.layers.inf_former_block import InfFormerBlock
 from keras_infmemory.layers.sticky_memory_sampler import StickyMemorySampler
+from keras_infmemory.models.memory_model import StatefulMemory
 from keras_infmemory.models.options import (
     check_memory_options,
-    fresh_memory_options,
+    make_ltm,
     serialize_memory_options,
-    set_memory_enabled,
 )
-from keras_infmemory.state import StateHolder
 
 ARMS = ("window", "transformer_xl", "inf_former", "sticky", "compressive")
 
@@ -26,7 +24,7 @@ COMPRESSIVE_DEFAULTS = {"compression_rate": 4}
 
 
 @keras.saving.register_keras_serializable(package="keras_infmemory")
-class InfFormerLM(keras.Model):
+class InfFormerLM(StatefulMemory, keras.Model):
     """Token embedding → `InfFormerBlock` × ``num_layers`` → vocabulary head.
 
     A long sequence is processed in segments of ``segment_length`` tokens,
@@ -161,13 +159,10 @@ class InfFormerLM(keras.Model):
             check.check_int(name, value)
         if bptt_segments is not None:
             check.check_int("bptt_segments", bptt_segments)
-        if batch_size is not None:
-            check.check_int("batch_size", batch_size)
         if stm_length is None:
             stm_length = segment_length
         check.check_int("stm_length", stm_length, minimum=0)
         check.check_range("dropout", dropout, 0.0, 1.0, low_ok=True)
-        check.check_bool("stateful", stateful)
         if hidden_dim % num_heads:
             raise ValueError(
                 "`hidden_dim` must be a multiple of `num_heads`="
@@ -193,8 +188,7 @@ class InfFormerLM(keras.Model):
         self.dropout = dropout
         self.normalize_first = normalize_first
         self.bptt_segments = bptt_segments
-        self.stateful = stateful
-        self.batch_size = batch_size
+        self._init_stateful(stateful, batch_size)
         self.segment_loop = segment_loop
         self.compressive_options = (
             None if compressive_options is None else dict(compressive_options)
@@ -207,11 +201,11 @@ class InfFormerLM(keras.Model):
         for i in range(num_layers):
             ltm = None
             if memory_options is not None:
-                ltm = ContinuousLTM(
+                ltm = make_ltm(
+                    memory_options,
                     num_heads=num_heads,
                     key_dim=hidden_dim // num_heads,
-                    name=f"ltm_{i}",
-                    **fresh_memory_options(memory_options),
+                    name=f"memory_{i}",
                 )
             compressor = None
             if compressive_options is not None:
@@ -237,7 +231,6 @@ class InfFormerLM(keras.Model):
             else None
         )
         self.head = keras.layers.Dense(vocabulary_size, name="head")
-        self._state_holder = None
 
     @classmethod
     def arm(
@@ -285,15 +278,9 @@ class InfFormerLM(keras.Model):
             **kwargs,
         )
 
-    @property
-    def memory_enabled(self):
-        """Whether the LTMs are written and read (False: same weights, no
-        long-term memory; for ablations)."""
-        return all(b.ltm.enabled for b in self.blocks if b.ltm is not None)
-
-    @memory_enabled.setter
-    def memory_enabled(self, value):
-        set_memory_enabled(self, [b.ltm for b in self.blocks], value)
+    def _memories(self):
+        """The blocks' LTMs (`StatefulMemory`)."""
+        return [block.ltm for block in self.blocks]
 
     # ------------------------------------------------------------------ #
     # Weights and state
@@ -313,17 +300,7 @@ class InfFormerLM(keras.Model):
             if layer is not None and not layer.built:
                 layer.build(shape)
         if self.stateful and self._state_holder is None:
-            batch_size = self.batch_size or input_shape[0]
-            if batch_size is None:
-                raise ValueError(
-                    "A stateful InfFormerLM needs a fixed batch size: pass "
-                    "`batch_size` or call it on a batch of known size. "
-                    f"Received: batch_size={batch_size}"
-                )
-            self.batch_size = int(batch_size)
-            self._state_holder = StateHolder(
-                self, self.get_initial_state(self.batch_size)
-            )
+            self._make_state_holder(self.batch_size or input_shape[0])
         self.built = True
 
     def get_initial_state(self, batch_size):
@@ -332,23 +309,6 @@ class InfFormerLM(keras.Model):
             if not block.built:
                 block.build((None, None, self.hidden_dim))
         return [block.get_initial_state(batch_size) for block in self.blocks]
-
-    def reset_state(self, reset_mask=None):
-        """Empties the stored state of a stateful model (the rows where
-        ``reset_mask`` ``(batch_size,)`` is True, or all of it)."""
-        if not self.stateful or self._state_holder is None:
-            raise ValueError(
-                "`reset_state` needs a built model with `stateful=True`. "
-                f"Received: stateful={self.stateful}"
-            )
-        if reset_mask is not None:
-            check.check_shape(
-                "reset_mask",
-                reset_mask,
-                (self.batch_size,),
-                f"(batch_size,) = ({self.batch_size},)",
-            )
-        self._state_holder.reset(reset_mask)
 
     # ------------------------------------------------------------------ #
     # Call
@@ -367,38 +327,23 @@ class InfFormerLM(keras.Model):
             reset_mask = token_ids.get("reset_mask", reset_mask)
             token_ids = token_ids["token_ids"]
         self._check_inputs(token_ids, state, reset_mask, padding_mask)
-        if self.stateful:
-            if state is not None:
-                raise ValueError(
-                    "A stateful model keeps its own state. "
-                    "Received: state (not None)"
-                )
-            logits, state = self._run(
-                token_ids,
-                self._state_holder.read(),
-                reset_mask,
-                padding_mask,
-                training,
+        if state is None and reset_mask is not None and not self.stateful:
+            raise ValueError(
+                "`reset_mask` needs a `state` (streaming mode). "
+                "Received: state=None"
             )
-            self._state_holder.assign(state)
-            return logits
-        if state is None:
-            if reset_mask is not None:
-                raise ValueError(
-                    "`reset_mask` needs a `state` (streaming mode). "
-                    "Received: state=None"
-                )
-            batch = ops.shape(token_ids)[0]
-            logits, _ = self._run(
-                token_ids,
-                self.get_initial_state(batch),
-                None,
-                padding_mask,
-                training,
-                starts_empty=True,
-            )
-            return logits
-        return self._run(token_ids, state, reset_mask, padding_mask, training)
+        explicit = state is not None
+        state, starts_empty = self._call_state(state, token_ids)
+        logits, state = self._run(
+            token_ids,
+            state,
+            reset_mask,
+            padding_mask,
+            training,
+            starts_empty=starts_empty,
+        )
+        self._keep_state(state)
+        return (logits, state) if explicit else logits
 
     def _check_inputs(self, token_ids, state, reset_mask, padding_mask):
         """Static shapes always; token values in eager mode."""
@@ -413,13 +358,6 @@ class InfFormerLM(keras.Model):
                 "padding_mask", padding_mask, shape, f"{shape}, as `token_ids`"
             )
         if self.stateful:
-            check.check_batch(
-                "token_ids",
-                token_ids,
-                self.batch_size,
-                "this stateful model (`batch_size`; use a new model or the "
-                "explicit-state mode for another batch size)",
-            )
             batch = self.batch_size
         elif state is not None:
             if not isinstance(state, (list, tuple)) or len(state) != len(
@@ -452,7 +390,7 @@ class InfFormerLM(keras.Model):
         ``starts_empty``)."""
         if reset_mask is not None:
             state = [
-                block.reset_state(block_state, reset_mask)
+                block.reset_rows(block_state, reset_mask)
                 for block, block_state in zip(self.blocks, state, strict=True)
             ]
         length, total = self.segment_length, ops.shape(token_ids)[1]

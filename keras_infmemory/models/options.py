@@ -1,13 +1,14 @@
-"""Options of the long-term memories a model creates, and their switch.
+"""Options of the long-term memories a model creates.
 
 A model with memory takes ``memory_options``, a dict of `ContinuousLTM`
 arguments, and gives each of its layers an LTM built from them; these
-helpers check, copy and serialize that dict the same way for every model.
+helpers check, serialize and build from that dict the same way for every
+model.
 """
 
 import keras
 
-from keras_infmemory import validation as check
+from keras_infmemory.layers.continuous_ltm import ContinuousLTM
 
 
 def check_memory_options(memory_options, reserved=("num_heads", "key_dim")):
@@ -36,15 +37,18 @@ def check_memory_options(memory_options, reserved=("num_heads", "key_dim")):
     return serialize_memory_options(memory_options)
 
 
-def fresh_memory_options(memory_options):
-    """The options (from `check_memory_options`) for one more LTM: each LTM
-    gets its own Keras objects (a sampler), deserialized from the config."""
-    return {
+def make_ltm(memory_options, **arguments):
+    """A new `ContinuousLTM` of ``memory_options`` (from
+    `check_memory_options`) and the ``arguments`` the model sets (its heads,
+    sizes, name, dtype). Each LTM gets Keras objects of its own (a sampler),
+    deserialized from the config."""
+    options = {
         key: keras.saving.deserialize_keras_object(value)
         if isinstance(value, dict) and "class_name" in value
         else value
-        for key, value in memory_options.items()
+        for key, value in (memory_options or {}).items()
     }
+    return ContinuousLTM(**arguments, **options)
 
 
 def serialize_memory_options(memory_options):
@@ -59,18 +63,3 @@ def serialize_memory_options(memory_options):
         else (list(value) if isinstance(value, (tuple, list)) else value)
         for key, value in memory_options.items()
     }
-
-
-def set_memory_enabled(model, ltms, value):
-    """Switches the LTMs of ``model`` on or off (ablations: same weights).
-
-    The model's compiled functions baked the old value in: they are reset.
-    """
-    value = check.check_bool("memory_enabled", value)
-    for ltm in ltms:
-        if ltm is not None:
-            ltm.enabled = value
-    model.train_function = model.test_function = None
-    model.predict_function = None
-    if hasattr(model, "generate_function"):
-        model.generate_function = None

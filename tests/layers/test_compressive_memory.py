@@ -13,7 +13,7 @@ from tests.layers.test_inf_former_block import (
     random_input,
     stream,
 )
-from tests.testing import to_numpy
+from tests.testing import assert_rows_equal, to_numpy
 
 RATE, SLOTS = 4, 6
 
@@ -58,7 +58,9 @@ def test_sequence_equals_streaming(name):
     np.testing.assert_allclose(to_numpy(block(x)), whole, atol=1e-5)
     streamed, state = stream(block, x)
     np.testing.assert_allclose(streamed, whole, atol=1e-5)
-    assert to_numpy(state["compressed_mask"]).all()  # the FIFO is full
+    assert to_numpy(
+        state["compressed"]["memory_mask"]
+    ).all()  # the FIFO is full
 
 
 @pytest.mark.parametrize("compression", ["mean", "conv"])
@@ -77,10 +79,11 @@ def test_fifo_holds_the_last_compressed_windows(compression):
         bias = to_numpy(block.compressor.bias)
         expected = np.einsum("bjcd,cde->bje", windows, kernel) + bias
     np.testing.assert_allclose(
-        to_numpy(state["compressed"]), expected[:, -SLOTS:], atol=1e-5
+        to_numpy(state["compressed"]["memory"]), expected[:, -SLOTS:], atol=1e-5
     )
     np.testing.assert_allclose(
-        to_numpy(state["uncompressed"]), x[:, 4 * SEGMENT : 5 * SEGMENT]
+        to_numpy(state["compressed"]["pending"]),
+        x[:, 4 * SEGMENT : 5 * SEGMENT],
     )
 
 
@@ -133,8 +136,7 @@ def test_reset_one_row():
     y_reset, state_reset = block(segment, state, reset_mask=reset)
     y_keep, y_reset = to_numpy(y_keep), to_numpy(y_reset)
     np.testing.assert_array_equal(y_reset[1:], y_keep[1:])
-    for key, value in to_numpy(state_reset).items():
-        np.testing.assert_array_equal(value[1:], to_numpy(state_keep[key])[1:])
+    assert_rows_equal(state_reset, state_keep, slice(1, None))
     fresh, _ = block(segment[:1], block.get_initial_state(1))
     np.testing.assert_allclose(y_reset[:1], to_numpy(fresh), atol=1e-6)
     assert np.max(np.abs(y_reset[0] - y_keep[0])) > 1e-4
@@ -153,14 +155,16 @@ def test_values_under_padding_change_nothing(name):
     y_clean, s_clean = stream(block, clean, padding_mask=mask)
     y_dirty, s_dirty = stream(block, dirty, padding_mask=mask)
     np.testing.assert_allclose(y_clean[mask], y_dirty[mask], atol=1e-5)
-    for key in s_clean:
-        np.testing.assert_allclose(
-            to_numpy(s_clean[key]), to_numpy(s_dirty[key]), atol=1e-5
-        )
+    for clean_value, dirty_value in zip(
+        keras.tree.flatten(to_numpy(s_clean)),
+        keras.tree.flatten(to_numpy(s_dirty)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(clean_value, dirty_value, atol=1e-5)
     # The fully padded window left no vector: segment 1's first window.
     _, s_three = stream(block, clean[:, : 4 * SEGMENT], mask[:, : 4 * SEGMENT])
     assert (
-        to_numpy(s_three["compressed_mask"])[:, -4:].tolist()
+        to_numpy(s_three["compressed"]["memory_mask"])[:, -4:].tolist()
         == [[True, True, False, True]] * 2
     )
 
@@ -274,6 +278,6 @@ def test_bad_block_arguments():
         InfFormerBlock(2, 32, stm_length=0, compressor=compressor)
     block = make_block("conv")
     state = block.get_initial_state(2)
-    state["compressed"] = state["compressed"][:, :2]
+    state["compressed"]["memory"] = state["compressed"]["memory"][:, :2]
     with pytest.raises(ValueError, match="compressed"):
         block(random_input(length=SEGMENT), state)

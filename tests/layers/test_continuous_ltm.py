@@ -174,7 +174,7 @@ def test_per_row_reset_leaves_other_rows_untouched():
     state = layer.get_initial_state(3)
     for step in range(2):
         _, state = layer(q, inputs(batch=3, seed=step)[0], state)
-    reset = layer.reset_state(state, np.array([True, False, False]))
+    reset = layer.reset_rows(state, np.array([True, False, False]))
     out_reset, state_reset = layer(q, x, reset)
     out_kept, state_kept = layer(q, x, state)
     out_fresh, _ = layer(q[:1], x[:1], layer.get_initial_state(1))

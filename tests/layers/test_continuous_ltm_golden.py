@@ -73,7 +73,7 @@ def run_case(case, layer):
         if not case["has_memory_before"][s]:
             # The authors' token-counter reset (gpt2_reset step 3) and their
             # no-memory mode are per-row resets here.
-            state = layer.reset_state(state, np.ones(batch, bool))
+            state = layer.reset_rows(state, np.ones(batch, bool))
         results["has_memory"].append(to_numpy(state["has_memory"]))
         query = np.transpose(case["in_q"][s], (0, 2, 1, 3))  # (B, Lq, H, d)
         positions = None

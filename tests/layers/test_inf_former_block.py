@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from keras_infmemory import ContinuousLTM, InfFormerBlock, StickyMemorySampler
-from tests.testing import to_numpy
+from tests.testing import assert_rows_equal, to_numpy
 
 HIDDEN, HEADS, SEGMENT = 16, 2, 8
 
@@ -137,9 +137,7 @@ def test_reset_one_row(name):
     y_reset, state_reset = block(segment, state, reset_mask=reset)
     y_keep, y_reset = to_numpy(y_keep), to_numpy(y_reset)
     np.testing.assert_array_equal(y_reset[1:], y_keep[1:])
-    for name_, value in keras.tree.flatten_with_path(to_numpy(state_reset)):
-        expected = dict(keras.tree.flatten_with_path(to_numpy(state_keep)))
-        np.testing.assert_array_equal(value[1:], expected[name_][1:])
+    assert_rows_equal(state_reset, state_keep, slice(1, None))
     fresh, _ = block(segment[:1], block.get_initial_state(1))
     np.testing.assert_allclose(y_reset[:1], to_numpy(fresh), atol=1e-6)
     assert np.max(np.abs(y_reset[0] - y_keep[0])) > 1e-4
@@ -168,7 +166,7 @@ def test_without_absorbed_past_equals_transformer_xl():
     )
     # Segment 2 reads segment 0 from the LTM.
     assert np.max(np.abs(y_inf[:, 2 * SEGMENT :] - y_xl[:, 2 * SEGMENT :])) > 0
-    assert to_numpy(state["ltm"]["has_memory"]).all()
+    assert to_numpy(state["ltm"]["memory"]["has_memory"]).all()
 
 
 def test_padding_never_enters_memory():
@@ -182,9 +180,9 @@ def test_padding_never_enters_memory():
     y_clean, s_clean = stream(block, clean, padding_mask=mask)
     y_dirty, s_dirty = stream(block, dirty, padding_mask=mask)
     np.testing.assert_allclose(y_clean[mask], y_dirty[mask], atol=1e-5)
-    ltm_clean = to_numpy(s_clean["ltm"]["coefficients"])
+    ltm_clean = to_numpy(s_clean["ltm"]["memory"]["coefficients"])
     np.testing.assert_allclose(
-        ltm_clean, to_numpy(s_dirty["ltm"]["coefficients"]), atol=1e-5
+        ltm_clean, to_numpy(s_dirty["ltm"]["memory"]["coefficients"]), atol=1e-5
     )
     # A segment without a real token is a no-op: after the two padded
     # segments the state is the state after segment 1.
@@ -212,13 +210,10 @@ def test_weights_and_state_structure():
     assert len(block.trainable_weights) == 23
     assert len(make_block("xl").trainable_weights) == 16
     state = block.get_initial_state(4)
-    assert sorted(state) == [
-        "ltm",
-        "pending",
-        "pending_mask",
-        "stm",
-        "stm_mask",
-    ]
+    assert sorted(state) == ["ltm", "stm"]  # one entry per memory
+    assert sorted(state["stm"]) == ["inputs", "mask"]
+    assert sorted(state["ltm"]) == ["memory", "pending", "pending_mask"]
+    assert sorted(state["ltm"]["memory"]) == ["coefficients", "has_memory"]
     assert sorted(make_block("window").get_initial_state(1)) == []
 
 
@@ -239,7 +234,9 @@ def test_mixed_precision():
     assert keras.backend.standardize_dtype(y.dtype) == "float16"
     state = block.get_initial_state(2)
     assert (
-        keras.backend.standardize_dtype(state["ltm"]["coefficients"].dtype)
+        keras.backend.standardize_dtype(
+            state["ltm"]["memory"]["coefficients"].dtype
+        )
         == "float32"
     )
     streamed, _ = stream(block, x)
@@ -256,7 +253,7 @@ def test_functional_model_streaming():
     )
     y, new_state = block(inputs, state)
     assert tuple(y.shape) == (2, SEGMENT, HIDDEN)
-    assert tuple(new_state["stm"].shape) == (2, SEGMENT, HIDDEN)
+    assert tuple(new_state["stm"]["inputs"].shape) == (2, SEGMENT, HIDDEN)
 
 
 @pytest.mark.parametrize(

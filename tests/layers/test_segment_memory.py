@@ -29,7 +29,7 @@ def decoding_setup(sticky=None, seed=0):
         weight.assign(rng.normal(0, 0.5, weight.shape).astype("float32"))
     state = segment_memory.initial_state(ltm, 2, LENGTH)
     first = rng.normal(size=(2, LENGTH, 8)).astype("float32")
-    state["ltm"] = ltm.write(first, state["ltm"])
+    state["memory"] = ltm.write(first, state["memory"])
     state["pending"] = ops.convert_to_tensor(
         rng.normal(size=(2, LENGTH, 8)).astype("float32")
     )

@@ -339,7 +339,10 @@ def test_mixed_precision():
     assert keras.backend.standardize_dtype(logits.dtype) == "float32"
     assert np.all(np.isfinite(to_numpy(logits)))
     state = model.get_initial_state(2)
-    assert keras.backend.standardize_dtype(state[0]["stm"].dtype) == "float16"
+    assert (
+        keras.backend.standardize_dtype(state[0]["stm"]["inputs"].dtype)
+        == "float16"
+    )
 
 
 @pytest.mark.parametrize(

@@ -21,13 +21,12 @@ from keras_infmemory import segments
 from keras_infmemory import validation as check
 from keras_infmemory.distribution import shard_rows
 from keras_infmemory.layers import segment_memory
-from keras_infmemory.layers.continuous_ltm import ContinuousLTM
 from keras_infmemory.models.hub import decoder_memory
+from keras_infmemory.models.memory_model import MemorySwitch
 from keras_infmemory.models.options import (
     check_memory_options,
-    fresh_memory_options,
+    make_ltm,
     serialize_memory_options,
-    set_memory_enabled,
 )
 
 # Where a model-parallel layout shards each LTM weight (JAX, see
@@ -44,7 +43,7 @@ LTM_LAYOUT = {
 }
 
 
-class InfMemoryBackbone:
+class InfMemoryBackbone(MemorySwitch):
     """A KerasHub backbone whose decoder layers carry a long-term memory.
 
     Mixed into a family's backbone (``InfMemoryLlama3Backbone`` is
@@ -121,14 +120,14 @@ class InfMemoryBackbone:
                 (None, None, self.hidden_dim)
             )  # (B, T, H, d)
             memories.append(
-                ContinuousLTM(
+                make_ltm(
+                    memory_options,
                     num_heads=heads,
                     key_dim=head_dim,
                     memory_dim=self.hidden_dim,
                     output_dim=self.hidden_dim,
                     dtype=self.dtype_policy,
                     name=f"memory_{i}",
-                    **fresh_memory_options(memory_options),
                 )
             )
         self.memories = memories
@@ -152,19 +151,14 @@ class InfMemoryBackbone:
         """``state`` with the rows where ``reset_mask`` ``(B,)`` is True
         emptied."""
         return [
-            segment_memory.reset_state(ltm, s, reset_mask)
+            segment_memory.reset_rows(ltm, s, reset_mask)
             for ltm, s in zip(self.memories, state, strict=True)
         ]
 
-    @property
-    def memory_enabled(self):
-        """Whether the memories are written and read (False: the family's
-        model on each segment alone, same weights; for ablations)."""
-        return all(ltm.enabled for ltm in self.memories)
-
-    @memory_enabled.setter
-    def memory_enabled(self, value):
-        set_memory_enabled(self, self.memories, value)
+    def _memories(self):
+        """The LTMs (`MemorySwitch`: ``memory_enabled = False`` gives the
+        family's model on each segment alone, same weights)."""
+        return self.memories
 
     @contextlib.contextmanager
     def open_run(self, states, **kind):

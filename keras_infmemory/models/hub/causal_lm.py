@@ -16,10 +16,11 @@ from keras import ops
 
 from keras_infmemory import segments
 from keras_infmemory import validation as check
-from keras_infmemory.state import StateHolder, known_value
+from keras_infmemory.models.memory_model import StatefulMemory
+from keras_infmemory.state import known_value
 
 
-class InfMemoryCausalLM:
+class InfMemoryCausalLM(StatefulMemory):
     """A KerasHub causal LM whose decoder layers carry a long-term memory.
 
     Mixed into a family's causal LM (``InfMemoryLlama3CausalLM`` is
@@ -75,24 +76,12 @@ class InfMemoryCausalLM:
                 f"Received: backbone={type(backbone).__name__}"
             )
         super().__init__(backbone=backbone, preprocessor=preprocessor, **kwargs)
-        check.check_bool("stateful", stateful)
-        if stateful and batch_size is None:
-            raise ValueError(
-                "A stateful model needs `batch_size`. "
-                f"Received: batch_size={batch_size}"
-            )
-        if batch_size is not None:
-            batch_size = check.check_int("batch_size", batch_size)
-        self.stateful = stateful
-        self.batch_size = batch_size
-        # The memory `generate` was given, kept in a plain object (Keras
+        self._init_stateful(stateful, batch_size)
+        # The state `generate` was given, kept in a plain object (Keras
         # would wrap a list attribute in a tracker).
-        self._generation = _GenerationMemory()
-        self._state_holder = None
+        self._generation = _GenerationState()
         if stateful:
-            self._state_holder = StateHolder(
-                self, backbone.get_initial_state(batch_size), name="memory"
-            )
+            self._make_state_holder(batch_size)
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
@@ -119,32 +108,10 @@ class InfMemoryCausalLM:
         `InfMemoryBackbone.get_initial_state`)."""
         return self.backbone.get_initial_state(batch_size)
 
-    def reset_state(self, reset_mask=None):
-        """Empties the stored memory of a stateful model (the rows where
-        ``reset_mask`` ``(batch_size,)`` is True, or all of it)."""
-        if not self.stateful:
-            raise ValueError(
-                "`reset_state` empties the memory of a stateful model; pass "
-                "`reset_mask` to a call with an explicit state otherwise. "
-                f"Received: stateful={self.stateful}"
-            )
-        if reset_mask is not None:
-            check.check_shape(
-                "reset_mask", reset_mask, (self.batch_size,), "(batch_size,)"
-            )
-        self._state_holder.reset(reset_mask)
-
-    @property
-    def memory_enabled(self):
-        """Whether the memories are used (False: the family's model on each
-        segment alone, same weights)."""
-        return self.backbone.memory_enabled
-
-    @memory_enabled.setter
-    def memory_enabled(self, value):
-        self.backbone.memory_enabled = value
-        self.train_function = self.test_function = None
-        self.predict_function = self.generate_function = None
+    def _memories(self):
+        """The backbone's LTMs (`StatefulMemory`: ``memory_enabled = False``
+        gives the family's model on each segment alone, same weights)."""
+        return self.backbone.memories
 
     # ------------------------------------------------------------------ #
     # Calls
@@ -161,21 +128,7 @@ class InfMemoryCausalLM:
             "token_ids", token_ids, self.backbone.vocabulary_size
         )
         explicit = state is not None
-        if self.stateful:
-            if explicit:
-                raise ValueError(
-                    "A stateful model keeps its own state. "
-                    "Received: state (not None)"
-                )
-            check.check_batch(
-                "token_ids",
-                token_ids,
-                self.batch_size,
-                "this stateful model (`batch_size`)",
-            )
-            state = self._state_holder.read()
-        elif not explicit:
-            state = self.get_initial_state(ops.shape(token_ids)[0])
+        state, starts_empty = self._call_state(state, token_ids)
         if reset_mask is not None:
             state = self.backbone.reset_rows(state, reset_mask)
         parent = super().call
@@ -183,11 +136,10 @@ class InfMemoryCausalLM:
             lambda rows: parent(rows, training=training, **kw),
             inputs,
             state,
-            starts_empty=not (self.stateful or explicit),
+            starts_empty=starts_empty,
         )  # (B, T, V)
         state = run.states
-        if self.stateful:
-            self._state_holder.assign(state)
+        self._keep_state(state)
         return (logits, state) if explicit else logits
 
     def score(
@@ -197,10 +149,10 @@ class InfMemoryCausalLM:
         scoring_mode="logits",
         layer_intercept_fn=None,
         target_ids=None,
-        memory=None,
+        state=None,
     ):
         """The family's ``score`` over segments, the memory carried (from
-        empty, or from ``memory``, e.g. an absorbed document: see `absorb`).
+        empty, or from ``state``, e.g. an absorbed document: see `absorb`).
         ``layer_intercept_fn`` sees the activations of segment rows
         ``(B·S, L, D)``."""
         parent = getattr(super(), "score", None)
@@ -224,19 +176,17 @@ class InfMemoryCausalLM:
                 target_ids=rows.get("target_ids"),
             )
 
-        starts_empty = memory is None
-        if starts_empty:
-            memory = self.get_initial_state(ops.shape(token_ids)[0])
+        state, starts_empty = self._state_or_empty(state, token_ids)
         scores, _ = self.backbone.run_segments(
             score_rows,
             inputs,
-            memory,
+            state,
             regularize=False,
             starts_empty=starts_empty,
         )
         return scores
 
-    def absorb(self, inputs, memory=None):
+    def absorb(self, inputs, state=None):
         """Writes a long text into the memory, segment by segment.
 
         The text runs through the backbone in segments and the memory
@@ -244,9 +194,9 @@ class InfMemoryCausalLM:
         stops once its last memory layer has written (without sticky
         memories that layer does not read, and the layers after it do not
         run: docs/performance.md, "Absorbing stops at the last memory").
-        Read from the memory with
-        ``generate(prompt, memory=...)``, ``score(..., memory=...)`` or a
-        call with ``state=``: the next text starts a new segment, and the
+        Read from the memory with ``generate(prompt, state=...)``,
+        ``score(..., state=...)`` or a call with ``state=``: the next text
+        starts a new segment, and the
         text's last segment enters the memory when it starts. Absorbing a
         document and then calling on a prompt equals one call over the
         document (padded to whole segments) and the prompt.
@@ -256,10 +206,10 @@ class InfMemoryCausalLM:
                 truncated) or a dict of ``"token_ids"`` ``(B, T)`` and
                 ``"padding_mask"``: several documents of different lengths
                 per batch (right padding).
-            memory: the memory to add to (default: an empty one).
+            state: the memory state to add to (default: an empty one).
 
         Returns:
-            The memory state (see `get_initial_state`).
+            The new memory state (see `get_initial_state`).
         """
         if not isinstance(inputs, dict):
             inputs = self._tokenize_whole(inputs)
@@ -268,13 +218,11 @@ class InfMemoryCausalLM:
         check.check_token_ids(
             "token_ids", token_ids, self.backbone.vocabulary_size
         )
-        starts_empty = memory is None
-        if starts_empty:
-            memory = self.get_initial_state(ops.shape(token_ids)[0])
+        state, starts_empty = self._state_or_empty(state, token_ids)
         _, run = self.backbone.run_segments(
             self.backbone,
             inputs,
-            memory,
+            state,
             regularize=False,
             starts_empty=starts_empty,
             outputs=False,
@@ -428,28 +376,28 @@ class InfMemoryCausalLM:
             )
         return key_value, run.states
 
-    def generate(self, inputs, *args, memory=None, **kwargs):
+    def generate(self, inputs, *args, state=None, **kwargs):
         """The family's ``generate`` (same arguments), optionally from a
-        ``memory`` (e.g. an absorbed document, see `absorb`) instead of an
-        empty one: the prompt starts a new segment after it. With a memory,
-        ``inputs`` is one batch of as many rows as the memory."""
-        self._generation.memory = memory
+        memory ``state`` (e.g. an absorbed document, see `absorb`) instead
+        of an empty one: the prompt starts a new segment after it. With a
+        state, ``inputs`` is one batch of as many rows as the state."""
+        self._generation.state = state
         try:
             return super().generate(inputs, *args, **kwargs)
         finally:
-            self._generation.memory = None
+            self._generation.state = None
 
     def make_generate_function(self):
-        """The family's compiled generation function, fed the memory given
+        """The family's compiled generation function, fed the state given
         to `generate` as an input (never baked into the compiled code)."""
         if self.generate_function is not None:
             return self.generate_function
         compiled = super().make_generate_function()
 
         def generate_function(inputs, stop_token_ids=None):
-            memory = self._generation.memory
-            if memory is not None:
-                inputs = dict(inputs, memory=memory)
+            state = self._generation.state
+            if state is not None:
+                inputs = dict(inputs, state=state)
             return compiled(inputs, stop_token_ids)
 
         self.generate_function = generate_function
@@ -463,13 +411,12 @@ class InfMemoryCausalLM:
         token_ids, padding_mask = inputs["token_ids"], inputs["padding_mask"]
         batch = ops.shape(token_ids)[0]
         index = ops.min(ops.sum(ops.cast(padding_mask, "int32"), axis=-1))
-        memory = inputs.get("memory")
-        starts_empty = memory is None
-        if starts_empty:
-            memory = self.get_initial_state(batch)
+        state, starts_empty = self._state_or_empty(
+            inputs.get("state"), token_ids
+        )
         # The sampler's first step recomputes token index - 1.
         cache = self._prefill(
-            token_ids, index - 1, memory, starts_empty=starts_empty
+            token_ids, index - 1, state, starts_empty=starts_empty
         )
 
         def next(prompt, cache, index):
@@ -504,10 +451,10 @@ class InfMemoryCausalLM:
         return config
 
 
-class _GenerationMemory:
-    """Where `generate` leaves its memory for the generation function."""
+class _GenerationState:
+    """Where `generate` leaves its state for the generation function."""
 
-    memory = None
+    state = None
 
 
 def _generated_mask(token_ids, prompt_mask, stop_token_ids):

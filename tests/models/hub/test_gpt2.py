@@ -215,7 +215,7 @@ def test_fit_two_learning_rates_on_documents_in_order(gpt2):
         x, y, sample_weight=w, batch_size=2, shuffle=False, verbose=0
     )
     assert np.isfinite(history.history["loss"]).all()
-    memory = model._state_holder.read()[0]["ltm"]
+    memory = model._state_holder.read()[0]["memory"]
     assert to_numpy(memory["has_memory"]).all()
 
 
@@ -251,7 +251,7 @@ def test_attach_memory_options(gpt2):
     assert model.backbone.memories[0].sticky.mode == "quantile"
     x = tokens()
     _, state = model(x, state=model.get_initial_state(2))
-    assert to_numpy(state[0]["ltm"]["histogram"]).sum() > 0
+    assert to_numpy(state[0]["memory"]["histogram"]).sum() > 0
     # Re-attaching keeps what is not given, replaces what is.
     again = attach_memory(model, tau=0.75)
     assert again.backbone.memory_layers == [1]
@@ -326,7 +326,7 @@ def test_absorbed_documents_then_prompt_equal_one_call(model):
     after, _ = model(prompt, state=memory)
     np.testing.assert_allclose(to_numpy(after), whole, atol=1e-5)
     np.testing.assert_allclose(
-        to_numpy(model.score(**prompt, memory=memory)), whole, atol=1e-5
+        to_numpy(model.score(**prompt, state=memory)), whole, atol=1e-5
     )
     # Greedy generation from the memory: each new token is the argmax of
     # the one-call forward pass over documents + text so far.
@@ -334,7 +334,7 @@ def test_absorbed_documents_then_prompt_equal_one_call(model):
     preprocessor, model.preprocessor = model.preprocessor, None  # token ids
     try:
         room = {k: np.pad(v, ((0, 0), (0, 6))) for k, v in prompt.items()}
-        out = model.generate(room, stop_token_ids=None, memory=memory)
+        out = model.generate(room, stop_token_ids=None, state=memory)
         plain = model.generate(room, stop_token_ids=None)
     finally:
         model.preprocessor = preprocessor

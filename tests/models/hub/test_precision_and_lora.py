@@ -45,7 +45,9 @@ def test_mixed_bfloat16(family):
     x = tokens()
     logits, state = mixed(x, state=mixed.get_initial_state(2))
     assert (
-        keras.backend.standardize_dtype(state[0]["ltm"]["coefficients"].dtype)
+        keras.backend.standardize_dtype(
+            state[0]["memory"]["coefficients"].dtype
+        )
         == "float32"
     )
     expected = to_numpy(full(x))

@@ -1,0 +1,138 @@
+"""What every model with a memory shares: the switch that turns its
+memories off, and the stateful mode that keeps its state between calls.
+
+`MemorySwitch` gives a model ``memory_enabled``; `StatefulMemory` adds
+``stateful=True`` (like ``keras.layers.RNN(stateful=True)``): the state
+lives in non-trainable variables of a fixed ``batch_size`` (a
+`keras_infmemory.state.StateHolder`), each call continues from it, and
+``reset_state()`` empties it. `InfFormerLM` and the KerasHub causal LMs
+with memory (`InfMemoryCausalLM`) are both; the KerasHub backbone has the
+switch.
+
+Every model takes and returns its state explicitly as well (``state=``);
+the stateful mode is the convenience on top.
+"""
+
+from keras import ops
+
+from keras_infmemory import validation as check
+from keras_infmemory.state import StateHolder
+
+
+class MemorySwitch:
+    """``memory_enabled``: whether the model's LTMs are written and read.
+
+    False gives the same model without long-term memory (same weights), for
+    ablations. A model using it defines ``_memories()``, its LTM layers.
+    """
+
+    def _memories(self):
+        """The model's `ContinuousLTM` layers (``None`` entries skipped)."""
+        raise NotImplementedError
+
+    @property
+    def memory_enabled(self):
+        """Whether the LTMs are written and read (False: same weights, no
+        long-term memory; for ablations)."""
+        return all(ltm.enabled for ltm in self._memories() if ltm is not None)
+
+    @memory_enabled.setter
+    def memory_enabled(self, value):
+        value = check.check_bool("memory_enabled", value)
+        for ltm in self._memories():
+            if ltm is not None:
+                ltm.enabled = value
+        # The compiled functions baked the old value in.
+        self.train_function = self.test_function = None
+        self.predict_function = None
+        if hasattr(self, "generate_function"):
+            self.generate_function = None
+
+
+class StatefulMemory(MemorySwitch):
+    """The stateful mode of a model with memory (see the module).
+
+    A model using it calls `_init_stateful` in its constructor and
+    `_make_state_holder` once the batch size is known, defines
+    ``get_initial_state(batch_size)``, and runs each call from
+    `_call_state` and ends it with `_keep_state`.
+    """
+
+    def _init_stateful(self, stateful, batch_size):
+        """Checks and sets ``stateful`` and ``batch_size``."""
+        check.check_bool("stateful", stateful)
+        if batch_size is not None:
+            batch_size = check.check_int("batch_size", batch_size)
+        self.stateful = stateful
+        self.batch_size = batch_size
+        self._state_holder = None
+
+    def _make_state_holder(self, batch_size):
+        """Creates the variables of a stateful model's state (once)."""
+        if batch_size is None:
+            raise ValueError(
+                f"A stateful {type(self).__name__} needs a fixed batch "
+                "size: pass `batch_size` or call it on a batch of known "
+                f"size. Received: batch_size={batch_size}"
+            )
+        self.batch_size = int(batch_size)
+        self._state_holder = StateHolder(
+            self, self.get_initial_state(self.batch_size), name="memory"
+        )
+
+    def _call_state(self, state, token_ids):
+        """The state a call on ``token_ids`` ``(B, T)`` starts from:
+        ``(state, starts_empty)``. A stateful model's stored state; else
+        ``state``, or an empty memory when it is None (``starts_empty``:
+        the first segment finds nothing to read)."""
+        if self.stateful:
+            if state is not None:
+                raise ValueError(
+                    "A stateful model keeps its own state. "
+                    "Received: state (not None)"
+                )
+            check.check_batch(
+                "token_ids",
+                token_ids,
+                self.batch_size,
+                "this stateful model (`batch_size`; use a new model or "
+                "the explicit-state mode for another batch size)",
+            )
+            return self._state_holder.read(), False
+        return self._state_or_empty(state, token_ids)
+
+    def _state_or_empty(self, state, token_ids):
+        """``(state, False)``, or an empty memory for the rows of
+        ``token_ids`` and True when ``state`` is None (whether the state
+        starts empty)."""
+        if state is None:
+            return self.get_initial_state(ops.shape(token_ids)[0]), True
+        return state, False
+
+    def _keep_state(self, state):
+        """Stores ``state`` after a call of a stateful model."""
+        if self.stateful:
+            self._state_holder.assign(state)
+
+    def reset_state(self, reset_mask=None):
+        """Empties the stored state of a stateful model: the rows where
+        ``reset_mask`` ``(batch_size,)`` is True, or all of it.
+
+        (A model called with an explicit ``state`` holds none: pass
+        ``reset_mask`` to the call, or use ``get_initial_state``.)
+        """
+        if not self.stateful or self._state_holder is None:
+            raise ValueError(
+                "`reset_state` empties the stored state of a built "
+                "stateful model; with an explicit state, pass `reset_mask` "
+                "to the call. Received: stateful="
+                f"{self.stateful}"
+            )
+        if reset_mask is not None:
+            check.check_shape(
+                "reset_mask",
+                reset_mask,
+                (self.batch_size,),
+                f"(batch_size,) = ({self.batch_size},)",
+            )
+        self._state_holder.reset(reset_mask)
