@@ -93,6 +93,23 @@ def segments_to_rows(x):
     return ops.reshape(x, (-1,) + tuple(x.shape[2:]))
 
 
+def densities_by_token(density, total):
+    """A memory's read densities recorded segment by segment (``"mu"``,
+    ``"variance"`` ``(S, B, H, L)`` and ``"has_memory"`` ``(S, B)``, as
+    `keras_infmemory.layers.segment_memory.step` returns them) laid out by
+    token: ``(B, H, T)`` and ``(B, T)``, the first ``total`` tokens."""
+    length = density["mu"].shape[-1]
+    by_token = {
+        name: ops.moveaxis(
+            from_segments(ops.moveaxis(density[name], 2, 3)), 2, 1
+        )[..., :total]
+        for name in ("mu", "variance")
+    }  # (S, B, H, L) -> (B, H, T)
+    seen = ops.repeat(density["has_memory"][:, :, None], length, 2)
+    by_token["has_memory"] = from_segments(seen)[:, :total]  # (B, T)
+    return by_token
+
+
 def finds_empty(index, starts_empty):
     """Whether segment ``index`` of a run is known to find its memories
     empty with nothing waiting: the first segment of a run that started

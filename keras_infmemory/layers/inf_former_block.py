@@ -435,10 +435,14 @@ class InfFormerBlock(keras.layers.Layer):
         )  # (S, B, L, D)
         return segments.from_segments(outputs)[:, :total]  # (B, T, D)
 
-    def _step(self, x, state, padding_mask, training, starts_empty=False):
+    def _step(
+        self, x, state, padding_mask, training, starts_empty=False, record=False
+    ):
         """One segment: attention over [STM; x] (+ LTM), feed-forward.
         ``starts_empty``: ``state`` is `get_initial_state`'s
-        (`segment_memory.step`).
+        (`segment_memory.step`). ``record``: also return where the LTM's
+        reads looked (``segment_memory.step``'s density, None without an
+        LTM), for inspection: no KL term is added.
         """
         batch, length = ops.shape(x)[0], x.shape[1]
         x = ops.cast(x, self.compute_dtype)
@@ -447,7 +451,7 @@ class InfFormerBlock(keras.layers.Layer):
         else:
             valid = ops.cast(padding_mask, "bool")  # (B, L)
         active = ops.any(valid, axis=1)  # rows with a real token
-        new_state = {}
+        new_state, density = {}, None
 
         # Attention over [STM; segment] (Transformer-XL; docs/math.md §6).
         h = self.attention_norm(x) if self.normalize_first else x
@@ -513,7 +517,7 @@ class InfFormerBlock(keras.layers.Layer):
                 query_mask=valid,
             )
         if self.ltm is not None:
-            ltm_output, new_state["ltm"] = segment_memory.step(
+            result = segment_memory.step(
                 self.ltm,
                 query,
                 state["ltm"],
@@ -521,8 +525,12 @@ class InfFormerBlock(keras.layers.Layer):
                 evicted_mask,
                 query_mask=valid,
                 active=active,
+                regularize=not record,
+                return_density=record,
                 starts_empty=starts_empty,
-            )  # (B, L, D)
+            )
+            ltm_output, new_state["ltm"] = result[:2]  # (B, L, D)
+            density = result[2] if record else None
             attention_output = attention_output + ops.cast(
                 ltm_output, attention_output.dtype
             )  # Z = Z_T + Z_LTM  (docs/math.md §3)
@@ -541,6 +549,8 @@ class InfFormerBlock(keras.layers.Layer):
         y = residual + hidden
         if not self.normalize_first:
             y = self.feedforward_norm(y)  # (B, L, D)
+        if record:
+            return y, new_state, density
         return y, new_state
 
     def _attend(self, query, key, value, key_valid, training):

@@ -383,11 +383,14 @@ class InfFormerLM(StatefulMemory, keras.Model):
         padding_mask,
         training,
         starts_empty=False,
+        record=False,
     ):
         """Runs ``(B, T)`` tokens segment by segment, carrying ``state``;
         ``starts_empty``: ``state`` is `get_initial_state`'s, so the first
         segment skips the memories' work (`InfFormerBlock`'s
-        ``starts_empty``)."""
+        ``starts_empty``). Returns ``(logits, state)``; with ``record``,
+        ``((logits, densities), state)``, the densities of each LTM's reads
+        by token (see `memory_densities`)."""
         if reset_mask is not None:
             state = [
                 block.reset_rows(block_state, reset_mask)
@@ -408,6 +411,7 @@ class InfFormerLM(StatefulMemory, keras.Model):
                 segment[1],
                 training,
                 segments.finds_empty(index, starts_empty),
+                record,
             )
 
         logits, state = segments.run(
@@ -421,28 +425,79 @@ class InfFormerLM(StatefulMemory, keras.Model):
             loop=self.segment_loop,
             first_tracked=first_tracked,
         )  # (S, B, L, V)
+        if record:
+            logits, densities = logits
+            densities = [
+                segments.densities_by_token(density, total)
+                for density in densities
+            ]
+            logits = segments.from_segments(logits)[:, :total]
+            return (logits, densities), shard_rows(state)
         logits = segments.from_segments(logits)[:, :total]  # (B, T, V)
         return logits, shard_rows(state)
 
     def _segment(
-        self, token_ids, state, padding_mask, training, starts_empty=False
+        self,
+        token_ids,
+        state,
+        padding_mask,
+        training,
+        starts_empty=False,
+        record=False,
     ):
-        """One segment through the stack: ``(B, L)`` → ``(B, L, V)``."""
+        """One segment through the stack: ``(B, L)`` → ``(B, L, V)``; with
+        ``record``, ``((logits, densities), state)``, where each LTM's reads
+        looked (`InfFormerBlock`'s ``record``)."""
         x = self.embedding(token_ids)  # (B, L, D)
-        new_state = []
+        new_state, densities = [], []
         for block, block_state in zip(self.blocks, state, strict=True):
-            x, block_state = block(
-                x,
-                block_state,
-                padding_mask=padding_mask,
-                training=training,
-                starts_empty=starts_empty,
-            )
+            if record:
+                x, block_state, density = block._step(
+                    x, block_state, padding_mask, training, starts_empty, True
+                )
+                if density is not None:
+                    densities.append(density)
+            else:
+                x, block_state = block(
+                    x,
+                    block_state,
+                    padding_mask=padding_mask,
+                    training=training,
+                    starts_empty=starts_empty,
+                )
             new_state.append(block_state)
         if self.final_norm is not None:
             x = self.final_norm(x)
         logits = ops.cast(self.head(x), "float32")  # (B, L, V)
+        if record:
+            return (logits, densities), new_state
         return logits, new_state
+
+    def memory_densities(self, token_ids, state=None, padding_mask=None):
+        """Where each LTM's reads look, token by token.
+
+        Runs ``token_ids`` ``(B, T)`` (or a dict of ``"token_ids"`` and
+        ``"padding_mask"``) as a call does, from an empty memory or from
+        ``state`` (a stateful model's stored state is neither read nor
+        changed), and returns, per block with an LTM, a dict of
+        ``"mu"`` and ``"variance"`` ``(B, H, T)``, the Gaussian density of
+        each token's read of each head over the memory's time axis (0: the
+        oldest, 1: the latest segment), and ``"has_memory"`` ``(B, T)``,
+        whether that read found anything. Also returns the new state:
+        ``(densities, state)``. (The KerasHub models have the same method:
+        `InfMemoryCausalLM.memory_densities`.)
+        """
+        if isinstance(token_ids, dict):
+            padding_mask = token_ids.get("padding_mask", padding_mask)
+            token_ids = token_ids["token_ids"]
+        check.check_shape(
+            "token_ids", token_ids, (None, None), "(batch, length)"
+        )
+        state, _ = self._state_or_empty(state, token_ids)
+        (_, densities), state = self._run(
+            token_ids, state, None, padding_mask, False, record=True
+        )
+        return densities, state
 
     def compute_output_spec(
         self,

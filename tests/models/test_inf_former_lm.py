@@ -479,3 +479,29 @@ def test_a_fresh_memory_skips_the_first_segment(arm, monkeypatch):
             model.blocks[0].get_initial_state(2),
             starts_empty=1,
         )
+
+
+@pytest.mark.parametrize("arm", ["inf_former", "sticky"])
+def test_memory_densities(arm):
+    """Where the reads look, by token: what the blocks' LTMs read in the
+    same run as a call (same state after), with no loss added."""
+    model = make_model(arm)
+    tokens = random_tokens(length=3 * SEGMENT + 3, seed=7)
+    initial = model.get_initial_state(2)
+    densities, state = model.memory_densities(tokens, initial)
+    assert not model.losses  # an inspection adds no KL term
+    _, expected = model(tokens, initial)
+    assert len(densities) == len(model.blocks)
+    for density in densities:
+        assert tuple(density["mu"].shape) == (2, 2, tokens.shape[1])
+        assert tuple(density["variance"].shape) == (2, 2, tokens.shape[1])
+        seen = to_numpy(density["has_memory"])
+        # The STM holds one segment: the LTM has something from segment 2.
+        assert not seen[:, : 2 * SEGMENT].any() and seen[:, 2 * SEGMENT :].all()
+        mu = to_numpy(density["mu"])[:, :, 2 * SEGMENT :]
+        assert np.all((mu > 0) & (mu < 1))
+        assert np.all(to_numpy(density["variance"]) >= 0)
+    for got, want in zip(
+        keras.tree.flatten(state), keras.tree.flatten(expected), strict=True
+    ):
+        np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=1e-5)

@@ -270,20 +270,10 @@ class InfMemoryCausalLM(StatefulMemory):
         _, run = self.backbone.run_segments(
             self.backbone, inputs, state, regularize=False, record=True
         )
-        length = self.backbone.segment_length
-        densities = []
-        for density in run.densities:
-            by_token = {
-                name: ops.moveaxis(
-                    segments.from_segments(ops.moveaxis(density[name], 2, 3)),
-                    2,
-                    1,
-                )[..., :total]
-                for name in ("mu", "variance")
-            }  # (S, B, H, L) -> (B, H, T)
-            seen = ops.repeat(density["has_memory"][:, :, None], length, 2)
-            by_token["has_memory"] = segments.from_segments(seen)[:, :total]
-            densities.append(by_token)
+        densities = [
+            segments.densities_by_token(density, total)
+            for density in run.densities
+        ]
         return densities, run.states
 
     # ------------------------------------------------------------------ #
