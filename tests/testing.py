@@ -12,6 +12,34 @@ def to_numpy(x):
     return x.astype(np.float64) if np.issubdtype(x.dtype, np.floating) else x
 
 
+def _case(module):
+    """An instance of a Keras or KerasHub ``TestCase`` class (unittest), to
+    call its checks from a pytest function."""
+
+    class Case(module.TestCase):
+        def runTest(self):  # unittest needs a test method to instantiate
+            pass
+
+    return Case()
+
+
+def keras_layer_checks(layer_cls, **kwargs):
+    """Keras' own checks of a layer (``run_layer_test`` of Keras' test
+    helpers): build, weight counts, config and serialization round trips,
+    symbolic and eager calls, a ``fit`` step and mixed precision."""
+    from keras.src.testing import test_case
+
+    _case(test_case).run_layer_test(layer_cls, **kwargs)
+
+
+def keras_hub_checks():
+    """KerasHub's test helpers (``run_serialization_test``,
+    ``run_model_saving_test``, ...) on an instance of its ``TestCase``."""
+    from keras_hub.src.tests import test_case
+
+    return _case(test_case)
+
+
 def assert_rows_equal(state, expected, rows):
     """Every tensor of two states (nested dicts and lists of the same
     layout) is equal in the batch ``rows`` (a slice or index array)."""

@@ -196,13 +196,17 @@ class CompressiveMemory(keras.layers.Layer):
         """``x`` ``(B, L, D)`` → ``(B, L/c, D)`` float32 and the mask
         ``(B, L/c)`` of the windows holding a real token."""
         c, hidden = self.compression_rate, x.shape[-1]
+        # The number of windows stays static where L is (a -1 would lose it
+        # in a TensorFlow graph whose batch size is unknown).
+        windows = -1 if x.shape[1] is None else x.shape[1] // c
         mask = ops.cast(mask, "bool")
-        windows = ops.reshape(
-            ops.cast(x, "float32"), (ops.shape(x)[0], -1, c, hidden)
-        )  # (B, L/c, c, D)
+        batch = ops.shape(x)[0]
         real = ops.cast(
-            ops.reshape(mask, (ops.shape(mask)[0], -1, c)), "float32"
+            ops.reshape(mask, (batch, windows, c)), "float32"
         )  # (B, L/c, c)
+        windows = ops.reshape(
+            ops.cast(x, "float32"), (batch, windows, c, hidden)
+        )  # (B, L/c, c, D)
         count = ops.sum(real, axis=-1)  # (B, L/c)
         if self.compression == "conv":
             # Kernel = stride = c: y_j = b + Σ_i W_i x_{jc+i}.

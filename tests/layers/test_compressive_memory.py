@@ -13,7 +13,7 @@ from tests.layers.test_inf_former_block import (
     random_input,
     stream,
 )
-from tests.testing import assert_rows_equal, to_numpy
+from tests.testing import assert_rows_equal, keras_layer_checks, to_numpy
 
 RATE, SLOTS = 4, 6
 
@@ -236,15 +236,26 @@ def test_who_trains_the_compressor(weight):
     assert min(task[2:]) > 0, task
 
 
-def test_weights_and_config_round_trip():
+def test_weights_and_keras_layer_contract():
+    """Keras' own checks of a block with a compressor (sequence mode):
+    weights, round trips, symbolic and eager calls, ``fit``, mixed
+    precision."""
     block = make_block("reconstruction")
     # The block's 16 and the compressor's kernel (c, D, D) and bias.
     assert len(block.trainable_weights) == 18
     assert tuple(block.compressor.kernel.shape) == (RATE, HIDDEN, HIDDEN)
     assert len(make_block("mean").trainable_weights) == 16
     config = block.get_config()
+    keras_layer_checks(
+        InfFormerBlock,
+        init_kwargs=config,
+        input_shape=(2, 3 * SEGMENT, HIDDEN),
+        expected_output_shape=(2, 3 * SEGMENT, HIDDEN),
+        expected_num_trainable_weights=18,
+        expected_num_non_trainable_weights=0,
+        supports_masking=True,
+    )
     clone = InfFormerBlock.from_config(config)
-    assert clone.get_config() == config
     assert clone.compressor.reconstruction_weight == 1.0
 
 

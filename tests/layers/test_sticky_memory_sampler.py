@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_infmemory as ki
-from tests.testing import to_numpy
+from tests.testing import keras_hub_checks, to_numpy
 
 
 def peaked_inputs(batch=2, k=12):
@@ -62,8 +62,7 @@ def test_quantile_positions_follow_the_histogram():
 
 def test_config_round_trip():
     sampler = ki.StickyMemorySampler(num_bins=64, mode="quantile", seed=3)
-    clone = ki.StickyMemorySampler.from_config(sampler.get_config())
-    assert clone.get_config() == sampler.get_config()
+    keras_hub_checks().run_serialization_test(sampler)
     generator = ki.StickyMemorySampler(seed=keras.random.SeedGenerator(5))
     restored = ki.StickyMemorySampler.from_config(generator.get_config())
     assert isinstance(restored.seed_generator, keras.random.SeedGenerator)

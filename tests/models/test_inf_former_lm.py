@@ -1,7 +1,6 @@
 """InfFormerLM: whole sequence = streaming, stateful, fit, gradients, I/O."""
 
 import doctest
-import os
 import re
 
 import keras
@@ -10,7 +9,7 @@ import pytest
 
 from keras_infmemory import InfFormerBlock
 from keras_infmemory.models import ARMS, InfFormerLM
-from tests.testing import to_numpy
+from tests.testing import keras_hub_checks, to_numpy
 
 VOCAB, SEGMENT = 10, 8
 LTM_CONFIG = {
@@ -319,16 +318,15 @@ def test_sequential_composition_long_sequences():
 
 
 @pytest.mark.parametrize("arm", ["sticky", "compressive"])
-def test_save_and_load(arm, tmp_path):
+def test_save_and_load(arm):
+    """KerasHub's checks: serialization round trips and a ``.keras`` file
+    that loads back as an `InfFormerLM` with the same outputs."""
     model = make_model(arm, dropout=0.1)
-    tokens = random_tokens()
-    expected = to_numpy(model(tokens))
-    path = os.path.join(tmp_path, "model.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert isinstance(loaded, InfFormerLM)
-    np.testing.assert_allclose(to_numpy(loaded(tokens)), expected, atol=1e-6)
-    assert loaded.get_config() == model.get_config()
+    hub = keras_hub_checks()
+    hub.run_serialization_test(model)
+    hub.run_model_saving_test(
+        InfFormerLM, model.get_config(), random_tokens(), atol=1e-6
+    )
 
 
 def test_mixed_precision():
