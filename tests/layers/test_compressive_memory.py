@@ -10,6 +10,7 @@ from keras_infmemory.layers import CompressiveMemory
 from tests.layers.test_inf_former_block import (
     HIDDEN,
     SEGMENT,
+    copy_block_weights,
     random_input,
     stream,
 )
@@ -93,17 +94,7 @@ def test_empty_compressed_memory_equals_transformer_xl():
     block = make_block("conv")
     xl = InfFormerBlock(2, 32, stm_length=SEGMENT, normalize_first=True)
     xl.build((None, None, HIDDEN))
-    for name in (
-        "query_dense",
-        "key_dense",
-        "value_dense",
-        "output_dense",
-        "attention_norm",
-        "feedforward_norm",
-        "intermediate_dense",
-        "feedforward_output",
-    ):
-        getattr(xl, name).set_weights(getattr(block, name).get_weights())
+    copy_block_weights(block, xl)
     x = random_input(length=3 * SEGMENT)
     y, _ = stream(block, x)
     y_xl, _ = stream(xl, x)

@@ -66,6 +66,22 @@ def stream(block, x, padding_mask=None, state=None, reset_masks=None):
     return np.concatenate(outputs, axis=1), state
 
 
+def copy_block_weights(source, target):
+    """Gives ``target`` the attention and feed-forward weights of
+    ``source`` (blocks that differ only in their memories)."""
+    for name in (
+        "query_dense",
+        "key_dense",
+        "value_dense",
+        "output_dense",
+        "attention_norm",
+        "feedforward_norm",
+        "intermediate_dense",
+        "feedforward_output",
+    ):
+        getattr(target, name).set_weights(getattr(source, name).get_weights())
+
+
 def random_input(batch=2, length=5 * SEGMENT, seed=0):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(batch, length, HIDDEN)).astype("float32")
@@ -146,17 +162,7 @@ def test_reset_one_row(name):
 def test_without_absorbed_past_equals_transformer_xl():
     inf = make_block("inf")
     xl = make_block("xl", normalize_first=True)
-    for name in (
-        "query_dense",
-        "key_dense",
-        "value_dense",
-        "output_dense",
-        "attention_norm",
-        "feedforward_norm",
-        "intermediate_dense",
-        "feedforward_output",
-    ):
-        getattr(xl, name).set_weights(getattr(inf, name).get_weights())
+    copy_block_weights(inf, xl)
     x = random_input(length=3 * SEGMENT)
     y_inf, state = stream(inf, x)
     y_xl, _ = stream(xl, x)
