@@ -9,27 +9,26 @@ import sys
 
 import pytest
 
-MODULES = [
-    "keras_infmemory.basis",
-    "keras_infmemory.interop",
-    "keras_infmemory.state",
-    "keras_infmemory.segments",
-    "keras_infmemory.validation",
-    "keras_infmemory.optimizers",
-    "keras_infmemory.layers.continuous_ltm",
-    "keras_infmemory.layers.sticky_memory_sampler",
-    "keras_infmemory.layers.compressive_memory",
-    "keras_infmemory.models.hub.attach",
-    "experiments.tokenizers",
-    "keras_infmemory.plotting",
-    "experiments.data.cmu_dog",
-    "experiments.data.grounded",
-    "experiments.dialogue",
-    "experiments.evaluation",
-    "keras_infmemory.memory_map",
-    "experiments.records",
-]
 ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _modules():
+    """Every module of the library and of the experiments beside it whose
+    source holds a docstring example (``>>>``): a new one is run too."""
+    for package in ("keras_infmemory", "experiments"):
+        for folder, _, files in os.walk(os.path.join(ROOT, package)):
+            for name in sorted(files):
+                path = os.path.join(folder, name)
+                if not name.endswith(".py"):
+                    continue
+                with open(path, encoding="utf-8") as f:
+                    if ">>>" not in f.read():
+                        continue
+                module = os.path.relpath(path, ROOT)[: -len(".py")]
+                yield module.replace(os.sep, ".").removesuffix(".__init__")
+
+
+MODULES = sorted(_modules())
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 # torch and TensorFlow print a shape as torch.Size([3, 5]) / TensorShape([3,
 # 5]); the docstrings show the tuple every backend compares equal to.
@@ -46,7 +45,7 @@ def _doctests():
     finder = doctest.DocTestFinder(exclude_empty=True)
     for name in MODULES:
         module = importlib.import_module(name)
-        for test in finder.find(module, name, globs={}):
+        for test in finder.find(module, name):  # module globals, as testmod
             if test.examples:
                 yield pytest.param(test, id=test.name)
 

@@ -1,11 +1,8 @@
 """Long documents → in-order blocks with per-row document starts."""
 
-import doctest
-
 import numpy as np
 import pytest
 
-from keras_infmemory import documents
 from keras_infmemory.documents import (
     DocumentBlocks,
     cut_blocks,
@@ -63,11 +60,3 @@ def test_errors():
         DocumentBlocks([[1]], 4, batch_size=0, start_token_id=0)
     with pytest.raises(ValueError, match="documents"):
         DocumentBlocks([], 4, batch_size=1, start_token_id=0)
-
-
-def test_docstring_examples():
-    finder = doctest.DocTestFinder(exclude_empty=True)
-    runner = doctest.DocTestRunner()
-    for test in finder.find(documents, "documents", globs={}):
-        runner.run(test)
-    assert runner.failures == 0 and runner.tries > 0

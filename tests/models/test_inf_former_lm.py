@@ -1,8 +1,5 @@
 """InfFormerLM: whole sequence = streaming, stateful, fit, gradients, I/O."""
 
-import doctest
-import re
-
 import keras
 import numpy as np
 import pytest
@@ -383,33 +380,10 @@ def test_bad_arguments(kwargs, message):
         InfFormerLM.arm("lstm", segment_length=8)
 
 
-_SHAPE = re.compile(r"(?:torch\.Size|TensorShape)\(\[([^\]]*)\]\)")
-
-
-class _ShapeChecker(doctest.OutputChecker):
-    def check_output(self, want, got, optionflags):
-        got = _SHAPE.sub(lambda m: f"({m.group(1)})", got)
-        return super().check_output(want, got, optionflags)
-
-
-@pytest.mark.parametrize(
-    "obj", [InfFormerBlock, InfFormerLM], ids=["block", "model"]
-)
-def test_docstring_example(obj):
-    test = doctest.DocTestFinder().find(obj, obj.__name__, globs={})[0]
-    runner = doctest.DocTestRunner(
-        checker=_ShapeChecker(),
-        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
-    )
-    report = []
-    runner.run(test, out=report.append)
-    assert runner.summarize(verbose=False).failed == 0, "".join(report)
-
-
 def test_compressive_fit_moves_every_weight():
     """The compressive arm with the reconstruction loss trains every weight
     (the compressor by that loss alone; without it, by the task loss: see
-    tests/models/test_sorting.py)."""
+    tests/experiments/test_sorting.py)."""
     model = make_model(
         "compressive",
         num_layers=1,
