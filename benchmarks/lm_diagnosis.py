@@ -1,17 +1,20 @@
 """Does the LTM learn on language? Short ablations of the ∞-former arm.
 
-Trains the ∞-former arm of ``examples/language_model.py`` (preset
-``"cpu"``, one seed, few steps) once per variant, the data prepared once:
-the library defaults, no KL term, no memory gate, a 4× larger initial LTM
-output kernel, a 5× LTM learning rate and the read-density options
-``initial_variance`` and ``density_scale`` (docs/math.md §3.3), next to
-two references without LTM (Transformer-XL, window). For each it records the
-held-out perplexity over the first ``--eval-steps`` segments of every
-held-out play, with and without the LTM (same weights), and the
-diagnostics of `diagnose` over training: gradient norm of each LTM weight
-(JAX), spread of the read densities, LTM output RMS next to the attention
-output RMS. Writes ``<output>/lm_diagnosis.json`` after every variant;
-``--table`` prints a record's Markdown table (the commands of the issue-14
+Trains the ∞-former arm of ``examples/language_model.py`` (scale
+``"cpu"``, one seed, few steps; `experiments.language_model`) once per
+variant, the data prepared once: the library defaults, no KL term, no
+memory gate, a 4× larger initial LTM output kernel, a 5× LTM learning
+rate and the read-density options ``initial_variance`` and
+``density_scale`` (docs/math.md §3.3), next to two references without LTM
+(Transformer-XL, window). For each it records the held-out perplexity
+over the first ``--eval-steps`` segments of every held-out play, with and
+without the LTM (same weights), and the diagnostics of
+`experiments.language_model.diagnose` over training: the gradient norm
+of each LTM weight (JAX) and the spread and width of the read densities
+(records made before ``InfFormerLM.memory_densities`` also carry the LTM
+output RMS next to the attention output RMS). Writes
+``<output>/lm_diagnosis.json`` after every variant; ``--table`` prints a
+record's Markdown table (the commands of the issue-14
 record are in benchmarks/results/lm_diagnosis.md)::
 
     KERAS_BACKEND=jax nice -n 10 python benchmarks/lm_diagnosis.py \\
@@ -19,7 +22,6 @@ record are in benchmarks/results/lm_diagnosis.md)::
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import time
@@ -28,13 +30,9 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import numpy as np  # noqa: E402
 
-from experiments.evaluation import (  # noqa: E402
-    bucket_starts,
-    document_positions,
-)
-from keras_infmemory.documents import DocumentBlocks  # noqa: E402
+from experiments import language_model as lm  # noqa: E402
+from experiments.evaluation import bucket_starts  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
     "defaults": [],
     "kl_weight=0": ["--ltm", '{"kl_weight": 0}'],
@@ -55,14 +53,6 @@ VARIANTS = {
 }
 ARM = {"Transformer-XL": "transformer_xl", "window": "window"}
 """The arm each variant trains (default ``"inf_former"``)."""
-
-
-def load_example():
-    path = os.path.join(ROOT, "examples", "language_model.py")
-    spec = importlib.util.spec_from_file_location("language_model", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _pair(values, digits=3):
@@ -90,19 +80,18 @@ def table(record):
             cells = [f"{on:.2f}"] + ["—"] * 8
         else:
             grads = final.get("gradient_norms", {})
-            ratio = [
-                a / b
-                for a, b in zip(
-                    final["ltm_rms"], final["attention_rms"], strict=True
+            ratio = "—"  # records before the densities' public API only
+            if "ltm_rms" in final:
+                ratio = _pair(
+                    np.divide(final["ltm_rms"], final["attention_rms"]), 2
                 )
-            ]
             cells = [
                 f"{on:.2f}",
                 f"{off:.2f}",
                 f"{off - on:+.2f}",
                 _pair(final["variance_mean"]),
                 _pair(final["mu_std"], 2),
-                _pair(ratio, 2),
+                ratio,
             ] + [
                 _pair(grads[k], 2) if k in grads else "—"
                 for k in ("mu_kernel", "sigma_kernel", "value_kernel")
@@ -110,6 +99,22 @@ def table(record):
         cells += [f"{r['final_train_loss']:.3f}", f"{r['seconds']:.0f}"]
         lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def variant_settings(argv):
+    """A variant's settings from its flags (those of
+    ``examples/language_model.py``): ``(configure keywords, output kernel
+    scale)``."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ltm", type=lm.json_object, default={})
+    parser.add_argument("--memory-learning-rate", type=float)
+    parser.add_argument("--output-kernel-scale", type=float, default=1.0)
+    flags = parser.parse_args(argv)
+    settings = {
+        "ltm": flags.ltm,
+        "memory_learning_rate": flags.memory_learning_rate,
+    }
+    return settings, flags.output_kernel_scale
 
 
 def main(argv=None):
@@ -130,39 +135,35 @@ def main(argv=None):
         with open(options.table) as f:
             print(table(json.load(f)), end="")
         return None
-    example = load_example()
-    common = ["--arms", "inf_former", "--steps", str(options.steps)]
-    common += ["--max-eval-steps", str(options.eval_steps), "--verbose", "0"]
-    common += ["--diagnostics", str(options.every)]
-    args = example.parse_args(common)
-    tokenizer, train_ids, held_ids, _ = example.prepare_data(args)
-    vocabulary = tokenizer.vocabulary_size()
-    start_id = example.document_start_id(tokenizer)
-    length = args.config["model"]["segment_length"]
-    train = DocumentBlocks(
-        train_ids, length, args.config["train"]["batch_size"], start_id
-    )
-    held = DocumentBlocks(held_ids, length, len(held_ids), start_id)
-    x, y, w = held.arrays()
-    rows = held.batch_size
-    positions = document_positions(x["reset_mask"], rows, length)
+    corpus = lm.prepare_corpus(lm.configure("cpu", steps=options.steps))
+    held = corpus.held_out
+    length = held.segment_length
+    positions, _ = lm.held_out_buckets(held)
     starts = bucket_starts(length, options.eval_steps * length)
-    probe = tuple(
-        np.concatenate(list(a[: 4 * rows].reshape(4, rows, length)), axis=1)
-        for a in (x["token_ids"], y, w)
-    )
+    probe = lm.probe_segments(held)
     os.makedirs(options.output, exist_ok=True)
     results = []
     for name in options.variants:
-        args = example.parse_args(common + VARIANTS[name])
+        settings, kernel_scale = variant_settings(VARIANTS[name])
+        config = lm.configure("cpu", steps=options.steps, **settings)
         begin = time.perf_counter()
         arm = ARM.get(name, "inf_former")
-        model, info = example.train_arm(
-            arm, options.seed, args, train, vocabulary, probe
+        model, info = lm.train_arm(
+            arm,
+            options.seed,
+            config,
+            corpus.train,
+            corpus.vocabulary_size,
+            probe=probe,
+            diagnostics_every=options.every,
+            output_kernel_scale=kernel_scale,
+            verbose=0,
         )
-        final = example.diagnose(model, probe)
-        model = example.evaluation_model(model, arm, args, rows)
-        result = example.evaluate_arm(model, held, positions, starts, args)
+        final = lm.diagnose(model, probe)
+        model = lm.evaluation_model(model, arm, config, held.batch_size)
+        result = lm.evaluate_arm(
+            model, held, positions, starts, max_eval_steps=options.eval_steps
+        )
         results.append(
             {
                 "variant": name,
@@ -182,8 +183,7 @@ def main(argv=None):
         if result["perplexity_without_ltm"] is not None:
             line += (
                 f", without LTM {result['perplexity_without_ltm']:.2f}; "
-                f"LTM/attention RMS {final['ltm_rms']} / "
-                f"{final['attention_rms']}"
+                f"mean σ² {final['variance_mean']}, std μ {final['mu_std']}"
             )
         print(line, flush=True)
         with open(os.path.join(options.output, "lm_diagnosis.json"), "w") as f:
