@@ -19,6 +19,7 @@ Imports ``keras_hub`` on use.
 
 import numpy as np
 from keras import ops
+from keras.utils import Progbar
 
 from experiments.data.cmu_dog import split_context
 from experiments.evaluation import dialogue_metrics
@@ -140,6 +141,7 @@ def generate_replies(
     batch_size=8,
     sampler=None,
     seed=None,
+    progress=False,
 ):
     """Generates the reply of every example, the context in memory.
 
@@ -162,6 +164,8 @@ def generate_replies(
         sampler: a `keras_hub.samplers.Sampler` (default: `reply_sampler`
             with ``stop_token_ids`` banned at the first token).
         seed: int, seeds the default sampler.
+        progress: bool, whether a progress bar (`keras.utils.Progbar`,
+            updated in place) counts the replies generated.
 
     Returns:
         The list of replies (text, stripped).
@@ -180,6 +184,7 @@ def generate_replies(
     model.sampler, model.preprocessor = sampler, None
     model.generate_function = None
     replies = []
+    bar = Progbar(len(examples), unit_name="reply") if progress else None
     try:
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
@@ -187,6 +192,8 @@ def generate_replies(
                 model, batch, tokenizer, stops, length, prompt_length,
                 max_new_tokens,
             )  # fmt: skip
+            if bar is not None:
+                bar.update(len(replies))
     finally:
         model.sampler, model.preprocessor, _ = saved
         model.generate_function = None
