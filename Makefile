@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 # A few hypothesis examples per property (tests/conftest.py has the profiles).
 export HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: demo test lint docs venv clean test-%
+.PHONY: demo test test-quick lint docs venv clean test-%
 
 venv: $(VENV)/.installed
 
@@ -46,6 +46,14 @@ test: lint docs
 	@set -e; for b in $(BACKENDS); do \
 	  echo "=== pytest, KERAS_BACKEND=$$b ==="; \
 	  KERAS_BACKEND=$$b $(PYTEST) tests; \
+	done
+
+# The same without the tests marked slow (training runs, whole examples):
+# a few minutes, for the edit-test loop. CI runs `make test`.
+test-quick: lint
+	@set -e; for b in $(BACKENDS); do \
+	  echo "=== pytest -m 'not slow', KERAS_BACKEND=$$b ==="; \
+	  KERAS_BACKEND=$$b $(PYTEST) -m "not slow" tests; \
 	done
 
 clean:

@@ -6,7 +6,8 @@ in training the read densities are near random, so sticky sampling (the
 next write samples where the memory was read, docs/math.md §5) spends its
 samples on regions no trained query will need, while uniform sampling
 keeps the whole past at even resolution. This script tests it with the
-sorting example's ``"cpu"`` preset, one length, per seed:
+sorting experiment's ``"cpu"`` scale (`experiments.sorting`), one length,
+per seed:
 
 * ``uniform``: the ∞-former arm trained for ``--steps`` (a snapshot of its
   weights and optimizer is taken half way);
@@ -28,7 +29,7 @@ read from what it does to training. Writes
 """
 
 import argparse
-import importlib.util
+import dataclasses
 import json
 import os
 import platform
@@ -39,19 +40,11 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments import console, sorting  # noqa: E402
 from experiments.records import write_json  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLERS = {"uniform": "inf_former", "sticky": "sticky"}
 """Evaluation sampler -> the sorting arm that has it."""
-
-
-def load_example():
-    path = os.path.join(ROOT, "examples", "sorting.py")
-    spec = importlib.util.spec_from_file_location("sorting_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class Batches(keras.utils.PyDataset):
@@ -99,55 +92,56 @@ def restore(model, saved, batch):
         variable.assign(value)
 
 
-def evaluate_both(example, saved, length, args, dataset, batch):
+def evaluate_both(recipe, saved, dataset, batch):
     """Answer accuracy of the weights ``saved`` read with each sampler."""
     accuracy = {}
     for sampler, arm in SAMPLERS.items():
-        model = example.build_model(arm, args)
+        model = sorting.build_model(arm, recipe)
         restore(model, saved, batch)
         metrics = model.evaluate(dataset, verbose=0, return_dict=True)
         accuracy[sampler] = float(metrics["accuracy"])
     return accuracy
 
 
-def run_seed(example, args, seed):
-    """The three training runs of one seed and their cross-evaluation."""
-    args.seed = seed
-    keras.utils.set_random_seed(seed)
-    uniform = example.build_model("inf_former", args)
-    data = example.make_datasets(args.length, uniform.segment_length, args)
+def run_seed(recipe, seed, verbose=0):
+    """The three training runs of one seed (of ``recipe``, an
+    `experiments.sorting.Recipe` of one length) and their
+    cross-evaluation."""
+    recipe = dataclasses.replace(recipe, seed=seed)
+    (length,) = recipe.lengths
+    console.set_random_seed(seed)
+    uniform = sorting.build_model("inf_former", recipe)
+    data = sorting.make_datasets(length, uniform.segment_length, recipe)
     train, held_out = data["train"], data["eval"]
-    half = args.steps // 2
+    half = recipe.steps // 2
     batch = train[0]
     runs = {}
 
     start = time.perf_counter()
-    uniform.fit(Batches(train, 0, half), epochs=1, verbose=args.verbose)
+    uniform.fit(Batches(train, 0, half), epochs=1, verbose=verbose)
     halfway = snapshot(uniform)
     history = uniform.fit(
-        Batches(train, half, args.steps), epochs=1, verbose=args.verbose
+        Batches(train, half, recipe.steps), epochs=1, verbose=verbose
     )
     runs["uniform"] = (uniform, history, time.perf_counter() - start)
 
-    keras.utils.set_random_seed(seed)
-    sticky = example.build_model("sticky", args)
+    console.set_random_seed(seed)
+    sticky = sorting.build_model("sticky", recipe)
     start = time.perf_counter()
-    history = sticky.fit(train, epochs=1, verbose=args.verbose)
+    history = sticky.fit(train, epochs=1, verbose=verbose)
     runs["sticky"] = (sticky, history, time.perf_counter() - start)
 
-    warm = example.build_model("sticky", args)
+    warm = sorting.build_model("sticky", recipe)
     restore(warm, halfway, batch)
     start = time.perf_counter()
     history = warm.fit(
-        Batches(train, half, args.steps), epochs=1, verbose=args.verbose
+        Batches(train, half, recipe.steps), epochs=1, verbose=verbose
     )
     runs["sticky after warm-up"] = (warm, history, time.perf_counter() - start)
 
     results = []
     for name, (model, history, seconds) in runs.items():
-        accuracy = evaluate_both(
-            example, snapshot(model), args.length, args, held_out, batch
-        )
+        accuracy = evaluate_both(recipe, snapshot(model), held_out, batch)
         # The restored copy with the model's own sampler must score as the
         # model itself: a check of `restore`.
         own = model.evaluate(held_out, verbose=0, return_dict=True)
@@ -203,7 +197,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--steps", type=int, help="default: the preset's")
+    parser.add_argument("--steps", type=int, help="default: the scale's")
     parser.add_argument("--output", default="runs/sticky_sorting")
     parser.add_argument("--name", default="sticky_sorting")
     parser.add_argument("--quick", action="store_true", help="tiny (tests)")
@@ -217,24 +211,23 @@ def main(argv=None):
         with open(options.table) as f:
             print(table(json.load(f)), end="")
         return None
-    if options.length < 1:
-        parser.error(f"--length must be >= 1. Received: {options.length}")
-    example = load_example()
-    common = ["--preset", "cpu", "--verbose", "0"]
-    if options.quick:
-        common += ["--quick"]
-    if options.steps is not None:
-        common += ["--steps", str(options.steps)]
-    args = example.parse_args(common)
-    if args.steps < 2:
-        parser.error(f"--steps must be >= 2. Received: {args.steps}")
-    args.length = options.length
+    try:
+        recipe = sorting.Recipe.from_scale(
+            "cpu",
+            quick=options.quick,
+            lengths=[options.length],
+            steps=options.steps,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    if recipe.steps < 2:
+        parser.error(f"--steps must be >= 2. Received: {recipe.steps}")
     start = time.perf_counter()
     record = {
         "backend": keras.backend.backend(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "length": options.length,
-        "steps": args.steps,
+        "steps": recipe.steps,
         "seeds": [],
         "quick": options.quick,
         "results": [],
@@ -242,7 +235,7 @@ def main(argv=None):
     os.makedirs(options.output, exist_ok=True)
     path = os.path.join(options.output, f"{options.name}.json")
     for seed in options.seeds:
-        record["results"] += run_seed(example, args, seed)
+        record["results"] += run_seed(recipe, seed)
         record["seeds"].append(seed)
         record["total_seconds"] = round(time.perf_counter() - start, 1)
         write_json(record, path, indent=2)  # after every seed

@@ -17,8 +17,14 @@ older segments are squeezed into ever shorter stretches of [0, 1] and fade
 once they are narrower than the basis functions. Finally a few queries read
 the memory by continuous attention.
 
-Run: ``python examples/demo.py`` (any ``KERAS_BACKEND``); ``--quick`` runs a
-short stream for the tests.
+Run (any ``KERAS_BACKEND``; about half a minute on two CPU cores)::
+
+    python examples/demo.py            # 96 segments of 256 tokens
+    python examples/demo.py --quick    # 10 segments of 128: seconds
+
+It ends with the table of errors by tokens absorbed, a one-line verdict
+(one run: what comes back and what fades) and the path of its JSON record
+(``<output>/demo.json``).
 """
 
 import argparse
@@ -28,15 +34,24 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import ops  # noqa: E402
+from experiments.console import (  # noqa: E402
+    native_notices_held_back,
+    set_random_seed,
+)
 
-import keras_infmemory  # noqa: E402
-from keras_infmemory import basis  # noqa: E402
+with native_notices_held_back():  # TensorFlow's load notices
+    import keras
+    import numpy as np
+    from keras import ops
+
+    import keras_infmemory
+    from experiments.records import finish, markdown_table, write_json
+    from keras_infmemory import basis
 
 # Reconstruct the segments written this many writes ago.
 AGES = (0, 1, 2, 4, 6, 8)
+# A relative L2 error from which on the verdict calls a segment faded.
+FADED = 0.1
 
 
 def smooth_signal(num_tokens, channels, rng):
@@ -63,13 +78,29 @@ def relative_error(reconstruction, target):
     return float(diff / np.linalg.norm(target))
 
 
-def main(quick=False):
+def verdict(rows):
+    """One line on the last row: what the memory gives back, what fades."""
+    tokens, floats = rows[-1]["tokens"], rows[-1]["floats_per_row"]
+    errors = {age: e for age, e in rows[-1]["errors"].items() if e is not None}
+    kept = [age for age, e in errors.items() if e < FADED]
+    faded = ", ".join(
+        f"k={age}: {e:.3f}" for age, e in errors.items() if e >= FADED
+    )
+    line = (
+        f"One run: after {tokens} tokens the memory still holds {floats} "
+        f"floats per row and gives back the segments written 0–{max(kept)} "
+        f"writes ago within {max(errors[a] for a in kept):.3f} relative error"
+    )
+    return line + (f"; older ones fade ({faded})" if faded else "")
+
+
+def main(quick=False, folder="results/demo"):
     length = 128 if quick else 256  # tokens per segment
     num_segments = 10 if quick else 96
     num_heads, key_dim = 4, 8  # e = 32 channels
     batch = 2
     rng = np.random.default_rng(0)
-    keras.utils.set_random_seed(0)  # the layer's initial weights
+    set_random_seed(0)  # the layer's initial weights
 
     # Gate off, so the memory stores the signal itself, not a gated copy.
     ltm = keras_infmemory.ContinuousLTM(
@@ -103,20 +134,11 @@ def main(quick=False):
         f"τ={ltm.tau}, M={ltm.num_samples}; segments of L={length}, "
         f"e={e} channels, batch {batch}"
     )
-    ages = ", ".join(str(a) for a in AGES)
-    print(f"relative L2 error of the segment written k writes ago, k = {ages}")
-    header = (
-        f"{'tokens':>7} {'floats/row':>10} "
-        + " ".join(f"{'k=' + str(a):>7}" for a in AGES)
-        + f" {'ms/write':>9}"
-    )
-    print(header)
-    print("-" * len(header))
 
     report = {2, 4, 8} | {s for s in range(16, num_segments + 1, 16)}
     report.add(num_segments)
     state = ltm.get_initial_state(batch_size=batch)
-    times = []
+    times, rows = [], []
     for written, segment in enumerate(segments, start=1):
         start = time.perf_counter()
         state = ltm.write(segment, state)
@@ -124,23 +146,21 @@ def main(quick=False):
         times.append(time.perf_counter() - start)
         if written not in report:
             continue
-        cells = []
-        for age in AGES:
-            # The very first write sits at cell midpoints; skip it.
-            ok = written - 1 - age >= 1
-            cells.append(f"{error(state, written, age):7.4f}" if ok else "-")
-        floats = int(np.prod(state["coefficients"].shape[1:]))
-        recent = 1e3 * float(np.median(times[-8:]))
-        print(
-            f"{written * length:>7} {floats:>10} "
-            + " ".join(f"{c:>7}" for c in cells)
-            + f" {recent:>9.2f}"
+        # The very first write sits at cell midpoints: skipped.
+        errors = [
+            error(state, written, age) if written - age >= 2 else None
+            for age in AGES
+        ]
+        floats = int(np.prod(state["coefficients"].shape[1:]))  # N × e
+        recent = 1e3 * float(np.median(times[-8:]))  # ms per write
+        rows.append(
+            {
+                "tokens": written * length,
+                "floats_per_row": floats,
+                "errors": dict(zip(AGES, errors, strict=True)),
+                "ms_per_write": recent,
+            }
         )
-
-    print(
-        "floats/row: the memory's size, N × e. ms/write: median wall time of "
-        "the last 8 writes (the first builds the constants)."
-    )
 
     # Continuous attention: each query of each head reads a Gaussian window.
     query = (
@@ -154,14 +174,51 @@ def main(quick=False):
     print(
         f"read: query {tuple(query.shape)} -> output {tuple(output.shape)}; "
         f"μ in [{mu.min():.3f}, {mu.max():.3f}], "
-        f"σ² in [{variance.min():.2g}, {variance.max():.2g}]"
+        f"σ² in [{variance.min():.2g}, {variance.max():.2g}]\n"
     )
+
+    table = markdown_table(
+        ["tokens", "floats/row", *(f"k={age}" for age in AGES), "ms/write"],
+        [
+            [row["tokens"], row["floats_per_row"]]
+            + ["–" if e is None else f"{e:.4f}" for e in row["errors"].values()]
+            + [f"{row['ms_per_write']:.2f}"]
+            for row in rows
+        ],
+    )
+    table += (
+        "\n\nk=…: relative L2 error of the segment written k writes ago; "
+        "floats/row: N × e; ms/write: median of the last 8 writes."
+    )
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "demo.json")
+    names = ("num_basis", "basis_widths", "ridge_penalty", "tau")
+    record = {
+        "backend": keras.backend.backend(),
+        "memory": {name: getattr(ltm, name) for name in names},
+        "segment_length": length,
+        "rows": rows,
+        "verdict": verdict(rows),
+    }
+    write_json(record, path, indent=2)
+    finish(table, record["verdict"], [path])
     return state
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="a short stream (for tests)"
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="A quick look (seconds): --quick.",
     )
-    main(quick=parser.parse_args().quick)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="10 segments of 128 tokens, not 96 of 256 (default: off)",
+    )
+    parser.add_argument(
+        "--output",
+        default="results/demo",
+        help="folder of demo.json (default: %(default)s)",
+    )
+    args = parser.parse_args()
+    main(quick=args.quick, folder=args.output)

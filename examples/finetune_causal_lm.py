@@ -45,7 +45,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # First: importing it hides TensorFlow's load notices (see there).
-from experiments import finetune  # noqa: E402
+from experiments import console, finetune  # noqa: E402
 
 # isort: split
 import keras  # noqa: E402
@@ -128,7 +128,7 @@ def parse_args(argv=None):
         description=__doc__.split("\n")[0],
         epilog="A quick try: --offline --family llama --quick (a minute "
         "or two; the numbers mean nothing).",
-        formatter_class=finetune.HelpFormatter,
+        formatter_class=console.HelpFormatter,
     )
     for title, options in OPTIONS.items():
         group = parser.add_argument_group(title)
@@ -175,14 +175,14 @@ def fine_tune(lm, train, args):
         batch_size=args.batch_size,
         shuffle=False,  # row b of a batch continues row b of the last one
         callbacks=[losses],
-        verbose=finetune.fit_verbosity(),
+        verbose=console.fit_verbosity(),
     )
     return losses.losses
 
 
 def main(argv=None):
     args = parse_args(argv)
-    finetune.quiet()  # no grain notices at every fit
+    console.quiet()  # no grain notices at every fit
     if args.data_parallel:
         finetune.use_data_parallel(args.batch_size)
     paths, start_time = finetune.output_paths(args), time.time()

@@ -44,6 +44,7 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+from experiments import console  # noqa: E402
 from experiments import grounded_dialogue as gd  # noqa: E402  (loads Keras)
 from experiments.records import finish, write_json  # noqa: E402
 from keras_infmemory import StickyMemorySampler  # noqa: E402
@@ -99,7 +100,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0].replace("\n", " "),
         epilog="A quick try: --offline --quick (a minute or two).",
-        formatter_class=gd.HelpFormatter,
+        formatter_class=console.HelpFormatter,
     )
     for flag, keywords, text in OPTIONS:
         name = flag[2:].replace("-", "_")
@@ -156,7 +157,7 @@ def train_and_evaluate(task, args, seed):
 
 def main(argv=None):
     args = parse_args(argv)
-    gd.quiet()  # no grain notices at every fit
+    console.quiet()  # no grain notices at every fit
     paths, start = gd.output_paths(args), time.time()
     task = gd.load_task(args)  # conversations, tokenizer, a GPT-2 per seed
     figure_paths = [paths[k] for k in ("fig4", "fig5", "html")]

@@ -50,6 +50,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # Imported first: it holds back TensorFlow's load notices.
+from experiments import console  # noqa: E402
 from experiments import language_model as lm  # noqa: E402
 from experiments.records import finish  # noqa: E402
 from keras_infmemory.models import ARMS  # noqa: E402
@@ -62,7 +63,7 @@ def parse_args(argv=None):
         description=__doc__.split("\n")[0],
         epilog="Quick look: --quick (a tiny model, 6 steps, two arms); on "
         "your own texts: --quick --data FOLDER.",
-        formatter_class=lm.HelpFormatter,  # every option with its default
+        formatter_class=console.HelpFormatter,  # options with their defaults
     )
     add = parser.add_argument
     # fmt: off
@@ -164,7 +165,7 @@ def train_and_evaluate(args):
                 probe=probe,
                 diagnostics_every=args.diagnostics,
                 output_kernel_scale=args.output_kernel_scale,
-                verbose=lm.fit_verbosity(args.verbose),
+                verbose=console.fit_verbosity(args.verbose),
             )
             if model.memory_options is not None:
                 info["final_diagnostics"] = lm.diagnose(

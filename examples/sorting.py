@@ -3,7 +3,7 @@
 A sequence of symbols drifts from one distribution to another; after the
 separator the model must list the 20 symbols by how often they occurred.
 Each arm is the same `InfFormerLM` with a different memory (docs/math.md
-§7):
+§7, docs/sorting.md):
 
 * ``window``: each segment alone;
 * ``transformer_xl``: plus one segment of short-term memory (STM);
@@ -12,22 +12,30 @@ Each arm is the same `InfFormerLM` with a different memory (docs/math.md
 * ``compressive``: the Compressive Transformer (Rae et al. 2020), the STM
   plus a FIFO of compressed past segments.
 
-For every arm and length the script trains on fresh batches, evaluates the
-answer accuracy on held-out batches, prints a table and writes
-``sorting.json`` and ``sorting.png`` to ``--output``. Any backend::
+Every arm, at every length and seed, trains on fresh batches (``fit``) and
+is evaluated on held-out ones (``evaluate``); an arm with an LTM is
+evaluated again with its memory switched off (``memory_enabled = False``,
+same weights). The README's main job (``make demo``; about 6 minutes on
+two CPU cores, any backend)::
 
     KERAS_BACKEND=jax python examples/sorting.py --scale cpu \\
-        --arms inf_former transformer_xl --lengths 1024
+        --arms inf_former transformer_xl --lengths 1024 --output results/demo
 
-``--data-parallel`` splits every batch over the devices with
-``keras.distribution.DataParallel`` (JAX; see
-``keras_infmemory.distribution``).
-
-``--scale paper`` is the paper's model and recipe (20k steps of batch 8 at
-4k/8k/16k tokens: a GPU job). ``--quick`` is a few steps for the tests.
+It ends with a table (answer accuracy per arm and length), the accuracy
+of ideal counters that see only the last segment and the STM, a one-line
+verdict (the ∞-former against Transformer-XL, with the seed spread of
+``--num-seeds``) and the paths written: ``<output>/<name>.json`` (every
+setting and result) and the figure of accuracy against length
+(``<name>.png`` beside it, or ``docs/images/`` for ``benchmarks/results``).
+``--quick`` trains a tiny model for a few steps (about a minute);
+``--dry-run`` lists the runs and trains nothing; ``--scale paper`` is the
+paper's model and recipe (20k steps of batch 8 at 4k/8k/16k tokens: a GPU
+job); ``--data-parallel`` splits every batch over the devices (JAX,
+`keras_infmemory.distribution`).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -35,287 +43,151 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
+from experiments import console, sorting  # noqa: E402
+from experiments.records import finish  # noqa: E402
+from keras_infmemory import distribution  # noqa: E402
+from keras_infmemory.models import ARMS  # noqa: E402
 
-from experiments import sorting as sorting_models  # noqa: E402
-from experiments.data import sorting as sorting_data  # noqa: E402
-from experiments.records import write_json  # noqa: E402
-from keras_infmemory.models.inf_former_lm import ARMS  # noqa: E402
-
-EVAL_SEED_OFFSET = 1_000_003  # held-out batches never seen in training
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--scale", choices=tuple(sorting_models.SCALES), default="cpu"
-    )
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
-    parser.add_argument(
-        "--lengths",
-        nargs="+",
-        type=int,
-        help="symbols before the separator (default: the scale's)",
-    )
-    parser.add_argument("--steps", type=int, help="training steps")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--learning-rate", type=float)
-    parser.add_argument(
-        "--eval-batches", type=int, default=16, help="held-out batches"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--segment-loop", choices=("python", "scan"), default="python"
-    )
-    parser.add_argument(
-        "--output", default="results/sorting", help="folder for JSON + PNG"
-    )
-    parser.add_argument(
-        "--data-parallel",
-        nargs="?",
-        const=0,
-        type=int,
-        metavar="NUM_DEVICES",
-        help="split each batch over NUM_DEVICES devices (default: all) "
-        "with keras.distribution.DataParallel; JAX only",
-    )
-    parser.add_argument(
-        "--compressive-options",
-        type=json.loads,
-        default=None,
-        metavar="JSON",
-        help="the compressive arm's `CompressiveMemory` options, e.g. "
-        '\'{"compression": "mean"}\' or \'{"reconstruction_weight": 1}\' '
-        "(default: 4-fold convolution, no reconstruction loss)",
-    )
-    parser.add_argument(
-        "--name", default="sorting", help="file name of the JSON and PNG"
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="a few tiny steps (tests)"
-    )
-    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
-    args = parser.parse_args(argv)
-    train = sorting_models.get_scale(args.scale)["train"]
-    if args.quick:
-        args.lengths = args.lengths or [100]
-        args.steps = args.steps or 3
-        args.batch_size = args.batch_size or 2
-        args.eval_batches = 1
-    args.lengths = args.lengths or list(train["lengths"])
-    args.steps = args.steps or train["steps"]
-    args.batch_size = args.batch_size or train["batch_size"]
-    args.learning_rate = args.learning_rate or train["learning_rate"]
-    for name in ("steps", "batch_size", "eval_batches"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.compressive_options is not None and not isinstance(
-        args.compressive_options, dict
-    ):
-        parser.error(
-            "--compressive-options must be a JSON object. Received: "
-            f"{args.compressive_options!r}"
-        )
-    if min(args.lengths) < 1:
-        parser.error(f"--lengths must be >= 1. Received: {args.lengths}")
-    return args
+by_scale = sorting.scale_defaults  # "paper 20000, cpu 1000; --quick 3"
+# fmt: off
+OPTIONS = {  # flag: (add_argument's keywords, help; "%(default)s" added)
+    "--scale": (dict(choices=tuple(sorting.SCALES), default="cpu"),
+                "model and recipe (experiments.sorting.SCALES)"),
+    "--arms": (dict(nargs="+", choices=ARMS, default=ARMS, metavar="ARM"),
+               f"arms to train, of {', '.join(ARMS)} (default: all)"),
+    "--lengths": (dict(nargs="+", type=int), "symbols before the separator "
+                  f"(default: {by_scale('lengths')})"),
+    "--steps": (dict(type=int),
+                f"training steps (default: {by_scale('steps')})"),
+    "--batch-size": (dict(type=int), "sequences per batch "
+                     f"(default: {by_scale('batch_size')})"),
+    "--learning-rate": (dict(type=float), "start of the cosine decay "
+                        f"(default: {by_scale('learning_rate')})"),
+    "--eval-batches": (dict(type=int),
+                       "held-out batches (default: 16; --quick 1)"),
+    "--seed": (dict(type=int, default=0), "first seed of weights and data"),
+    "--num-seeds": (dict(type=int, default=1), "seeds per arm and length, "
+                    "from --seed on; the verdict weighs their spread"),
+    "--segment-loop": (dict(choices=sorting.SEGMENT_LOOPS, default="python"),
+                       "how the model loops over its segments"),
+    "--compressive-options": (
+        dict(type=json.loads, metavar="JSON"),
+        "CompressiveMemory options of the compressive arm, e.g. "
+        "'{\"compression\": \"mean\"}' (default: 4-fold convolution)"),
+    "--data-parallel": (
+        dict(nargs="?", const=0, type=int, metavar="DEVICES"),
+        "split each batch over DEVICES devices (none given: all) with "
+        "keras.distribution.DataParallel, JAX only (default: off)"),
+    "--output": (dict(default="results/sorting"),
+                 "folder of the JSON and the figure"),
+    "--name": (dict(default="sorting"), "file name of the JSON and figure"),
+    "--quick": (dict(action="store_true"),
+                "a tiny model, a few steps (default: off)"),
+    "--dry-run": (dict(action="store_true"),
+                  "list the runs, train nothing (default: off)"),
+    "--verbose": (dict(type=int, choices=(0, 1, 2)),
+                  "Keras progress: 0 none, 1 a bar, 2 a line per epoch "
+                  "(default: 1 on a terminal, else 2)"),
+}
+# fmt: on
 
 
-def build_model(arm, args):
-    overrides = {"segment_loop": args.segment_loop}
-    if arm == "compressive" and args.compressive_options:
-        overrides["compressive_options"] = args.compressive_options
-    if args.quick:
-        overrides.update(
-            num_layers=1,
-            hidden_dim=16,
-            num_heads=2,
-            intermediate_dim=32,
-            segment_length=32,
-            memory_options={"num_basis": 16, "num_samples": 16},
-        )
-    model = sorting_models.sorting_transformer(
-        arm, scale=args.scale, **overrides
+def make_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="A quick look (about a minute): --quick --arms inf_former "
+        "transformer_xl. The README's run: --arms inf_former transformer_xl "
+        "--lengths 1024 (about 6 minutes on 2 CPU cores).",
     )
-    model.compile(
-        **sorting_models.compile_arguments(
-            args.scale,
-            steps=args.steps,
-            learning_rate=args.learning_rate,
-        )
-    )
-    return model
+    for flag, (options, text) in OPTIONS.items():
+        if "(default" not in text:
+            text += " (default: %(default)s)"
+        parser.add_argument(flag, help=text, **options)
+    return parser
 
 
-def make_datasets(length, segment, args):
-    """``{"train", "eval"}`` `SortingDataset`s of ``length`` symbols: the
-    training batches of ``args.seed`` and the held-out batches (another
-    seed), padded to a multiple of ``segment``."""
-    return {
-        split: sorting_data.SortingDataset(
-            args.batch_size,
-            length,
-            steps=steps,
-            seed=args.seed + offset,
-            pad_to_multiple=segment,
-        )
-        for split, steps, offset in (
-            ("train", args.steps, 0),
-            ("eval", args.eval_batches, EVAL_SEED_OFFSET),
-        )
+def train_and_evaluate(arm, length, recipe, verbose):
+    """Trains one arm at one length and seed; returns its row."""
+    console.set_random_seed(recipe.seed)  # the initial weights
+    model = sorting.build_model(arm, recipe)  # a compiled InfFormerLM
+    data = sorting.make_datasets(length, model.segment_length, recipe)
+    print(f"\n{sorting.describe(arm, length, model, recipe.seed)}")
+    # Each batch runs segment by segment with the memories carried along
+    # and reset per batch; gradients reach the last segment only.
+    clock = time.perf_counter()
+    history = model.fit(data["train"], epochs=1, verbose=verbose)
+    train_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
+    held_out = model.evaluate(data["eval"], verbose=verbose, return_dict=True)
+    measured = {
+        "train_loss": history.history["loss"][-1],
+        "eval_loss": held_out["loss"],
+        "accuracy": held_out["accuracy"],
+        "accuracy_without_ltm_read": None,
+        "train_seconds": train_seconds,
+        "eval_seconds": time.perf_counter() - clock,
     }
-
-
-def run_one(arm, length, args):
-    """Trains one arm at one length; returns a dict of results."""
-    keras.utils.set_random_seed(args.seed)
-    model = build_model(arm, args)
-    segment = model.segment_length
-    datasets = make_datasets(length, segment, args)
-    tokens = sorting_data.total_length(length, segment)
-    print(
-        f"\n== {arm}, {length} symbols ({tokens} tokens, "
-        f"{tokens // segment} segments of {segment}, STM "
-        f"{model.stm_length}) on {keras.backend.backend()} =="
-    )
-    start = time.perf_counter()
-    history = model.fit(datasets["train"], epochs=1, verbose=args.verbose)
-    train_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    metrics = model.evaluate(
-        datasets["eval"], verbose=args.verbose, return_dict=True
-    )
-    eval_seconds = time.perf_counter() - start
-    without_ltm = None
     if model.memory_options is not None:
-        without_ltm = ablate_ltm(model, datasets["eval"])
-    growth = [
-        max(block.ltm.update_growth.values())
-        for block in model.blocks
-        if block.ltm is not None and block.ltm.update_growth
-    ]
-    return {
-        "arm": arm,
-        "length": length,
-        "tokens": tokens,
-        "segment_length": segment,
-        "stm_length": model.stm_length,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "train_loss": float(history.history["loss"][-1]),
-        "eval_loss": float(metrics["loss"]),
-        "accuracy": float(metrics["accuracy"]),
-        "accuracy_without_ltm_read": without_ltm,
-        "train_seconds": round(train_seconds, 1),
-        "eval_seconds": round(eval_seconds, 1),
-        "update_growth": max(growth) if growth else None,
-        "parameters": model.count_params(),
-    }
-
-
-def ablate_ltm(model, dataset):
-    """Answer accuracy of the same weights with every LTM switched off
-    (``memory_enabled = False``: neither written nor read): how much the
-    model relies on the long-term memory."""
-    model.memory_enabled = False
-    try:
-        metrics = model.evaluate(dataset, verbose=0, return_dict=True)
-    finally:
-        model.memory_enabled = True
-    return float(metrics["accuracy"])
-
-
-def table(results):
-    lines = [
-        "| arm | length | STM / tokens | answer accuracy | "
-        "without LTM read | eval loss | train time (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        ablated = r["accuracy_without_ltm_read"]
-        ablated = "–" if ablated is None else f"{ablated:.3f}"
-        lines.append(
-            f"| {r['arm']} | {r['length']} | {r['stm_length']}/{r['tokens']}"
-            f" | {r['accuracy']:.3f} | {ablated} | {r['eval_loss']:.3f} | "
-            f"{r['train_seconds']:.0f} |"
-        )
-    return "\n".join(lines)
-
-
-def baselines(length, segment_length, stm_length):
-    """Yardsticks for one length: the accuracy of an ideal counter that
-    sees what each bounded memory holds at the first answer token."""
-    in_segment = segment_length - sorting_data.ANSWER_LENGTH
-    visible = {
-        "elimination only": 0,
-        "counter over the last segment": in_segment,
-        "counter over segment + STM": in_segment + stm_length,
-    }
-    return {
-        name: sorting_data.counting_baseline(
-            length, min(count, length), num_examples=256, seed=7
-        )
-        for name, count in visible.items()
-    }
+        # The same weights with every LTM neither written nor read: how
+        # much the answers rely on the long-term memory.
+        model.memory_enabled = False
+        ablated = model.evaluate(data["eval"], verbose=0, return_dict=True)
+        measured["accuracy_without_ltm_read"] = ablated["accuracy"]
+    return sorting.result_row(arm, length, model, recipe, measured)
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        recipe = sorting.Recipe.from_scale(
+            args.scale,
+            quick=args.quick,
+            lengths=args.lengths,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            eval_batches=args.eval_batches,
+            seed=args.seed,
+            segment_loop=args.segment_loop,
+            compressive_options=args.compressive_options,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    if args.num_seeds < 1:
+        parser.error(f"--num-seeds must be >= 1. Received: {args.num_seeds}")
+    if args.dry_run:
+        for length in recipe.lengths:
+            for arm in args.arms:
+                model = sorting.build_model(arm, recipe)
+                print(sorting.describe(arm, length, model, recipe.seed))
+        return None
     if args.data_parallel is not None:
-        from keras_infmemory import distribution
-
         setup = distribution.data_parallel(args.data_parallel or None)
         devices = setup.device_mesh.devices.size
-        if args.batch_size % devices:
-            raise ValueError(
+        if recipe.batch_size % devices:
+            parser.error(
                 f"--batch-size must be a multiple of the {devices} devices. "
-                f"Received: batch_size={args.batch_size}"
+                f"Received: {recipe.batch_size}"
             )
         print(f"Data parallel over {devices} devices.")
-    results = []
-    start = time.perf_counter()
-    yardsticks = {}
-    for length in args.lengths:
-        for arm in args.arms:
-            results.append(run_one(arm, length, args))
-        yardsticks[length] = baselines(
-            length,
-            results[-1]["segment_length"],
-            max(r["stm_length"] for r in results if r["length"] == length),
-        )
-    os.makedirs(args.output, exist_ok=True)
-    record = {
-        "backend": keras.backend.backend(),
-        "scale": args.scale,
-        "config": sorting_models.get_scale(args.scale),
-        "args": {k: v for k, v in vars(args).items()},
-        "chance_accuracy": 1.0 / sorting_data.NUM_SYMBOLS,
-        "counting_baselines": yardsticks,
-        "results": results,
-        "total_seconds": round(time.perf_counter() - start, 1),
-    }
-    path = os.path.join(args.output, f"{args.name}.json")
-    write_json(record, path, indent=2)
-    try:
-        from experiments.plots import plot_accuracy_by_length
 
-        plot_accuracy_by_length(
-            results,
-            os.path.join(args.output, f"{args.name}.png"),
-            title=f"Sorting, scale {args.scale!r}",
+    verbose = console.fit_verbosity(args.verbose)
+    started = time.perf_counter()
+    results = [
+        train_and_evaluate(
+            arm, length, dataclasses.replace(recipe, seed=seed), verbose
         )
-    except ImportError:  # matplotlib is optional
-        print("(matplotlib not installed: no plot)")
-    print(f"\n{table(results)}\n")
-    for length, values in yardsticks.items():
-        print(
-            f"{length} symbols, ideal counters: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in values.items())
-        )
-    print(
-        f"chance: {1 / sorting_data.NUM_SYMBOLS:.3f}; total "
-        f"{record['total_seconds']:.0f} s; wrote {path}"
+        for length in recipe.lengths
+        for arm in args.arms
+        for seed in range(args.seed, args.seed + args.num_seeds)
+    ]
+    record = sorting.make_record(
+        results, recipe, {**vars(args), "verbose": verbose}, started
     )
+    paths = sorting.write_record(record, args.output, args.name)
+    print()
+    finish(sorting.summary(record), record["verdict"], paths)
     return record
 
 

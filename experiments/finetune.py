@@ -16,9 +16,8 @@ documents are then streamed the same way and every target's loss kept
 
 This module holds what the example measures with, so that the example
 shows the library: its settings (`MODE_DEFAULTS`, `QUICK`, `settings`,
-`memory_options`), a console kept to what a user reads (importing this
-module hides TensorFlow's load notices, `filtered_native_stderr`;
-`quiet`, `fit_verbosity`), the documents (`load_documents`,
+`memory_options`; importing it hides TensorFlow's load notices,
+`experiments.console`), the documents (`load_documents`,
 `held_out_data`), the tiny offline model (`starting_preset`), the
 training metric and losses (`cross_entropy`, `StepLosses`), the held-out
 evaluation (`evaluate`), the first seed's plots (`plot_first_seed`), the
@@ -36,47 +35,14 @@ Example:
 loses to the model fine-tuned without memory by 1.38 (one seed: no spread).'
 """
 
-import argparse
-import contextlib
-import logging
 import os
 import re
-import sys
-import tempfile
 import time
 
-# Lines TensorFlow's native libraries print as they load (KerasHub loads
-# TensorFlow Text), before any log level applies: TF_CPP_MIN_LOG_LEVEL does
-# not reach them.
-LOAD_NOTICES = re.compile(
-    r"absl::InitializeLog|cudart_stub\.cc|cpu_feature_guard\.cc"
-    r"|^To enable the following instructions"
-)
-
-
-@contextlib.contextmanager
-def filtered_native_stderr(pattern=LOAD_NOTICES):
-    """Holds back what native code writes to stderr inside the block and
-    passes on every line but those matching ``pattern``."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            text = held.read().decode("utf-8", errors="replace")
-            for line in text.splitlines(keepends=True):
-                if not pattern.search(line):
-                    sys.stderr.write(line)
-
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-with filtered_native_stderr():
+from experiments.console import fit_verbosity, native_notices_held_back
+
+with native_notices_held_back():
     import keras
     import keras_hub
     import numpy as np
@@ -162,16 +128,6 @@ QUICK = {
 }
 """``--quick``: sizes for a smoke run of a minute or two (the numbers
 mean nothing); options given on the command line still win."""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every option's default; an option whose default depends on
-    the mode states it in its own help (`mode_default`)."""
-
-    def _get_help_string(self, action):
-        if "(default:" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def mode_default(name):
@@ -289,31 +245,6 @@ def use_data_parallel(batch_size):
 # ----------------------------------------------------------------------- #
 # The console
 # ----------------------------------------------------------------------- #
-
-
-class _GrainNotices(logging.Filter):
-    """Drops grain's performance notices (Keras feeds NumPy arrays through
-    grain on JAX; each ``fit`` and ``evaluate`` logs one through absl);
-    grain's errors and everyone else's records pass."""
-
-    def filter(self, record):
-        from_grain = f"{os.sep}grain{os.sep}" in record.pathname
-        return record.levelno >= logging.ERROR or not from_grain
-
-
-def quiet():
-    """Silences the notices repeated at every ``fit`` and ``evaluate``
-    (see `_GrainNotices`); warnings and errors of anything else still
-    show."""
-    absl = logging.getLogger("absl")
-    if not any(isinstance(f, _GrainNotices) for f in absl.filters):
-        absl.addFilter(_GrainNotices())
-
-
-def fit_verbosity():
-    """``fit``'s ``verbose``: a progress bar updated in place on a
-    terminal, one line per epoch otherwise (a log file, a pipe)."""
-    return 1 if sys.stdout.isatty() else 2
 
 
 def cross_entropy():

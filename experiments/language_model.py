@@ -10,8 +10,7 @@ streamed whole from an empty memory. docs/language_model.md describes the
 study and its results.
 
 * settings: `SCALES` (``"paper"``, ``"cpu"``), `QUICK`, `configure`, and
-  for a command line, `positive_int`, `fraction`, `json_object`,
-  `HelpFormatter` and `fit_verbosity`;
+  for a command line, `positive_int`, `fraction` and `json_object`;
 * data: `prepare_corpus` (a `Corpus`: tokenizer and in-order blocks),
   `held_out_buckets`, `probe_segments`;
 * training: `build_model`, `compile_model`, `train_arm` (with `Recorder`,
@@ -34,46 +33,15 @@ Example:
 """
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import json
 import os
-import re
-import sys
-import tempfile
 import time
 
+from experiments.console import native_notices_held_back
 
-@contextlib.contextmanager
-def _native_load_notices_held_back():
-    """Holds back what native code writes to stderr inside the block and
-    passes on every line but TensorFlow's load notices (printed as its
-    libraries load, before any log level applies: TF_CPP_MIN_LOG_LEVEL
-    does not reach them)."""
-    notices = re.compile(
-        r"absl::InitializeLog|cudart_stub\.cc|cpu_feature_guard\.cc"
-        r"|^To enable the following instructions"
-    )
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            for line in (
-                held.read().decode("utf-8", "replace").splitlines(keepends=True)
-            ):
-                if not notices.search(line):
-                    sys.stderr.write(line)
-
-
-with _native_load_notices_held_back():  # the TensorFlow backend loads TF
+with native_notices_held_back():  # the TensorFlow backend loads TF
     import keras
     import numpy as np
 
@@ -268,24 +236,6 @@ def json_object(text):
     return value
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """argparse's help with each option's default: added as ``(default:
-    …)`` unless the help text already says it."""
-
-    def _get_help_string(self, action):
-        if "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def fit_verbosity(verbose=None):
-    """``fit``'s ``verbose``: as given, or (None) a progress bar updated in
-    place on a terminal and one line per epoch in a log file."""
-    if verbose is not None:
-        return verbose
-    return 1 if sys.stdout.isatty() else 2
-
-
 # ----------------------------------------------------------------------- #
 # Data
 # ----------------------------------------------------------------------- #
@@ -337,7 +287,7 @@ def prepare_corpus(config, data=None, held_out_fraction=0.1):
     Returns:
         A `Corpus`.
     """
-    with _native_load_notices_held_back():  # KerasHub loads TensorFlow
+    with native_notices_held_back():  # KerasHub loads TensorFlow
         from experiments.tokenizers import train_tokenizer
 
     train, held_out = load_corpus(data, held_out_fraction)

@@ -232,17 +232,16 @@ def test_sticky_sorting_restores_into_the_other_sampler():
     sampler, which then continues training; the table has one row per
     training with mean ± std over seeds."""
     from benchmarks import sticky_sorting
+    from experiments import sorting
 
-    example = sticky_sorting.load_example()
-    args = example.parse_args(["--preset", "cpu", "--quick", "--steps", "4"])
-    args.length = 24
-    uniform = example.build_model("inf_former", args)
-    data = example.make_datasets(args.length, uniform.segment_length, args)
+    recipe = sorting.Recipe.from_scale("cpu", quick=True, lengths=[24], steps=4)
+    uniform = sorting.build_model("inf_former", recipe)
+    data = sorting.make_datasets(24, uniform.segment_length, recipe)
     half = sticky_sorting.Batches(data["train"], 0, 2)
     assert len(half) == 2
     uniform.fit(half, epochs=1, verbose=0)
     saved = sticky_sorting.snapshot(uniform)
-    sticky = example.build_model("sticky", args)
+    sticky = sorting.build_model("sticky", recipe)
     sticky_sorting.restore(sticky, saved, data["train"][0])
     assert int(to_numpy(sticky.optimizer.iterations)) == 2
     for got, expected in zip(

@@ -75,14 +75,20 @@ def test_docstring_example(test):
     assert result.failed == 0, "".join(report)
 
 
-def test_demo_quick():
+def test_demo_quick(tmp_path):
     env = dict(os.environ)
     env.setdefault("KERAS_BACKEND", "jax")
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in [os.path.abspath(ROOT), env.get("PYTHONPATH")] if p
     )
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", "demo.py"), "--quick"],
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", "demo.py"),
+            "--quick",
+            "--output",
+            str(tmp_path),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -92,3 +98,5 @@ def test_demo_quick():
     out = result.stdout
     assert f"backend {env['KERAS_BACKEND']}" in out
     assert "floats/row" in out and "read: query" in out
+    assert "One run: after" in out and "wrote:" in out
+    assert (tmp_path / "demo.json").exists()

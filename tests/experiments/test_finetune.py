@@ -26,7 +26,7 @@ import keras_hub
 import numpy as np
 import pytest
 
-from experiments import finetune
+from experiments import console, finetune
 from experiments.tokenizers import family_classes
 from keras_infmemory.models.hub import InfMemoryCausalLM
 from tests.experiments.test_tokenizers import corpus
@@ -110,7 +110,7 @@ def test_example_console_is_quiet(example):
     """No TensorFlow load notices nor grain notices; one line per epoch
     (no progress bar redrawn) when the output is not a terminal."""
     result, _ = example
-    assert not finetune.LOAD_NOTICES.search(result.stderr), result.stderr
+    assert not console.LOAD_NOTICES.search(result.stderr), result.stderr
     assert "grain" not in result.stderr.lower(), result.stderr
     assert "\r" not in result.stdout and "\b" not in result.stdout
     epochs = re.findall(r"^(\d+)/\1 - .* - loss: ", result.stdout, re.M)

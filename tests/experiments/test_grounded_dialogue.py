@@ -117,11 +117,6 @@ def test_offline_data_folder_differs_per_task():
     assert len(folders) == 4
 
 
-def test_fit_verbosity_follows_the_terminal(monkeypatch):
-    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
-    assert gd.fit_verbosity() == 2  # one line per epoch in a log
-
-
 # ----------------------------------------------------------------------- #
 # The task and its conditions
 # ----------------------------------------------------------------------- #
