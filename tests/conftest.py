@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 # the full recorded set, where present, is named by KERAS_INFMEMORY_REFERENCE
 # or sits in the project's shared folder beside the clone (not part of the
 # repository; tests/golden/README.md describes both).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN_DIR = os.path.join(os.path.dirname(__file__), "golden")
 FULL_GOLDEN_DIR = os.environ.get(
     "KERAS_INFMEMORY_REFERENCE",
@@ -72,3 +73,49 @@ def _reset_keras_state():
     np.random.seed(1234)
     yield
     keras.config.set_dtype_policy("float32")
+
+
+# Tests marked ``one_backend`` check what does not depend on the backend
+# (an example's command line, its record and its printed ending, a
+# benchmark script's table, a docs page): `make test` runs each of them
+# once, in one of its three processes, instead of three times. Their keys
+# are dealt out over the backends in turn, in sorted order: the key is the
+# test's file (so the module fixtures, one training run shared by a file's
+# tests, run once) unless the marker names one (``key="gemma"``: a family's
+# tests, wherever they are, run on the same backend). A positional argument
+# names the backend instead: ``one_backend("torch")``. What the marked tests
+# build on is tested on all three backends. ``INFMEMORY_ALL_BACKENDS=1``
+# runs them all on the current backend.
+BACKENDS = ("jax", "torch", "tensorflow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("INFMEMORY_ALL_BACKENDS", "") not in ("", "0"):
+        return
+    marked = [item for item in items if item.get_closest_marker("one_backend")]
+    keys = sorted({_key(item) for item in marked if not _named(item)})
+    dealt = {key: BACKENDS[i % len(BACKENDS)] for i, key in enumerate(keys)}
+    backend = keras.backend.backend()
+    for item in marked:
+        chosen = _named(item) or dealt[_key(item)]
+        if chosen != backend:
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"backend-agnostic: runs once, on {chosen}"
+                )
+            )
+
+
+def _key(item):
+    marker = item.get_closest_marker("one_backend")
+    return marker.kwargs.get("key") or os.path.relpath(item.path, ROOT)
+
+
+def _named(item):
+    args = item.get_closest_marker("one_backend").args
+    if args and args[0] not in BACKENDS:
+        raise ValueError(
+            f"{item.nodeid}: one_backend takes one of {BACKENDS}. "
+            f"Received: {args[0]!r}"
+        )
+    return args[0] if args else None

@@ -116,20 +116,27 @@ def test_free_heap_memory_is_handed_back():
     assert after < kept - 32  # handed back
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() != "jax",
-    reason="starts one process per backend itself; run once",
-)
+def once(script, expected):
+    """A script run whose checks do not depend on the backend running
+    pytest (it names its own): one backend per script (tests/conftest.py)."""
+    return pytest.param(
+        script,
+        expected,
+        marks=pytest.mark.one_backend(key=script[0]),
+        id=script[0],
+    )
+
+
 @pytest.mark.parametrize(
     "command, expected",
     [
-        (["ltm_speed.py"], "ratio"),
-        (["context_scaling.py"], "full ÷ ∞-former"),
+        once(["ltm_speed.py"], "ratio"),
+        once(["context_scaling.py"], "full ÷ ∞-former"),
         # One backend and mode each keeps the smoke test short; the
         # in-process test above covers every backend's modes.
-        (["backends.py", "--backends", "jax", "--modes", "jit"], "÷ JAX"),
-        (["overheads.py", "--backends", "jax"], "block with LTM ÷"),
-        (
+        once(["backends.py", "--backends", "jax", "--modes", "jit"], "÷ JAX"),
+        once(["overheads.py", "--backends", "jax"], "block with LTM ÷"),
+        once(
             ["model_overhead.py", "--backends", "jax", "--families", "none"],
             "… with a carried memory",
         ),
@@ -152,6 +159,7 @@ def test_benchmark_quick(command, expected):
     assert "nan" not in " ".join(table).lower()
 
 
+@pytest.mark.one_backend
 def test_gpu_script_plans_within_budget():
     """benchmarks/gpu.sh parses, its steps fit 8 minutes, and the model
     benchmark accepts the full (GPU) sizes without building anything."""
@@ -226,6 +234,7 @@ def test_lm_diagnosis_table():
     assert xl.count("—") == 8
 
 
+@pytest.mark.one_backend
 def test_sticky_sorting_restores_into_the_other_sampler():
     """`sticky_sorting.restore` moves a trained model's weights and
     optimizer (step counter, Adam moments) into the arm with the other

@@ -32,6 +32,10 @@ from keras_infmemory.models.hub import InfMemoryCausalLM
 from tests.experiments.test_tokenizers import corpus
 from tests.testing import to_numpy
 
+# The experiment runs the same code on every backend (its pieces are
+# tested on all three): one backend runs this file (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 STORED_RECORD = os.path.join(
     ROOT, "benchmarks", "results", "gpt2_shakespeare.json"

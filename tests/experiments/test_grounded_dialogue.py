@@ -22,6 +22,10 @@ from experiments.tokenizers import word_tokenizer
 from tests.experiments.data.test_cmu_dog import SPECIAL, write_fixture
 from tests.experiments.data.test_cmu_dog import tokenize as fixture_tokenize
 
+# The experiment runs the same code on every backend (its pieces are
+# tested on all three): one backend runs this file (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SCRIPT = os.path.join(ROOT, "examples", "grounded_dialogue.py")
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -302,16 +306,6 @@ def written(stdout, count):
     return [os.path.join(ROOT, line.strip()) for line in lines[-count:]]
 
 
-# The backend-agnostic runs (the parser, the --figures-only branch of
-# `main`) run on torch only, the quickest; `draw_figures` itself runs on
-# every backend in the quick run.
-on_torch_only = pytest.mark.skipif(
-    keras.backend.backend() != "torch",
-    reason="backend-agnostic: checked once, on torch",
-)
-
-
-@on_torch_only
 def test_help_documents_every_option():
     text = run_example("--help").stdout
     assert "A quick try: --offline --quick" in text
@@ -368,7 +362,6 @@ def test_example_quick_run_record(quick_run, stored):
     assert len(record["runs"][0]["train_losses"]) == gd.QUICK["epochs"]
 
 
-@on_torch_only
 def test_example_figures_only(quick_run):
     output, _, record = quick_run
     stdout = run_example(

@@ -25,6 +25,10 @@ import pytest
 from experiments import language_model as lm
 from keras_infmemory.documents import DocumentBlocks
 
+# The experiment runs the same code on every backend (its pieces are
+# tested on all three): one backend runs this file (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 WORDS = (
     "the king queen lord lady night day love death sword crown blood "

@@ -21,6 +21,10 @@ from keras_infmemory import basis
 from keras_infmemory.models import ARMS
 from tests.testing import to_numpy, xla_flags
 
+# The experiment runs the same code on every backend (its pieces are
+# tested on all three): one backend runs this file (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 PLAN = r"== (\w+), \d+ symbols \((\d+) tokens, \d+ segments of \d+, STM (\d+)\)"
 TINY = dict(
@@ -398,10 +402,6 @@ def test_example_quick(tmp_path):
     assert "absl" not in result.stderr and "cudart" not in result.stderr
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() != "jax",
-    reason="`make demo` runs on JAX: its command is checked once",
-)
 def test_make_demo_command():
     """`make demo` runs the CPU scale for the ∞-former and Transformer-XL
     arms at a length where the STM covers at most an eighth of the
@@ -425,10 +425,6 @@ def test_make_demo_command():
     assert "A quick look" in usage
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() != "jax",
-    reason="keras.distribution trains on several devices on JAX only",
-)
 def test_example_data_parallel(tmp_path):
     """`--data-parallel` splits each batch over (here two simulated CPU)
     devices and trains the ∞-former arm to the end."""
