@@ -127,6 +127,7 @@ def once(script, expected):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command, expected",
     [
@@ -159,6 +160,7 @@ def test_benchmark_quick(command, expected):
     assert "nan" not in " ".join(table).lower()
 
 
+@pytest.mark.slow
 @pytest.mark.one_backend
 def test_gpu_script_plans_within_budget():
     """benchmarks/gpu.sh parses, its steps fit 8 minutes, and the model
@@ -234,6 +236,7 @@ def test_lm_diagnosis_table():
     assert xl.count("—") == 8
 
 
+@pytest.mark.slow
 @pytest.mark.one_backend
 def test_sticky_sorting_restores_into_the_other_sampler():
     """`sticky_sorting.restore` moves a trained model's weights and

@@ -14,6 +14,7 @@ BACKENDS = ("jax", "torch", "tensorflow")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     keras.backend.backend() != "jax",
     reason="runs once, from the JAX process, and starts the other backends",

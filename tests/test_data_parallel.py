@@ -14,6 +14,7 @@ from keras_infmemory.distribution import data_parallel
 from tests.testing import run_on_devices
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="keras.distribution is JAX-only"
 )

@@ -75,6 +75,7 @@ def test_docstring_example(test):
     assert result.failed == 0, "".join(report)
 
 
+@pytest.mark.slow
 @pytest.mark.one_backend
 def test_demo_quick(tmp_path):
     env = dict(os.environ)

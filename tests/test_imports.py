@@ -40,6 +40,7 @@ assert "keras_hub" in sys.modules
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     keras.backend.backend() == "tensorflow", reason="TensorFlow is the backend"
 )

@@ -15,6 +15,7 @@ from tests.testing import run_on_devices
 FAMILIES = ("llama3", "gemma")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="keras.distribution is JAX-only"
 )

@@ -88,6 +88,7 @@ def example(tmp_path_factory):
     return result, record
 
 
+@pytest.mark.slow
 def test_example_ends_with_table_verdict_and_paths(example):
     result, record = example
     lines = result.stdout.rstrip("\n").split("\n")
@@ -110,6 +111,7 @@ def test_example_ends_with_table_verdict_and_paths(example):
     ]
 
 
+@pytest.mark.slow
 def test_example_console_is_quiet(example):
     """No TensorFlow load notices nor grain notices; one line per epoch
     (no progress bar redrawn) when the output is not a terminal."""
@@ -121,6 +123,7 @@ def test_example_console_is_quiet(example):
     assert epochs == ["2", "3", "3"]  # pretraining, baseline, with memory
 
 
+@pytest.mark.slow
 def test_record_keeps_the_stored_records_keys(example):
     """`benchmarks/results/gpt2_shakespeare.json` came from this example:
     a run writes the same keys, nested ones included (plus ``quick``)."""
@@ -144,6 +147,7 @@ def test_record_keeps_the_stored_records_keys(example):
     )
 
 
+@pytest.mark.slow
 def test_record(example):
     _, record = example
     assert record["backend"] == keras.backend.backend()
@@ -194,6 +198,7 @@ def test_record(example):
     assert "| memory off − with memory |" in tables
 
 
+@pytest.mark.slow
 def test_plots_are_pngs(example):
     _, record = example
     for name in ("position_plot", "training_plot", "memory_plot"):
@@ -202,6 +207,7 @@ def test_plots_are_pngs(example):
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
 
 
+@pytest.mark.slow
 def test_generation_makes_new_tokens(example):
     """Greedy, with the family's stop token (the end token): were it the
     padding id, generate() would give the prompt back unchanged."""
@@ -211,6 +217,7 @@ def test_generation_makes_new_tokens(example):
     assert len(text) > len(prompt)
 
 
+@pytest.mark.slow
 def test_saved_preset(example):
     """The first seed's fine-tuned weights, saved stateless: loaded
     stateful, they score the held-out documents as the record says."""
@@ -235,6 +242,7 @@ def test_saved_preset(example):
     )
 
 
+@pytest.mark.slow
 def test_help_lists_every_option_with_a_default():
     result = run_example("--help", COLUMNS="400")  # one line per option
     assert result.returncode == 0, result.stderr[-3000:]

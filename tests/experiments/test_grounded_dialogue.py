@@ -323,6 +323,7 @@ def quick_run(tmp_path_factory):
         return output, stdout, json.load(f)
 
 
+@pytest.mark.slow
 def test_example_quick_run_ending(quick_run):
     _, stdout, _ = quick_run
     paths = written(stdout, 5)
@@ -345,6 +346,7 @@ def test_example_quick_run_ending(quick_run):
     assert "absl" not in stdout
 
 
+@pytest.mark.slow
 def test_example_quick_run_record(quick_run, stored):
     _, _, record = quick_run
     expected = stored[0]
@@ -362,6 +364,7 @@ def test_example_quick_run_record(quick_run, stored):
     assert len(record["runs"][0]["train_losses"]) == gd.QUICK["epochs"]
 
 
+@pytest.mark.slow
 def test_example_figures_only(quick_run):
     output, _, record = quick_run
     stdout = run_example(

@@ -90,6 +90,7 @@ def tiny_run(corpus_folder):
     )
 
 
+@pytest.mark.slow
 def test_record_structure(tiny_run):
     config, output = tiny_run.config, tiny_run.output
     assert tiny_run.paths == [
@@ -131,6 +132,7 @@ def test_record_structure(tiny_run):
     assert "by position inside the segment" in text
 
 
+@pytest.mark.slow
 def test_diagnostics_read_the_densities(tiny_run):
     """Per layer, the spread of the read centres and the mean width: six
     tiny steps leave the reads near their initial shape (σ² = softplus(0)
@@ -155,6 +157,7 @@ def test_diagnostics_read_the_densities(tiny_run):
     assert lm.diagnose(window, tiny_run.probe) == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm", ARMS)
 def test_perplexity_matches_a_direct_evaluation(tiny_run, arm):
     """``model.evaluate`` over the same held-out stream (stateful, reset
@@ -191,6 +194,7 @@ def test_perplexity_matches_a_direct_evaluation(tiny_run, arm):
         )
 
 
+@pytest.mark.slow
 def test_merge_rebuilds_the_summary(tiny_run, tmp_path):
     """``merge`` (one process per seed) gives back the same summary; a
     record written before the rename (``"preset"``) merges with a new one;
@@ -371,6 +375,7 @@ def ending(stdout):
     return table, lines[wrote - 2], [p.strip() for p in lines[wrote + 1 :]]
 
 
+@pytest.mark.slow
 def test_example_quick(corpus_folder, tmp_path):
     """`--quick` on a tiny corpus trains two arms and ends with the table,
     the verdict and the files it wrote; `--merge` of its record ends the

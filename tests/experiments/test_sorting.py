@@ -377,6 +377,7 @@ def test_record_summary_and_files(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_example_quick(tmp_path):
     """`examples/sorting.py --quick` trains two arms on this backend and
     ends as every example ends: the table, the verdict, the paths (the
@@ -402,6 +403,7 @@ def test_example_quick(tmp_path):
     assert "absl" not in result.stderr and "cudart" not in result.stderr
 
 
+@pytest.mark.slow
 def test_make_demo_command():
     """`make demo` runs the CPU scale for the ∞-former and Transformer-XL
     arms at a length where the STM covers at most an eighth of the
@@ -425,6 +427,7 @@ def test_make_demo_command():
     assert "A quick look" in usage
 
 
+@pytest.mark.slow
 def test_example_data_parallel(tmp_path):
     """`--data-parallel` splits each batch over (here two simulated CPU)
     devices and trains the ∞-former arm to the end."""

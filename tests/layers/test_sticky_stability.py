@@ -438,6 +438,7 @@ def check_bounded_stream(layer, length, focus, writes, seed):
     seed=st.integers(0, 2**16),
 )
 # A narrow basis whose one-segment fit is large (found by Hypothesis).
+@pytest.mark.slow
 @example(
     widths=2,
     width_ratios=[1.0, 0.0625],

@@ -304,6 +304,7 @@ def test_memory_densities(model):
         np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_absorbed_documents_then_prompt_equal_one_call(model):
     """Documents of different lengths absorbed into a memory, then a prompt:
     scoring, a call with the state and greedy generation all equal one call

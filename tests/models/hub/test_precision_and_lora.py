@@ -33,6 +33,7 @@ def compile_for_training(model):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_mixed_bfloat16(family):
     """Under ``mixed_bfloat16`` the memory's weights, math and state stay
