@@ -234,3 +234,25 @@ def check_token_ids(name, token_ids, vocabulary_size):
             f"Received: {name} with values in "
             f"[{ops.convert_to_numpy(low)}, {ops.convert_to_numpy(high)}]"
         )
+
+
+def check_padding_mask(name, mask, token_ids):
+    """A ``(batch, length)`` mask like ``token_ids`` that pads on the right
+    only: the memory writes segments in order, so a row's real tokens must
+    come first (values: eager mode only)."""
+    expected = shape_of(token_ids)
+    check_shape(name, mask, expected, f"{expected}, as `token_ids`")
+    if 0 in shape_of(mask) or shape_of(mask)[1] == 1:
+        return
+    real = ops.cast(mask, "int32")
+    later = ops.any(real[:, 1:] > real[:, :-1])  # a real token after padding
+    if _eager_value(later) is True:
+        rows = np.nonzero(
+            np.any(np.diff(ops.convert_to_numpy(real), axis=1) > 0, axis=1)
+        )[0]
+        raise ValueError(
+            f"`{name}` must pad on the right (each row's tokens first, then "
+            "zeros): the memory writes a row's segments in order. Left-pad "
+            "nothing, or put the padding after the text. Received: "
+            f"{name} with a real token after padding in rows {rows.tolist()}"
+        )

@@ -268,6 +268,10 @@ def test_lm_rejects_bad_calls():
             lambda: model(tokens, padding_mask=np.ones((2, 7), bool)),
             r"padding_mask.shape=\(2, 7\)",
         ),
+        (  # left padding: the real tokens' segments would shift
+            lambda: model(tokens, padding_mask=np.arange(8) >= np.ones((2, 1))),
+            r"pad on the right.*rows \[0, 1\]",
+        ),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):

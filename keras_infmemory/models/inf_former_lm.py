@@ -354,9 +354,7 @@ class InfFormerLM(StatefulMemory, keras.Model):
         check.check_token_ids("token_ids", token_ids, self.vocabulary_size)
         shape = check.shape_of(token_ids)
         if padding_mask is not None:
-            check.check_shape(
-                "padding_mask", padding_mask, shape, f"{shape}, as `token_ids`"
-            )
+            check.check_padding_mask("padding_mask", padding_mask, token_ids)
         if self.stateful:
             batch = self.batch_size
         elif state is not None:

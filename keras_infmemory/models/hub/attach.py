@@ -18,7 +18,7 @@ from keras_infmemory.models.hub.backbone import (
 )
 from keras_infmemory.models.hub.causal_lm import InfMemoryCausalLM
 from keras_infmemory.models.hub.classes import memory_classes
-from keras_infmemory.models.hub.families import family_of
+from keras_infmemory.models.hub.families import family_of, supported
 
 # Keyword arguments of `attach_memory` other than ContinuousLTM options.
 MODEL_ARGUMENTS = (
@@ -74,6 +74,21 @@ def attach_memory(causal_lm, memory_layers=None, **memory_options):
         ValueError: for an unsupported class (naming the supported ones) or
             an unknown option.
     """
+    if not isinstance(causal_lm, keras_hub.models.CausalLM):
+        hint = ""
+        if isinstance(causal_lm, str):
+            hint = (
+                " For a preset name, load the model with its memory: "
+                f"`InfMemoryCausalLM.from_preset({causal_lm!r}, ...)`, or "
+                "load the family's model first "
+                f"(`keras_hub.models.CausalLM.from_preset({causal_lm!r})`) "
+                "and pass it."
+            )
+        raise ValueError(
+            "`attach_memory` takes a KerasHub causal LM (a "
+            "`keras_hub.models.CausalLM` of a supported family: "
+            f"{supported()}).{hint} Received: causal_lm={causal_lm!r}"
+        )
     classes = memory_classes(causal_lm)
     options = dict(memory_options)
     options["memory_layers"] = memory_layers
@@ -163,9 +178,18 @@ def from_preset(cls, preset, load_weights=True, **kwargs):
     on; a family's class accepts only its family's presets)."""
     options = {k: kwargs.pop(k) for k in MODEL_ARGUMENTS if k in kwargs}
     options.update(_pop_ltm_options(kwargs))
-    model = keras_hub.models.CausalLM.from_preset(
-        preset, load_weights=load_weights, **kwargs
-    )
+    try:
+        model = keras_hub.models.CausalLM.from_preset(
+            preset, load_weights=load_weights, **kwargs
+        )
+    except OSError as error:  # no network, a missing folder or file
+        raise ValueError(
+            f"Could not load the preset {preset!r}: a KerasHub preset name "
+            "must be downloaded (network access to Kaggle or Hugging Face; "
+            "it is cached after the first time), or `preset` must be a "
+            "local folder (e.g. written by `save_to_preset`). Cause: "
+            f"{type(error).__name__}. Received: preset={preset!r}"
+        ) from error
     family = getattr(cls, "backbone_cls", None)
     if family is not None and family_of(model) != family.family:
         raise ValueError(

@@ -205,6 +205,10 @@ class InfMemoryBackbone(MemorySwitch):
         """
         length = self.segment_length
         token_ids = inputs["token_ids"]
+        if inputs.get("padding_mask") is not None:
+            check.check_padding_mask(
+                "padding_mask", inputs["padding_mask"], token_ids
+            )
         batch, total = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
         mask_dtype = getattr(inputs.get("padding_mask"), "dtype", "int32")
         token_ids, mask, _ = segments.pad_to_segments(

@@ -1,0 +1,74 @@
+"""Mistakes on the KerasHub path get Keras-style errors that say what to do:
+a preset name where a model is expected, a preset that cannot be fetched,
+a padding mask of another length or padding on the left."""
+
+import keras_hub
+import numpy as np
+import pytest
+
+from keras_infmemory.models import InfMemoryCausalLM, attach_memory
+from tests.models.hub.tiny import VOCAB, tiny_causal_lm
+
+L = 8
+MEMORY = {"num_basis": 16, "num_samples": 16, "basis_widths": (0.05, 0.1)}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return attach_memory(tiny_causal_lm("llama3"), segment_length=L, **MEMORY)
+
+
+@pytest.mark.parametrize("given", ["gpt2_base_en", "gpt2", 3])
+def test_attach_memory_takes_a_model(given):
+    with pytest.raises(ValueError, match="takes a KerasHub causal LM") as info:
+        attach_memory(given)
+    message = str(info.value)
+    assert f"Received: causal_lm={given!r}" in message
+    if isinstance(given, str):  # names lead to from_preset
+        assert f"InfMemoryCausalLM.from_preset({given!r}" in message
+
+
+def test_a_preset_that_cannot_be_fetched_says_so(monkeypatch):
+    """Offline, KerasHub's download fails deep in an HTTP client: one
+    sentence says what a preset needs; the cause stays chained."""
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'api.kaggle.com'")
+
+    monkeypatch.setattr(keras_hub.models.CausalLM, "from_preset", offline)
+    with pytest.raises(ValueError, match="must be downloaded") as info:
+        InfMemoryCausalLM.from_preset("gpt2_base_en", num_basis=16)
+    assert "Received: preset='gpt2_base_en'" in str(info.value)
+    assert isinstance(info.value.__cause__, ConnectionError)
+
+
+def tokens(length=2 * L):
+    ids = np.random.default_rng(0).integers(1, VOCAB, (2, length))
+    return ids.astype("int32")
+
+
+def test_a_padding_mask_of_another_length(model):
+    ids = tokens()
+    mask = np.ones((2, 2 * L - 1), "int32")
+    with pytest.raises(ValueError, match=r"padding_mask.shape=\(2, 15\)"):
+        model({"token_ids": ids, "padding_mask": mask})
+    with pytest.raises(ValueError, match=r"padding_mask.shape=\(2, 15\)"):
+        model.score(ids, padding_mask=mask)
+
+
+def test_left_padding_is_refused(model):
+    """The memory writes a row's segments in order: padding before the text
+    would shift its segments, so it is refused wherever a mask enters."""
+    ids = tokens()
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0  # row 1 left-padded
+    inputs = {"token_ids": ids, "padding_mask": mask}
+    for call in (
+        lambda: model(inputs),
+        lambda: model.score(ids, padding_mask=mask),
+        lambda: model.absorb(inputs),
+    ):
+        with pytest.raises(ValueError, match=r"pad on the right.*rows \[1\]"):
+            call()
+    mask[1, :3], mask[1, -3:] = 1, 0  # right padding is fine
+    assert np.isfinite(np.asarray(model.score(ids, padding_mask=mask))).all()
