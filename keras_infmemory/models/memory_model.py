@@ -13,6 +13,7 @@ Every model takes and returns its state explicitly as well (``state=``);
 the stateful mode is the convenience on top.
 """
 
+import keras
 from keras import ops
 
 from keras_infmemory import validation as check
@@ -107,7 +108,43 @@ class StatefulMemory(MemorySwitch):
         starts empty)."""
         if state is None:
             return self.get_initial_state(ops.shape(token_ids)[0]), True
+        self._check_state(state, token_ids)
         return state, False
+
+    def _check_state(self, state, token_ids):
+        """``state`` has `get_initial_state`'s structure and sizes, with
+        the batch of ``token_ids`` (static shapes; no values are read)."""
+        expected = self.get_initial_state(1)
+        try:
+            keras.tree.assert_same_structure(  # a tuple for a list is fine
+                keras.tree.lists_to_tuples(expected),
+                keras.tree.lists_to_tuples(state),
+            )
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                "`state` must be laid out as `get_initial_state(batch_size)` "
+                f"returns it for {type(self).__name__} ({_layout(expected)}): "
+                f"{error} Received: state of type {type(state).__name__}"
+            ) from None
+        batch = check.shape_of(token_ids)[0]
+        for (path, want), got in zip(
+            keras.tree.flatten_with_path(expected),
+            keras.tree.flatten(state),
+            strict=True,
+        ):
+            name = "state" + "".join(f"[{key!r}]" for key in path)
+            shape, size = check.shape_of(got), tuple(want.shape)
+            if len(shape) != len(size) or any(
+                a is not None and a != b
+                for a, b in zip(shape[1:], size[1:], strict=True)
+            ):
+                raise ValueError(
+                    f"`{name}` must have shape (batch,) + {size[1:]}, as "
+                    "`get_initial_state` makes it for this model (a state "
+                    "of another model or configuration?). "
+                    f"Received: {name}.shape={shape}"
+                )
+            check.check_batch(name, got, batch, "`token_ids`")
 
     def _keep_state(self, state):
         """Stores ``state`` after a call of a stateful model."""
@@ -136,3 +173,15 @@ class StatefulMemory(MemorySwitch):
                 f"(batch_size,) = ({self.batch_size},)",
             )
         self._state_holder.reset(reset_mask)
+
+
+def _layout(state):
+    """A short description of a state's nesting, e.g. ``list of 2 dict
+    ['memory', 'pending', 'pending_mask']``."""
+    if isinstance(state, (list, tuple)):
+        inner = {_layout(item) for item in state}
+        kind = inner.pop() if len(inner) == 1 else "mixed items"
+        return f"list of {len(state)} {kind}"
+    if isinstance(state, dict):
+        return f"dict {sorted(state)}"
+    return "tensor"

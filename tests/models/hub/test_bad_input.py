@@ -72,3 +72,38 @@ def test_left_padding_is_refused(model):
             call()
     mask[1, :3], mask[1, -3:] = 1, 0  # right padding is fine
     assert np.isfinite(np.asarray(model.score(ids, padding_mask=mask))).all()
+
+
+def test_a_wrong_state_names_what_was_expected(model):
+    """A memory of another batch, a dict that is no state, one memory's
+    state instead of the model's, or another model's sizes: each names the
+    argument, what was expected and what was received, at the model's
+    entry (call, score, generate), before any layer runs."""
+    ids = tokens()
+    two = model.get_initial_state(2)
+    three = {"token_ids": np.ones((3, L + 2), "int32")}
+    three["padding_mask"] = np.ones_like(three["token_ids"])
+    other = attach_memory(
+        tiny_causal_lm("llama3"), segment_length=L, num_basis=8, num_samples=16
+    )
+    cases = [
+        (lambda: model.score(**three, state=two), "has batch size 3"),
+        (lambda: model(three, state=two), "has batch size 3"),
+        (lambda: model(three, state={"foo": 1}), "state of type dict"),
+        (lambda: model.score(ids, state=two[0]), "state of type dict"),
+        (
+            lambda: model.score(ids, state=other.get_initial_state(2)),
+            r"\['coefficients'\]\.shape=\(2, 8, 16\)",
+        ),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message) as info:
+            call()
+        assert "Received:" in str(info.value)
+    model.compile(sampler="greedy")
+    preprocessor, model.preprocessor = model.preprocessor, None
+    try:
+        with pytest.raises(ValueError, match="has batch size 3"):
+            model.generate(three, stop_token_ids=None, state=two)
+    finally:
+        model.preprocessor = preprocessor
