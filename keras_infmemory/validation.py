@@ -236,23 +236,31 @@ def check_token_ids(name, token_ids, vocabulary_size):
         )
 
 
-def check_padding_mask(name, mask, token_ids):
-    """A ``(batch, length)`` mask like ``token_ids`` that pads on the right
-    only: the memory writes segments in order, so a row's real tokens must
-    come first (values: eager mode only)."""
+def check_padding_mask(name, mask, token_ids, segment_length=None):
+    """A ``(batch, length)`` mask like ``token_ids`` whose real tokens come
+    first: with ``segment_length``, within each segment (a segment may end
+    in padding and the next start anew: a document padded to whole segments
+    and then a prompt); without, in the whole row (right padding only). The
+    memory writes a row's segments in order, so padding before a token
+    would shift its positions (values: eager mode only)."""
     expected = shape_of(token_ids)
     check_shape(name, mask, expected, f"{expected}, as `token_ids`")
-    if 0 in shape_of(mask) or shape_of(mask)[1] == 1:
+    total = shape_of(mask)[1]
+    if total is None or total < 2 or shape_of(mask)[0] == 0:
         return
-    real = ops.cast(mask, "int32")
-    later = ops.any(real[:, 1:] > real[:, :-1])  # a real token after padding
-    if _eager_value(later) is True:
-        rows = np.nonzero(
-            np.any(np.diff(ops.convert_to_numpy(real), axis=1) > 0, axis=1)
-        )[0]
+    rises = ops.cast(mask, "int32")
+    rises = rises[:, 1:] > rises[:, :-1]  # a real token after padding
+    if segment_length is not None:  # …inside a segment
+        inside = np.arange(1, total) % segment_length != 0
+        rises = ops.logical_and(rises, inside[None, :])
+    if _eager_value(ops.any(rises)) is True:
+        rows = np.nonzero(np.any(ops.convert_to_numpy(rises), axis=1))[0]
+        where = "segment" if segment_length is not None else "row"
         raise ValueError(
-            f"`{name}` must pad on the right (each row's tokens first, then "
-            "zeros): the memory writes a row's segments in order. Left-pad "
-            "nothing, or put the padding after the text. Received: "
-            f"{name} with a real token after padding in rows {rows.tolist()}"
+            f"`{name}` must put each {where}'s real tokens first and its "
+            "padding after them (right padding): the memory writes a row's "
+            "segments in order, and padding before a token shifts its "
+            f"positions. Received: {name} with a real token after padding "
+            f"in rows {rows.tolist()}"
+            + (f" (segments of {segment_length})" if segment_length else "")
         )

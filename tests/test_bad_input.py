@@ -270,7 +270,7 @@ def test_lm_rejects_bad_calls():
         ),
         (  # left padding: the real tokens' segments would shift
             lambda: model(tokens, padding_mask=np.arange(8) >= np.ones((2, 1))),
-            r"pad on the right.*rows \[0, 1\]",
+            r"real tokens first.*rows \[0, 1\]",
         ),
     ]
     for call, message in cases:

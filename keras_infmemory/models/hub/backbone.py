@@ -207,7 +207,7 @@ class InfMemoryBackbone(MemorySwitch):
         token_ids = inputs["token_ids"]
         if inputs.get("padding_mask") is not None:
             check.check_padding_mask(
-                "padding_mask", inputs["padding_mask"], token_ids
+                "padding_mask", inputs["padding_mask"], token_ids, length
             )
         batch, total = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
         mask_dtype = getattr(inputs.get("padding_mask"), "dtype", "int32")

@@ -8,6 +8,7 @@ import pytest
 
 from keras_infmemory.models import InfMemoryCausalLM, attach_memory
 from tests.models.hub.tiny import VOCAB, tiny_causal_lm
+from tests.testing import to_numpy
 
 L = 8
 MEMORY = {"num_basis": 16, "num_samples": 16, "basis_widths": (0.05, 0.1)}
@@ -57,8 +58,10 @@ def test_a_padding_mask_of_another_length(model):
 
 
 def test_left_padding_is_refused(model):
-    """The memory writes a row's segments in order: padding before the text
-    would shift its segments, so it is refused wherever a mask enters."""
+    """The memory writes a row's segments in order: padding before a token
+    of the same segment would shift its positions, so it is refused
+    wherever a mask enters; a segment may end in padding and the next start
+    anew (a document padded to whole segments, then a prompt)."""
     ids = tokens()
     mask = np.ones_like(ids)
     mask[1, :3] = 0  # row 1 left-padded
@@ -68,10 +71,14 @@ def test_left_padding_is_refused(model):
         lambda: model.score(ids, padding_mask=mask),
         lambda: model.absorb(inputs),
     ):
-        with pytest.raises(ValueError, match=r"pad on the right.*rows \[1\]"):
+        with pytest.raises(
+            ValueError, match=r"real tokens first.*rows \[1\] \(segments of 8\)"
+        ):
             call()
     mask[1, :3], mask[1, -3:] = 1, 0  # right padding is fine
-    assert np.isfinite(np.asarray(model.score(ids, padding_mask=mask))).all()
+    assert np.isfinite(to_numpy(model.score(ids, padding_mask=mask))).all()
+    mask[1, L - 3 : L] = 0  # so is padding up to a segment's end
+    assert np.isfinite(to_numpy(model.score(ids, padding_mask=mask))).all()
 
 
 def test_a_wrong_state_names_what_was_expected(model):
