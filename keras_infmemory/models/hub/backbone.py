@@ -43,6 +43,10 @@ LTM_LAYOUT = {
 }
 
 
+# What each memory writes (`InfMemoryBackbone`'s ``memory_input``).
+MEMORY_INPUTS = ("normalized", "residual")
+
+
 class InfMemoryBackbone(MemorySwitch):
     """A KerasHub backbone whose decoder layers carry a long-term memory.
 
@@ -62,6 +66,19 @@ class InfMemoryBackbone(MemorySwitch):
         segment_loop: ``"python"`` or ``"scan"``, how each memory steps
             through the segments of a call (see
             `keras_infmemory.segments.run`).
+        memory_input: what each memory writes, ``"normalized"`` (default)
+            or ``"residual"``. Both start from the decoder layer's input
+            (the residual stream, before the layer's norm);
+            ``"normalized"`` divides each token's vector by its root mean
+            square (no weights), so the memory stores unit-scale vectors
+            whatever the family's residual scale; ``"residual"`` writes
+            the stream as it is (the authors' GPT-2 code). Why normalized
+            is the default: a KerasHub model initialised at its family's
+            scale (embeddings std 0.01, kernels 0.02) has a residual
+            stream of RMS 0.01–0.03, which makes the read densities'
+            gradients 10³–10⁴ times smaller than in `InfFormerLM`; the
+            reads then never learn where to look
+            (`benchmarks/results/recall_probe.md`).
         **kwargs: the family backbone's keyword arguments.
     """
 
@@ -74,9 +91,15 @@ class InfMemoryBackbone(MemorySwitch):
         memory_layers=None,
         memory_options=None,
         segment_loop="python",
+        memory_input="normalized",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if memory_input not in MEMORY_INPUTS:
+            raise ValueError(
+                f"`memory_input` must be one of {MEMORY_INPUTS}. "
+                f"Received: memory_input={memory_input!r}"
+            )
         max_length = getattr(self, "max_sequence_length", None)
         if segment_length is None:
             segment_length = min(512, max_length or 512)
@@ -109,6 +132,7 @@ class InfMemoryBackbone(MemorySwitch):
         self.memory_layers = sorted(set(int(i) for i in memory_layers))
         self.memory_options = memory_options
         self.segment_loop = segments.check_loop(segment_loop)
+        self.memory_input = memory_input
         self.memory_run = None
         memories = []
         for i in self.memory_layers:
@@ -302,9 +326,18 @@ class InfMemoryBackbone(MemorySwitch):
                 "memory_layers": list(self.memory_layers),
                 "memory_options": serialize_memory_options(self.memory_options),
                 "segment_loop": self.segment_loop,
+                "memory_input": self.memory_input,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # A config saved before `memory_input` existed was trained writing
+        # the residual stream as it is: it loads that way.
+        config = dict(config)
+        config.setdefault("memory_input", "residual")
+        return super().from_config(config)
 
 
 def memory_backbone_arguments(config):
@@ -317,6 +350,7 @@ def memory_backbone_arguments(config):
             "memory_layers",
             "memory_options",
             "segment_loop",
+            "memory_input",
         )
         if name in config
     }

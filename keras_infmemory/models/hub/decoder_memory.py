@@ -5,8 +5,10 @@ and called in its constructor, so a memory cannot be passed in as a
 sublayer. Instead, `install` taps three calls of one decoder layer, without
 changing its weights, their paths or its code:
 
-* the decoder layer's call: its input (the residual stream) is noted, the
-  memory's input;
+* the decoder layer's call: its input (the residual stream) is noted;
+  the memory's input is that stream with each token's vector divided by
+  its root mean square (`memory_input`; the backbone's
+  ``memory_input="residual"`` keeps it as it is);
 * the self-attention's query projection: its output, the queries
   ``(B, T, H, d)``, is noted;
 * the self-attention's output projection: the memory's output is added to
@@ -50,6 +52,7 @@ def install(backbone, layer_index, family):
         run = backbone.memory_run
         if run is not None:
             inputs = args[0] if args else kwargs[first]
+            inputs = memory_input(inputs, backbone.memory_input)
             run.inputs[layer_index] = inputs
             run.reached(layer_index, inputs)  # may stop the family's code
 
@@ -68,6 +71,27 @@ def install(backbone, layer_index, family):
     _tap(decoder, before=note_input)
     _tap(query, after=note_query)
     _tap(output, after=add_memory)
+
+
+def memory_input(hidden, kind="normalized", epsilon=1e-6):
+    """What a memory writes of a decoder layer's input ``hidden``
+    ``(..., D)``.
+
+    ``"normalized"``: each token's vector divided by its root mean square,
+    ``x / sqrt(mean(x²) + ε)``, in float32 (no weights; a padded zero
+    vector stays zero). The read's density logits are bilinear in what is
+    written (``w_μᵀ B W_K q``, docs/math.md §3), so a family whose
+    residual stream is small (KerasHub's initialisers: RMS 0.01–0.03)
+    would otherwise start its reads with gradients 10³–10⁴ times smaller
+    than a unit-scale stream gives (`benchmarks/results/recall_probe.md`).
+    ``"residual"``: ``hidden`` unchanged (the authors' GPT-2 code).
+    """
+    if kind == "residual":
+        return hidden
+    x = ops.cast(hidden, "float32")
+    return x * ops.rsqrt(
+        ops.mean(ops.square(x), axis=-1, keepdims=True) + epsilon
+    )
 
 
 def _tap(layer, before=None, after=None):
