@@ -1,0 +1,331 @@
+"""Key recall through the long-term memory, on tiny models in minutes.
+
+The task (one batch of 32 sequences per step, vocabulary 32): segment 1 is
+one key token repeated over its 32 tokens, the next ``depth − 1`` segments
+are random filler, and the last token of segment ``depth + 1`` is a query
+whose answer is the key, ``depth`` segments back: beyond any short-term
+memory, so only the long-term memory can answer (chance: 1/30). Accuracy
+on the query after ``--steps`` steps of Adam 3e-3, measured on 4 fresh
+batches, and again with the memory switched off (same weights).
+
+Models, 2 layers, hidden size 64, 4 heads, feed-forward 128, segments of
+32 tokens, every layer with the same memory (N 64, M 64, τ 0.75, widths
+(0.01, 0.05); ``sticky``: a quantile `StickyMemorySampler`):
+
+* ``inf_former``: `InfFormerLM.arm` with a short-term memory of one
+  segment (``"inf_former"`` / ``"sticky"``);
+* ``llama3``, ``gpt2``: a tiny random KerasHub model of the family (its
+  own initialisers; GPT-2's dropout 0.1) given the memory by
+  `attach_memory`, which writes ``--memory-input`` (``normalized``, the
+  default, or ``residual``, the raw residual stream: the adapter before
+  issue 32).
+
+Each run appends its result (and the command) to ``--output`` (JSON, by
+default ``benchmarks/results/recall_probe.json``), replacing an earlier
+result of the same configuration; ``--table`` prints the Markdown table of
+what the file holds (min–max over seeds). One run at a time takes 3–15
+minutes of one CPU core (``--quick`` checks the plumbing in seconds)::
+
+    KERAS_BACKEND=jax python benchmarks/recall_probe.py --models llama3 \\
+        gpt2 --depths 9 --sampling uniform --seeds 0 1
+    python benchmarks/recall_probe.py --table
+
+The decision log is ``benchmarks/results/recall_probe.md``.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUTPUT = os.path.join(
+    ROOT, "benchmarks", "results", "recall_probe.json"
+)
+MODELS = ("inf_former", "llama3", "gpt2")
+SAMPLINGS = ("uniform", "sticky")
+MEMORY_INPUTS = ("normalized", "residual")
+VOCAB, LENGTH, BATCH = 32, 32, 32
+QUERY = VOCAB - 1  # the query token; keys and filler are 1 .. VOCAB - 2
+MEMORY = {
+    "num_basis": 64,
+    "num_samples": 64,
+    "tau": 0.75,
+    "basis_widths": (0.01, 0.05),
+}
+SIZE = {"num_layers": 2, "hidden_dim": 64, "intermediate_dim": 128}
+
+
+def key_batch(rng, num_segments, batch=BATCH):
+    """Token ids, targets and weights ``(batch, num_segments · LENGTH)``:
+    the key segment, filler, and the query at the very end (the only
+    weighted target, whose answer is the key)."""
+    import numpy as np
+
+    x = rng.integers(1, VOCAB - 1, (batch, num_segments * LENGTH))
+    x[:, :LENGTH] = rng.integers(1, VOCAB - 1, (batch, 1))
+    x[:, -1] = QUERY
+    y = np.concatenate([x[:, 1:], x[:, :1]], axis=1)
+    y[:, -1] = x[:, 0]
+    weights = np.zeros(y.shape, "float32")
+    weights[:, -1] = 1.0
+    return x.astype("int32"), y.astype("int32"), weights
+
+
+def build(model_name, sampling, seed, memory_input):
+    """The compiled model with memory; ``(model, hub)``."""
+    import keras
+    import keras_hub
+
+    from keras_infmemory import StickyMemorySampler
+    from keras_infmemory.models import InfFormerLM, attach_memory
+
+    keras.utils.set_random_seed(seed)
+    if model_name == "inf_former":
+        arm = "sticky" if sampling == "sticky" else "inf_former"
+        model = InfFormerLM.arm(
+            arm,
+            segment_length=LENGTH,
+            memory_options=dict(MEMORY),
+            vocabulary_size=VOCAB,
+            num_heads=4,
+            **SIZE,
+        )
+        hub = False
+    else:
+        if model_name == "gpt2":
+            backbone = keras_hub.models.GPT2Backbone(
+                vocabulary_size=VOCAB,
+                num_heads=4,
+                max_sequence_length=2 * LENGTH,
+                **SIZE,
+            )
+            base = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+        else:
+            backbone = keras_hub.models.Llama3Backbone(
+                vocabulary_size=VOCAB,
+                num_query_heads=4,
+                num_key_value_heads=2,
+                **SIZE,
+            )
+            base = keras_hub.models.Llama3CausalLM(backbone, preprocessor=None)
+        options = dict(MEMORY)
+        if sampling == "sticky":
+            options["sticky"] = StickyMemorySampler(mode="quantile")
+        model = attach_memory(
+            base,
+            segment_length=LENGTH,
+            memory_input=memory_input,
+            **options,
+        )
+        hub = True
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=["accuracy"],
+    )
+    return model, hub
+
+
+def run_one(model_name, sampling, depth, seed, steps, memory_input):
+    """Trains one model on the task and returns its result (a dict)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    num_segments = depth + 1
+    model, hub = build(model_name, sampling, seed, memory_input)
+
+    def feed(x):
+        if hub:
+            return {"token_ids": x, "padding_mask": np.ones(x.shape, bool)}
+        return x
+
+    def accuracy():
+        scores = []
+        for _ in range(4):
+            x, y, w = key_batch(rng, num_segments)
+            scores.append(
+                model.evaluate(
+                    feed(x), y, sample_weight=w, verbose=0, return_dict=True
+                )["accuracy"]
+            )
+        return float(np.mean(scores))
+
+    start = time.time()
+    losses = []
+    for _ in range(steps):
+        x, y, w = key_batch(rng, num_segments)
+        result = model.train_on_batch(
+            feed(x), y, sample_weight=w, return_dict=True
+        )
+        # The loss averages over every token; only the query is weighted.
+        losses.append(float(result["loss"]) * num_segments * LENGTH)
+    seconds = time.time() - start
+    with_memory = accuracy()
+    model.memory_enabled = False
+    without = accuracy()
+    return {
+        "model": model_name,
+        "sampling": sampling,
+        "depth": depth,
+        "segments": num_segments,
+        "seed": seed,
+        "steps": steps,
+        "memory_input": memory_input if hub else None,
+        "accuracy": with_memory,
+        "accuracy_memory_off": without,
+        "final_query_loss": float(np.mean(losses[-20:])),
+        "train_seconds": round(seconds, 1),
+    }
+
+
+def _key(result):
+    return tuple(
+        result.get(k)
+        for k in ("model", "sampling", "depth", "seed", "steps", "memory_input")
+    )
+
+
+def load(path):
+    if not os.path.exists(path):
+        return {"description": __doc__.split("\n\n")[0], "results": []}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save(result, path):
+    from keras_infmemory.records import write_json
+
+    record = load(path)
+    record["results"] = [
+        r for r in record["results"] if _key(r) != _key(result)
+    ] + [result]
+    record["results"].sort(key=lambda r: tuple(map(str, _key(r))))
+    write_json(record, path)
+
+
+def table(record):
+    """Markdown: accuracy min–max over seeds per model, sampling, what is
+    written and depth."""
+    groups = {}
+    for r in record["results"]:
+        label = r["model"]
+        if r.get("memory_input"):
+            label += f" ({r['memory_input']})"
+        name = (label, r["sampling"], r["steps"])
+        groups.setdefault(name, {}).setdefault(r["depth"], []).append(r)
+    depths = sorted({r["depth"] for r in record["results"]})
+    lines = [
+        "| model (memory input) | sampling | steps | "
+        + " | ".join(f"{d} back" for d in depths)
+        + " |",
+        "|---|---|---|" + "---|" * len(depths),
+    ]
+    for (label, sampling, steps), by_depth in sorted(groups.items()):
+        cells = []
+        for d in depths:
+            runs = by_depth.get(d, [])
+            if not runs:
+                cells.append("")
+                continue
+            acc = sorted(r["accuracy"] for r in runs)
+            seeds = len(runs)
+            text = f"{acc[0]:.3f}"
+            if seeds > 1:
+                text += f"–{acc[-1]:.3f}"
+            cells.append(f"{text} ({seeds})")
+        lines.append(
+            f"| {label} | {sampling} | {steps} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
+    parser.add_argument(
+        "--sampling", nargs="+", choices=SAMPLINGS, default=SAMPLINGS
+    )
+    parser.add_argument(
+        "--depths",
+        nargs="+",
+        type=int,
+        default=[3, 5, 9, 17],
+        help="segments between the key and the query (the sequence has "
+        "depth + 1 segments)",
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument(
+        "--memory-input",
+        choices=MEMORY_INPUTS,
+        default="normalized",
+        help="what the KerasHub models' memories write (`attach_memory`)",
+    )
+    parser.add_argument("--output", default=DEFAULT_OUTPUT)
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="print the table of --output and exit",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 steps, depth 1, seed 0, a scratch output (plumbing only)",
+    )
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table(load(args.output)))
+        return
+    if args.quick:
+        import tempfile
+
+        args.steps, args.depths, args.seeds = 2, [1], [0]
+        args.output = os.path.join(tempfile.mkdtemp(), "recall_probe.json")
+    import keras
+
+    command = "KERAS_BACKEND={} python benchmarks/recall_probe.py {}".format(
+        keras.backend.backend(), " ".join(argv or sys.argv[1:])
+    )
+    for depth in args.depths:
+        for model_name in args.models:
+            for sampling in args.sampling:
+                for seed in args.seeds:
+                    result = run_one(
+                        model_name,
+                        sampling,
+                        depth,
+                        seed,
+                        args.steps,
+                        args.memory_input,
+                    )
+                    result.update(
+                        command=command,
+                        backend=keras.backend.backend(),
+                        keras=keras.__version__,
+                        machine=platform.machine(),
+                        date=datetime.date.today().isoformat(),
+                    )
+                    save(result, args.output)
+                    print(
+                        f"{model_name} {sampling} depth {depth} seed {seed}"
+                        f" ({result['memory_input'] or 'own'}): accuracy "
+                        f"{result['accuracy']:.3f}, memory off "
+                        f"{result['accuracy_memory_off']:.3f} "
+                        f"({result['train_seconds']:.0f} s)",
+                        flush=True,
+                    )
+    print(table(load(args.output)))
+
+
+if __name__ == "__main__":
+    main()
