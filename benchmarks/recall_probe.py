@@ -20,6 +20,16 @@ Models, 2 layers, hidden size 64, 4 heads, feed-forward 128, segments of
   default, or ``residual``, the raw residual stream: the adapter before
   issue 32).
 
+Two options serve the diagnosis of issue 32: ``--diagnose`` also records,
+per memory, the RMS of what it writes and of its queries, the gradient
+norms of its weights on one batch at initialisation (JAX), and after
+training where the query token's read looks (μ, σ of its density, mean
+over rows and heads) and, with sticky memories, the share of the histogram
+on the oldest tenth of the memory; ``--hub-init inf_former`` re-initialises
+a KerasHub model the way `InfFormerLM`'s layers are (kernels
+Glorot-uniform, embeddings uniform in ±0.05) before the memory is
+attached.
+
 Each run appends its result (and the command) to ``--output`` (JSON, by
 default ``benchmarks/results/recall_probe.json``), replacing an earlier
 result of the same configuration; ``--table`` prints the Markdown table of
@@ -77,7 +87,32 @@ def key_batch(rng, num_segments, batch=BATCH):
     return x.astype("int32"), y.astype("int32"), weights
 
 
-def build(model_name, sampling, seed, memory_input):
+def reinitialize(backbone):
+    """Kernels Glorot-uniform and token embeddings uniform in ±0.05, as
+    `InfFormerLM`'s layers start (``--hub-init inf_former``); norms,
+    biases and position embeddings keep the family's."""
+    import math
+
+    import keras
+
+    for variable in backbone.weights:
+        path, shape = variable.path, tuple(variable.shape)
+        if "position" in path or len(shape) < 2:
+            continue
+        if "embedding" in path:
+            limit = 0.05
+        else:
+            # EinsumDense kernels: (in, heads, head) or (heads, head, out).
+            if len(shape) == 3 and "output" in path:
+                fan_in, fan_out = shape[0] * shape[1], shape[2]
+            else:
+                fan_in, fan_out = shape[0], math.prod(shape[1:])
+            limit = math.sqrt(6 / (fan_in + fan_out))
+        initializer = keras.initializers.RandomUniform(-limit, limit)
+        variable.assign(initializer(shape, variable.dtype))
+
+
+def build(model_name, sampling, seed, memory_input, hub_init="family"):
     """The compiled model with memory; ``(model, hub)``."""
     import keras
     import keras_hub
@@ -114,6 +149,8 @@ def build(model_name, sampling, seed, memory_input):
                 **SIZE,
             )
             base = keras_hub.models.Llama3CausalLM(backbone, preprocessor=None)
+        if hub_init == "inf_former":
+            reinitialize(backbone)
         options = dict(MEMORY)
         if sampling == "sticky":
             options["sticky"] = StickyMemorySampler(mode="quantile")
@@ -132,18 +169,34 @@ def build(model_name, sampling, seed, memory_input):
     return model, hub
 
 
-def run_one(model_name, sampling, depth, seed, steps, memory_input):
+def run_one(
+    model_name,
+    sampling,
+    depth,
+    seed,
+    steps,
+    memory_input,
+    hub_init="family",
+    diagnose=False,
+):
     """Trains one model on the task and returns its result (a dict)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     num_segments = depth + 1
-    model, hub = build(model_name, sampling, seed, memory_input)
+    model, hub = build(model_name, sampling, seed, memory_input, hub_init)
 
     def feed(x):
         if hub:
             return {"token_ids": x, "padding_mask": np.ones(x.shape, bool)}
         return x
+
+    diagnosis = {}
+    if diagnose:
+        # A batch of its own: the training batches stay those of a run
+        # without diagnosis.
+        probe = key_batch(np.random.default_rng(1000 + seed), num_segments)
+        diagnosis["initial"] = initial_diagnosis(model, feed, probe)
 
     def accuracy():
         scores = []
@@ -167,9 +220,11 @@ def run_one(model_name, sampling, depth, seed, steps, memory_input):
         losses.append(float(result["loss"]) * num_segments * LENGTH)
     seconds = time.time() - start
     with_memory = accuracy()
+    if diagnose:
+        diagnosis["trained"] = read_diagnosis(model, feed(probe[0]))
     model.memory_enabled = False
     without = accuracy()
-    return {
+    result = {
         "model": model_name,
         "sampling": sampling,
         "depth": depth,
@@ -177,17 +232,129 @@ def run_one(model_name, sampling, depth, seed, steps, memory_input):
         "seed": seed,
         "steps": steps,
         "memory_input": memory_input if hub else None,
+        "hub_init": hub_init if hub else None,
         "accuracy": with_memory,
         "accuracy_memory_off": without,
         "final_query_loss": float(np.mean(losses[-20:])),
         "train_seconds": round(seconds, 1),
     }
+    if diagnose:
+        result["diagnosis"] = diagnosis
+    return result
+
+
+def _record_steps(model, inputs):
+    """Calls ``model`` eagerly on ``inputs`` and returns, per memory (by
+    name), the arguments of each `segment_memory.step` in order."""
+    from keras_infmemory.layers import segment_memory
+
+    calls = {}
+    original = segment_memory.step
+
+    def step(ltm, query, state, segment, segment_mask, **kwargs):
+        calls.setdefault(ltm.name, []).append((ltm, query, state, segment))
+        return original(ltm, query, state, segment, segment_mask, **kwargs)
+
+    segment_memory.step = step
+    try:
+        model(inputs, training=False)
+    finally:
+        segment_memory.step = original
+    return calls
+
+
+def _rms(x):
+    import numpy as np
+
+    x = np.asarray(x, "float64")
+    return float(np.sqrt(np.mean(x * x)))
+
+
+def read_diagnosis(model, inputs):
+    """Per memory: RMS of what it writes and of its queries, and the read
+    density of the last token (the query) of the last segment."""
+    import numpy as np
+
+    out = {}
+    for name, calls in sorted(_record_steps(model, inputs).items()):
+        ltm, query, state, _ = calls[-1]
+        written = ltm.write(
+            state["pending"], state["ltm"], mask=state["pending_mask"]
+        )
+        mu, variance = ltm.density(query, written)  # (B, H, Lq)
+        mu = np.asarray(mu)[:, :, -1]
+        sigma = np.sqrt(np.asarray(variance)[:, :, -1])
+        entry = {
+            "written_rms": _rms(np.stack([c[3] for c in calls])),
+            "query_rms": _rms(np.stack([c[1] for c in calls])),
+            "query_mu": float(mu.mean()),
+            "query_sigma": float(sigma.mean()),
+        }
+        if "histogram" in state["ltm"]:
+            # What the last segment's reads left for the next write.
+            _, read = ltm.read(
+                query, written, return_state=True, regularize=False
+            )
+            histogram = np.asarray(read["histogram"])
+            tenth = histogram.shape[1] // 10
+            total = histogram.sum(1)
+            if np.all(total > 0):  # every row's reads found a memory
+                share = histogram[:, :tenth].sum(1) / total
+                entry["histogram_oldest_tenth"] = float(share.mean())
+        out[name] = entry
+    return out
+
+
+def initial_diagnosis(model, feed, batch):
+    """Per memory at initialisation: RMS of what it writes and of its
+    queries, and (JAX) the gradient norm of each of its weights for the
+    query's loss on ``batch``."""
+    import keras
+    import numpy as np
+
+    x, y, _ = batch
+    inputs = feed(x)
+    out = {}
+    for name, calls in sorted(_record_steps(model, inputs).items()):
+        out[name] = {
+            "written_rms": _rms(np.stack([c[3] for c in calls])),
+            "query_rms": _rms(np.stack([c[1] for c in calls])),
+        }
+    if keras.backend.backend() != "jax":
+        return out
+    import jax
+
+    trainable = [v.value for v in model.trainable_variables]
+    others = [v.value for v in model.non_trainable_variables]
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def query_loss(values):
+        logits, _ = model.stateless_call(values, others, inputs, training=True)
+        return loss(y[:, -1], logits[:, -1])
+
+    grads = jax.grad(query_loss)(trainable)
+    for variable, grad in zip(model.trainable_variables, grads, strict=True):
+        memory, _, weight = variable.path.rpartition("/")
+        memory = memory.rpartition("/")[2]
+        if memory in out:
+            out[memory][f"grad_{weight}"] = float(
+                np.linalg.norm(np.asarray(grad))
+            )
+    return out
 
 
 def _key(result):
     return tuple(
         result.get(k)
-        for k in ("model", "sampling", "depth", "seed", "steps", "memory_input")
+        for k in (
+            "model",
+            "sampling",
+            "depth",
+            "seed",
+            "steps",
+            "memory_input",
+            "hub_init",
+        )
     )
 
 
@@ -195,7 +362,11 @@ def load(path):
     if not os.path.exists(path):
         return {"description": __doc__.split("\n\n")[0], "results": []}
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        record = json.load(f)
+    for result in record["results"]:  # results from before --hub-init
+        if result.get("memory_input"):
+            result.setdefault("hub_init", "family")
+    return record
 
 
 def save(result, path):
@@ -217,6 +388,8 @@ def table(record):
         label = r["model"]
         if r.get("memory_input"):
             label += f" ({r['memory_input']})"
+        if r.get("hub_init") not in (None, "family"):
+            label += f", {r['hub_init']} init"
         name = (label, r["sampling"], r["steps"])
         groups.setdefault(name, {}).setdefault(r["depth"], []).append(r)
     depths = sorted({r["depth"] for r in record["results"]})
@@ -271,6 +444,19 @@ def main(argv=None):
         default="normalized",
         help="what the KerasHub models' memories write (`attach_memory`)",
     )
+    parser.add_argument(
+        "--hub-init",
+        choices=("family", "inf_former"),
+        default="family",
+        help="the KerasHub models' initial weights: the family's own, or "
+        "re-initialised as InfFormerLM's layers are (an ablation)",
+    )
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="also record write/query scales, initial gradient norms "
+        "(JAX) and the trained query's read density",
+    )
     parser.add_argument("--output", default=DEFAULT_OUTPUT)
     parser.add_argument(
         "--table",
@@ -307,6 +493,8 @@ def main(argv=None):
                         seed,
                         args.steps,
                         args.memory_input,
+                        args.hub_init,
+                        args.diagnose,
                     )
                     result.update(
                         command=command,
