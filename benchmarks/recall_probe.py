@@ -16,9 +16,12 @@ Models, 2 layers, hidden size 64, 4 heads, feed-forward 128, segments of
   segment (``"inf_former"`` / ``"sticky"``);
 * ``llama3``, ``gpt2``: a tiny random KerasHub model of the family (its
   own initialisers; GPT-2's dropout 0.1) given the memory by
-  `attach_memory`, which writes ``--memory-input`` (``normalized``, the
-  default, or ``residual``, the raw residual stream: the adapter before
-  issue 32).
+  `attach_memory`. ``--hub-memory``: ``normalized`` (the default since
+  issue 32: the memory writes the residual stream and is read with the
+  queries, each divided by its root mean square), ``raw`` (both as they
+  are: ``normalize_memory=False``, the adapter before issue 32) or
+  ``input_only`` (an ablation: the written stream normalized, the queries
+  raw).
 
 Two options serve the diagnosis of issue 32: ``--diagnose`` also records,
 per memory, the RMS of what it writes and of its queries, the gradient
@@ -59,7 +62,7 @@ DEFAULT_OUTPUT = os.path.join(
 )
 MODELS = ("inf_former", "llama3", "gpt2")
 SAMPLINGS = ("uniform", "sticky")
-MEMORY_INPUTS = ("normalized", "residual")
+HUB_MEMORY = ("normalized", "raw", "input_only")
 VOCAB, LENGTH, BATCH = 32, 32, 32
 QUERY = VOCAB - 1  # the query token; keys and filler are 1 .. VOCAB - 2
 MEMORY = {
@@ -112,7 +115,7 @@ def reinitialize(backbone):
         variable.assign(initializer(shape, variable.dtype))
 
 
-def build(model_name, sampling, seed, memory_input, hub_init="family"):
+def build(model_name, sampling, seed, hub_memory, hub_init="family"):
     """The compiled model with memory; ``(model, hub)``."""
     import keras
     import keras_hub
@@ -157,7 +160,7 @@ def build(model_name, sampling, seed, memory_input, hub_init="family"):
         model = attach_memory(
             base,
             segment_length=LENGTH,
-            memory_input=memory_input,
+            normalize_memory=hub_memory != "raw",
             **options,
         )
         hub = True
@@ -175,16 +178,39 @@ def run_one(
     depth,
     seed,
     steps,
-    memory_input,
+    hub_memory,
     hub_init="family",
     diagnose=False,
 ):
     """Trains one model on the task and returns its result (a dict)."""
+    from keras_infmemory.models.hub import decoder_memory
+
+    query = decoder_memory.memory_query
+    if hub_memory == "input_only":  # the queries as the attention has them
+        decoder_memory.memory_query = lambda q, normalize=True: q
+    try:
+        return _run_one(
+            model_name,
+            sampling,
+            depth,
+            seed,
+            steps,
+            hub_memory,
+            hub_init,
+            diagnose,
+        )
+    finally:
+        decoder_memory.memory_query = query
+
+
+def _run_one(
+    model_name, sampling, depth, seed, steps, hub_memory, hub_init, diagnose
+):
     import numpy as np
 
     rng = np.random.default_rng(seed)
     num_segments = depth + 1
-    model, hub = build(model_name, sampling, seed, memory_input, hub_init)
+    model, hub = build(model_name, sampling, seed, hub_memory, hub_init)
 
     def feed(x):
         if hub:
@@ -231,7 +257,7 @@ def run_one(
         "segments": num_segments,
         "seed": seed,
         "steps": steps,
-        "memory_input": memory_input if hub else None,
+        "hub_memory": hub_memory if hub else None,
         "hub_init": hub_init if hub else None,
         "accuracy": with_memory,
         "accuracy_memory_off": without,
@@ -352,7 +378,7 @@ def _key(result):
             "depth",
             "seed",
             "steps",
-            "memory_input",
+            "hub_memory",
             "hub_init",
         )
     )
@@ -363,9 +389,6 @@ def load(path):
         return {"description": __doc__.split("\n\n")[0], "results": []}
     with open(path, encoding="utf-8") as f:
         record = json.load(f)
-    for result in record["results"]:  # results from before --hub-init
-        if result.get("memory_input"):
-            result.setdefault("hub_init", "family")
     return record
 
 
@@ -386,15 +409,15 @@ def table(record):
     groups = {}
     for r in record["results"]:
         label = r["model"]
-        if r.get("memory_input"):
-            label += f" ({r['memory_input']})"
+        if r.get("hub_memory"):
+            label += f" ({r['hub_memory']})"
         if r.get("hub_init") not in (None, "family"):
             label += f", {r['hub_init']} init"
         name = (label, r["sampling"], r["steps"])
         groups.setdefault(name, {}).setdefault(r["depth"], []).append(r)
     depths = sorted({r["depth"] for r in record["results"]})
     lines = [
-        "| model (memory input) | sampling | steps | "
+        "| model (hub memory) | sampling | steps | "
         + " | ".join(f"{d} back" for d in depths)
         + " |",
         "|---|---|---|" + "---|" * len(depths),
@@ -439,10 +462,10 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument(
-        "--memory-input",
-        choices=MEMORY_INPUTS,
+        "--hub-memory",
+        choices=HUB_MEMORY,
         default="normalized",
-        help="what the KerasHub models' memories write (`attach_memory`)",
+        help="what the KerasHub models' memories write and are read with",
     )
     parser.add_argument(
         "--hub-init",
@@ -492,7 +515,7 @@ def main(argv=None):
                         depth,
                         seed,
                         args.steps,
-                        args.memory_input,
+                        args.hub_memory,
                         args.hub_init,
                         args.diagnose,
                     )
@@ -506,7 +529,7 @@ def main(argv=None):
                     save(result, args.output)
                     print(
                         f"{model_name} {sampling} depth {depth} seed {seed}"
-                        f" ({result['memory_input'] or 'own'}): accuracy "
+                        f" ({result['hub_memory'] or 'own'}): accuracy "
                         f"{result['accuracy']:.3f}, memory off "
                         f"{result['accuracy_memory_off']:.3f} "
                         f"({result['train_seconds']:.0f} s)",

@@ -25,7 +25,7 @@ MODEL_ARGUMENTS = (
     "memory_layers",
     "segment_length",
     "segment_loop",
-    "memory_input",
+    "normalize_memory",
     "memory_options",
     "stateful",
     "batch_size",
@@ -64,7 +64,7 @@ def attach_memory(causal_lm, memory_layers=None, **memory_options):
             indices that get a memory.
         **memory_options: ``segment_length`` (default 512, capped at the
             model's ``max_sequence_length``), ``segment_loop``,
-            ``memory_input`` (see `InfMemoryBackbone`),
+            ``normalize_memory`` (see `InfMemoryBackbone`),
             ``stateful`` and ``batch_size`` (see `InfMemoryCausalLM`),
             ``memory_options`` (a dict) and any `ContinuousLTM` argument
             (``num_basis``, ``tau``, ``sticky``, …).
@@ -91,7 +91,7 @@ def attach_memory(causal_lm, memory_layers=None, **memory_options):
             "memory_layers",
             "segment_length",
             "segment_loop",
-            "memory_input",
+            "normalize_memory",
         ):
             if model_args.get(name) is None:
                 model_args[name] = memory[name]
@@ -102,7 +102,7 @@ def attach_memory(causal_lm, memory_layers=None, **memory_options):
         memory_layers=model_args.get("memory_layers"),
         memory_options=ltm_options,
         segment_loop=model_args.get("segment_loop") or "python",
-        memory_input=model_args.get("memory_input") or "normalized",
+        normalize_memory=model_args.get("normalize_memory", True),
     )
     copy_weights(old, backbone)
     return classes.causal_lm(

@@ -43,10 +43,6 @@ LTM_LAYOUT = {
 }
 
 
-# What each memory writes (`InfMemoryBackbone`'s ``memory_input``).
-MEMORY_INPUTS = ("normalized", "residual")
-
-
 class InfMemoryBackbone(MemorySwitch):
     """A KerasHub backbone whose decoder layers carry a long-term memory.
 
@@ -66,19 +62,19 @@ class InfMemoryBackbone(MemorySwitch):
         segment_loop: ``"python"`` or ``"scan"``, how each memory steps
             through the segments of a call (see
             `keras_infmemory.segments.run`).
-        memory_input: what each memory writes, ``"normalized"`` (default)
-            or ``"residual"``. Both start from the decoder layer's input
-            (the residual stream, before the layer's norm);
-            ``"normalized"`` divides each token's vector by its root mean
-            square (no weights), so the memory stores unit-scale vectors
-            whatever the family's residual scale; ``"residual"`` writes
-            the stream as it is (the authors' GPT-2 code). Why normalized
-            is the default: a KerasHub model initialised at its family's
-            scale (embeddings std 0.01, kernels 0.02) has a residual
-            stream of RMS 0.01–0.03, which makes the read densities'
-            gradients 10³–10⁴ times smaller than in `InfFormerLM`; the
-            reads then never learn where to look
-            (`benchmarks/results/recall_probe.md`).
+        normalize_memory: bool, whether each memory writes the decoder
+            layer's input (the residual stream, before the layer's norm)
+            and is read with the attention's queries divided by their root
+            mean square (each token's vector; each head's query), without
+            weights (default), or as they are (False: the authors' GPT-2
+            code). Why True is the default: the read's density logits are
+            bilinear in both (``w_μᵀ B W_K q``, docs/math.md §3); a
+            KerasHub model at its family's initial scale (embeddings std
+            0.01, kernels 0.02) writes a residual stream of RMS 0.01–0.03
+            and reads with queries of RMS 0.16, against about 1 and 1 in
+            `InfFormerLM`'s second layer, so the density weights'
+            gradients start 10³–10⁴ times smaller and the reads never
+            learn where to look (`benchmarks/results/recall_probe.md`).
         **kwargs: the family backbone's keyword arguments.
     """
 
@@ -91,15 +87,11 @@ class InfMemoryBackbone(MemorySwitch):
         memory_layers=None,
         memory_options=None,
         segment_loop="python",
-        memory_input="normalized",
+        normalize_memory=True,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        if memory_input not in MEMORY_INPUTS:
-            raise ValueError(
-                f"`memory_input` must be one of {MEMORY_INPUTS}. "
-                f"Received: memory_input={memory_input!r}"
-            )
+        check.check_bool("normalize_memory", normalize_memory)
         max_length = getattr(self, "max_sequence_length", None)
         if segment_length is None:
             segment_length = min(512, max_length or 512)
@@ -132,7 +124,7 @@ class InfMemoryBackbone(MemorySwitch):
         self.memory_layers = sorted(set(int(i) for i in memory_layers))
         self.memory_options = memory_options
         self.segment_loop = segments.check_loop(segment_loop)
-        self.memory_input = memory_input
+        self.normalize_memory = bool(normalize_memory)
         self.memory_run = None
         memories = []
         for i in self.memory_layers:
@@ -326,17 +318,18 @@ class InfMemoryBackbone(MemorySwitch):
                 "memory_layers": list(self.memory_layers),
                 "memory_options": serialize_memory_options(self.memory_options),
                 "segment_loop": self.segment_loop,
-                "memory_input": self.memory_input,
+                "normalize_memory": self.normalize_memory,
             }
         )
         return config
 
     @classmethod
     def from_config(cls, config):
-        # A config saved before `memory_input` existed was trained writing
-        # the residual stream as it is: it loads that way.
+        # A config saved before `normalize_memory` existed was trained
+        # with the residual stream and the queries as they are: it loads
+        # that way.
         config = dict(config)
-        config.setdefault("memory_input", "residual")
+        config.setdefault("normalize_memory", False)
         return super().from_config(config)
 
 
@@ -350,7 +343,7 @@ def memory_backbone_arguments(config):
             "memory_layers",
             "memory_options",
             "segment_loop",
-            "memory_input",
+            "normalize_memory",
         )
         if name in config
     }
