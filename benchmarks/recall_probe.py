@@ -51,12 +51,14 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 DEFAULT_OUTPUT = os.path.join(
     ROOT, "benchmarks", "results", "recall_probe.json"
 )
@@ -305,7 +307,7 @@ def read_diagnosis(model, inputs):
     for name, calls in sorted(_record_steps(model, inputs).items()):
         ltm, query, state, _ = calls[-1]
         written = ltm.write(
-            state["pending"], state["ltm"], mask=state["pending_mask"]
+            state["pending"], state["memory"], mask=state["pending_mask"]
         )
         mu, variance = ltm.density(query, written)  # (B, H, Lq)
         mu = np.asarray(mu)[:, :, -1]
@@ -316,7 +318,7 @@ def read_diagnosis(model, inputs):
             "query_mu": float(mu.mean()),
             "query_sigma": float(sigma.mean()),
         }
-        if "histogram" in state["ltm"]:
+        if "histogram" in state["memory"]:
             # What the last segment's reads left for the next write.
             _, read = ltm.read(
                 query, written, return_state=True, regularize=False
@@ -369,6 +371,29 @@ def initial_diagnosis(model, feed, batch):
     return out
 
 
+def commit():
+    """The checkout's commit, with ``+changes`` when the library or this
+    script differ from it (the code a result was measured with)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "keras_infmemory", __file__],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if changes else "")
+
+
 def _key(result):
     return tuple(
         result.get(k)
@@ -393,7 +418,7 @@ def load(path):
 
 
 def save(result, path):
-    from keras_infmemory.records import write_json
+    from experiments.records import write_json
 
     record = load(path)
     record["results"] = [
@@ -405,9 +430,10 @@ def save(result, path):
 
 def table(record):
     """Markdown: accuracy min–max over seeds per model, sampling, what is
-    written and depth."""
+    written and depth (trained runs; ``--steps 0`` ones are diagnoses)."""
     groups = {}
-    for r in record["results"]:
+    results = [r for r in record["results"] if r["steps"]]  # not diagnoses
+    for r in results:
         label = r["model"]
         if r.get("hub_memory"):
             label += f" ({r['hub_memory']})"
@@ -415,7 +441,7 @@ def table(record):
             label += f", {r['hub_init']} init"
         name = (label, r["sampling"], r["steps"])
         groups.setdefault(name, {}).setdefault(r["depth"], []).append(r)
-    depths = sorted({r["depth"] for r in record["results"]})
+    depths = sorted({r["depth"] for r in results})
     lines = [
         "| model (hub memory) | sampling | steps | "
         + " | ".join(f"{d} back" for d in depths)
@@ -521,6 +547,7 @@ def main(argv=None):
                     )
                     result.update(
                         command=command,
+                        commit=commit(),
                         backend=keras.backend.backend(),
                         keras=keras.__version__,
                         machine=platform.machine(),

@@ -140,7 +140,7 @@ def test_memory_writes_and_reads_what_a_bare_ltm_does(
         kept = state[slot]
         for name in reference:
             np.testing.assert_allclose(
-                to_numpy(kept["ltm"][name]).astype("float64"),
+                to_numpy(kept["memory"][name]).astype("float64"),
                 to_numpy(reference[name]).astype("float64"),
                 rtol=1e-5,
                 atol=1e-6,
@@ -153,7 +153,7 @@ def test_memory_writes_and_reads_what_a_bare_ltm_does(
 
 
 def _first_memory_coefficients(model, inputs):
-    return to_numpy(model.absorb(inputs)[0]["ltm"]["coefficients"])
+    return to_numpy(model.absorb(inputs)[0]["memory"]["coefficients"])
 
 
 @pytest.mark.parametrize("family", ["llama3", "gpt2"])
