@@ -263,7 +263,7 @@ def _run_one(
         "hub_init": hub_init if hub else None,
         "accuracy": with_memory,
         "accuracy_memory_off": without,
-        "final_query_loss": float(np.mean(losses[-20:])),
+        "final_query_loss": float(np.mean(losses[-20:])) if steps else None,
         "train_seconds": round(seconds, 1),
     }
     if diagnose:
