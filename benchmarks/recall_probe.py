@@ -467,6 +467,38 @@ def table(record):
     return "\n".join(lines)
 
 
+def diagnosis_table(record):
+    """Markdown: the ``--steps 0 --diagnose`` runs, per memory: the RMS of
+    what it writes and of its queries, and the initial gradient norms of
+    ``w_μ`` and ``W_K`` with their ratio to `InfFormerLM`'s same layer."""
+    runs = [r for r in record["results"] if not r["steps"] and "diagnosis" in r]
+    own = []  # InfFormerLM's memories, by layer
+    for r in runs:
+        if r["model"] == "inf_former":
+            own = [d for _, d in sorted(r["diagnosis"]["initial"].items())]
+    lines = [
+        "| model (hub memory) | layer | written RMS | query RMS "
+        "| ‖∇w_μ‖ | ÷ InfFormerLM's | ‖∇W_K‖ | ÷ InfFormerLM's |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(runs, key=lambda r: (r["model"], r["hub_memory"] or "")):
+        label = r["model"]
+        if r.get("hub_memory"):
+            label += f" ({r['hub_memory']})"
+        for layer, (_, d) in enumerate(
+            sorted(r["diagnosis"]["initial"].items())
+        ):
+            ref = own[layer] if layer < len(own) else {}
+            cells = [f"{d['written_rms']:.3f}", f"{d['query_rms']:.3f}"]
+            for weight in ("mu_kernel", "key_kernel"):
+                grad = d.get(f"grad_{weight}")
+                base = ref.get(f"grad_{weight}")
+                cells.append("" if grad is None else f"{grad:.2g}")
+                cells.append(f"{grad / base:.2g}" if grad and base else "")
+            lines.append(f"| {label} | {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -510,7 +542,8 @@ def main(argv=None):
     parser.add_argument(
         "--table",
         action="store_true",
-        help="print the table of --output and exit",
+        help="print the tables of --output (recall; the --steps 0 "
+        "diagnoses) and exit",
     )
     parser.add_argument(
         "--quick",
@@ -519,7 +552,10 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     if args.table:
-        print(table(load(args.output)))
+        record = load(args.output)
+        print(table(record))
+        print()
+        print(diagnosis_table(record))
         return
     if args.quick:
         import tempfile
