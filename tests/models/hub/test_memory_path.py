@@ -195,8 +195,12 @@ def test_the_memory_writes_and_reads_at_unit_scale(monkeypatch, family):
             seen, _ = run_recorded(patch, model, inputs)
         for i in model.backbone.memory_layers:
             hidden, query = seen[i]["input"], seen[i]["query"]
-            assert rms(hidden).mean() < 0.1, (family, i, rms(hidden).mean())
+            # The family's scale: queries of RMS about 0.1, and the first
+            # layer's input, the embeddings, about 0.01 (later layers add
+            # the memory's output to the stream).
             assert rms(query).mean() < 0.5, (family, i, rms(query).mean())
+            if i == model.backbone.memory_layers[0]:
+                assert rms(hidden).mean() < 0.1, (family, rms(hidden).mean())
             written, read_with = (
                 seen[i]["memory_input"],
                 seen[i]["memory_query"],
