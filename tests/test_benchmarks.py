@@ -141,6 +141,11 @@ def once(script, expected):
             ["model_overhead.py", "--backends", "jax", "--families", "none"],
             "… with a carried memory",
         ),
+        (
+            ["recall_probe.py", "--models", "llama3", "--sampling", "sticky"]
+            + ["--diagnose"],
+            "| llama3 (normalized) | sticky |",
+        ),
     ],
 )
 def test_benchmark_quick(command, expected):
