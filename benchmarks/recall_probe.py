@@ -567,6 +567,7 @@ def main(argv=None):
     command = "KERAS_BACKEND={} python benchmarks/recall_probe.py {}".format(
         keras.backend.backend(), " ".join(argv or sys.argv[1:])
     )
+    code = commit()  # what this process runs, whatever changes meanwhile
     for depth in args.depths:
         for model_name in args.models:
             for sampling in args.sampling:
@@ -583,7 +584,7 @@ def main(argv=None):
                     )
                     result.update(
                         command=command,
-                        commit=commit(),
+                        commit=code,
                         backend=keras.backend.backend(),
                         keras=keras.__version__,
                         machine=platform.machine(),
