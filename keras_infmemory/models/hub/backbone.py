@@ -71,9 +71,9 @@ class InfMemoryBackbone(MemorySwitch):
             bilinear in both (``w_μᵀ B W_K q``, docs/math.md §3); a
             KerasHub model at its family's initial scale (embeddings std
             0.01, kernels 0.02) writes a residual stream of RMS 0.01–0.03
-            and reads with queries of RMS 0.16, against about 1 and 1 in
+            and reads with queries of RMS 0.16, against about 0.7 and 1 in
             `InfFormerLM`'s second layer, so the density weights'
-            gradients start 10³–10⁴ times smaller and the reads never
+            gradients start 2,000–4,000 times smaller and the reads never
             learn where to look (`benchmarks/results/recall_probe.md`).
         **kwargs: the family backbone's keyword arguments.
     """

@@ -99,8 +99,8 @@ def rms_normalize(x, epsilon=1e-6):
     "What is written and read"): the read's density logits are bilinear in
     both (``w_μᵀ B W_K q``, docs/math.md §3). A KerasHub model at its
     family's initial scale writes a residual stream of RMS 0.01–0.03 and
-    reads with queries of RMS 0.16 (`InfFormerLM`: about 1 and 1), which
-    starts the density weights' gradients 10³–10⁴ times smaller; its reads
+    reads with queries of RMS 0.16 (`InfFormerLM`: about 0.7 and 1), which
+    starts the density weights' gradients 2,000–4,000 times smaller; its reads
     then never learn where to look (`benchmarks/results/recall_probe.md`).
     """
     x = ops.cast(x, "float32")
