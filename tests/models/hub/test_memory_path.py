@@ -139,11 +139,13 @@ def test_memory_writes_and_reads_what_a_bare_ltm_does(
             )
         kept = state[slot]
         for name in reference:
+            # float32 on both sides: TensorFlow's sticky write differs by
+            # up to 1.1e-6 on coefficients of about 0.1.
             np.testing.assert_allclose(
                 to_numpy(kept["memory"][name]).astype("float64"),
                 to_numpy(reference[name]).astype("float64"),
                 rtol=1e-5,
-                atol=1e-6,
+                atol=1e-5,
                 err_msg=f"{family} layer {i}: {name}",
             )
         # The last segment waits, normalized, for the next write.
