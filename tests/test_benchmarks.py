@@ -141,6 +141,15 @@ def once(script, expected):
             ["model_overhead.py", "--backends", "jax", "--families", "none"],
             "… with a carried memory",
         ),
+        # The probe runs on the backend it is given, JAX in its records
+        # (its --diagnose takes JAX gradients).
+        pytest.param(
+            ["recall_probe.py", "--models", "llama3", "--sampling", "sticky"]
+            + ["--diagnose"],
+            "| llama3 (normalized) | sticky |",
+            marks=pytest.mark.one_backend("jax"),
+            id="recall_probe.py",
+        ),
     ],
 )
 def test_benchmark_quick(command, expected):

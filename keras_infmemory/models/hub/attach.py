@@ -25,6 +25,7 @@ MODEL_ARGUMENTS = (
     "memory_layers",
     "segment_length",
     "segment_loop",
+    "normalize_memory",
     "memory_options",
     "stateful",
     "batch_size",
@@ -63,6 +64,7 @@ def attach_memory(causal_lm, memory_layers=None, **memory_options):
             indices that get a memory.
         **memory_options: ``segment_length`` (default 512, capped at the
             model's ``max_sequence_length``), ``segment_loop``,
+            ``normalize_memory`` (see `InfMemoryBackbone`),
             ``stateful`` and ``batch_size`` (see `InfMemoryCausalLM`),
             ``memory_options`` (a dict) and any `ContinuousLTM` argument
             (``num_basis``, ``tau``, ``sticky``, …).
@@ -100,7 +102,12 @@ def attach_memory(causal_lm, memory_layers=None, **memory_options):
     config.pop("trainable", None)
     if isinstance(old, InfMemoryBackbone):
         ltm_options = {**memory["memory_options"], **ltm_options}
-        for name in ("memory_layers", "segment_length", "segment_loop"):
+        for name in (
+            "memory_layers",
+            "segment_length",
+            "segment_loop",
+            "normalize_memory",
+        ):
             if model_args.get(name) is None:
                 model_args[name] = memory[name]
     _check_options(ltm_options)
@@ -110,6 +117,7 @@ def attach_memory(causal_lm, memory_layers=None, **memory_options):
         memory_layers=model_args.get("memory_layers"),
         memory_options=ltm_options,
         segment_loop=model_args.get("segment_loop") or "python",
+        normalize_memory=model_args.get("normalize_memory", True),
     )
     copy_weights(old, backbone)
     return classes.causal_lm(

@@ -62,6 +62,19 @@ class InfMemoryBackbone(MemorySwitch):
         segment_loop: ``"python"`` or ``"scan"``, how each memory steps
             through the segments of a call (see
             `keras_infmemory.segments.run`).
+        normalize_memory: bool, whether each memory writes the decoder
+            layer's input (the residual stream, before the layer's norm)
+            and is read with the attention's queries divided by their root
+            mean square (each token's vector; each head's query), without
+            weights (default), or as they are (False: the authors' GPT-2
+            code). Why True is the default: the read's density logits are
+            bilinear in both (``w_μᵀ B W_K q``, docs/math.md §3); a
+            KerasHub model at its family's initial scale (embeddings std
+            0.01, kernels 0.02) writes a residual stream of RMS 0.01–0.03
+            and reads with queries of RMS 0.16, against about 0.7 and 1 in
+            `InfFormerLM`'s second layer, so the density weights'
+            gradients start 2,000–4,000 times smaller and the reads never
+            learn where to look (`benchmarks/results/recall_probe.md`).
         **kwargs: the family backbone's keyword arguments.
     """
 
@@ -74,9 +87,11 @@ class InfMemoryBackbone(MemorySwitch):
         memory_layers=None,
         memory_options=None,
         segment_loop="python",
+        normalize_memory=True,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        check.check_bool("normalize_memory", normalize_memory)
         max_length = getattr(self, "max_sequence_length", None)
         if segment_length is None:
             segment_length = min(512, max_length or 512)
@@ -109,6 +124,7 @@ class InfMemoryBackbone(MemorySwitch):
         self.memory_layers = sorted(set(int(i) for i in memory_layers))
         self.memory_options = memory_options
         self.segment_loop = segments.check_loop(segment_loop)
+        self.normalize_memory = bool(normalize_memory)
         self.memory_run = None
         memories = []
         for i in self.memory_layers:
@@ -306,9 +322,19 @@ class InfMemoryBackbone(MemorySwitch):
                 "memory_layers": list(self.memory_layers),
                 "memory_options": serialize_memory_options(self.memory_options),
                 "segment_loop": self.segment_loop,
+                "normalize_memory": self.normalize_memory,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # A config saved before `normalize_memory` existed was trained
+        # with the residual stream and the queries as they are: it loads
+        # that way.
+        config = dict(config)
+        config.setdefault("normalize_memory", False)
+        return super().from_config(config)
 
 
 def memory_backbone_arguments(config):
@@ -321,6 +347,7 @@ def memory_backbone_arguments(config):
             "memory_layers",
             "memory_options",
             "segment_loop",
+            "normalize_memory",
         )
         if name in config
     }

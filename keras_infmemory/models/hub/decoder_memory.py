@@ -12,6 +12,10 @@ changing its weights, their paths or its code:
 * the self-attention's output projection: the memory's output is added to
   it (``Z = Z_T + Z_LTM``, docs/math.md §3.5).
 
+With the backbone's ``normalize_memory`` (the default), what is noted is
+divided by its root mean square first: each token's vector of the input,
+each head's query (`memory_input`, `memory_query`).
+
 The taps act only inside a `MemoryRun`, which the model with memory opens
 around one call of the family's own code (the functional graph, the cached
 decoding step or ``score``); outside one they pass through, so the
@@ -50,14 +54,16 @@ def install(backbone, layer_index, family):
         run = backbone.memory_run
         if run is not None:
             inputs = args[0] if args else kwargs[first]
+            inputs = memory_input(inputs, backbone.normalize_memory)
             run.inputs[layer_index] = inputs
             run.reached(layer_index, inputs)  # may stop the family's code
 
     def note_query(result):
         run = backbone.memory_run
         if run is not None:
-            run.queries[layer_index] = result
-        return result
+            query = memory_query(result, backbone.normalize_memory)
+            run.queries[layer_index] = query
+        return result  # the family's attention gets its own queries
 
     def add_memory(result):
         run = backbone.memory_run
@@ -68,6 +74,39 @@ def install(backbone, layer_index, family):
     _tap(decoder, before=note_input)
     _tap(query, after=note_query)
     _tap(output, after=add_memory)
+
+
+def memory_input(hidden, normalize=True):
+    """What a memory writes of a decoder layer's input ``hidden``
+    ``(..., D)``: with ``normalize``, each token's vector divided by its
+    root mean square (`rms_normalize`), else ``hidden`` as it is (the
+    authors' GPT-2 code)."""
+    return rms_normalize(hidden) if normalize else hidden
+
+
+def memory_query(query, normalize=True):
+    """The queries ``(..., H, d)`` a memory is read with: with
+    ``normalize``, each head's query divided by its root mean square, else
+    the attention's projected queries as they are."""
+    return rms_normalize(query) if normalize else query
+
+
+def rms_normalize(x, epsilon=1e-6):
+    """``x / sqrt(mean(x²) + ε)`` over the last axis, in float32 (no
+    weights; a zero vector, e.g. padding, stays zero).
+
+    Why the memory's inputs and queries are normalized (docs/causal_lms.md,
+    "What is written and read"): the read's density logits are bilinear in
+    both (``w_μᵀ B W_K q``, docs/math.md §3). A KerasHub model at its
+    family's initial scale writes a residual stream of RMS 0.01–0.03 and
+    reads with queries of RMS 0.16 (`InfFormerLM`: about 0.7 and 1), which
+    starts the density weights' gradients 2,000–4,000 times smaller; its reads
+    then never learn where to look (`benchmarks/results/recall_probe.md`).
+    """
+    x = ops.cast(x, "float32")
+    return x * ops.rsqrt(
+        ops.mean(ops.square(x), axis=-1, keepdims=True) + epsilon
+    )
 
 
 def _tap(layer, before=None, after=None):

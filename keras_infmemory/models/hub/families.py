@@ -4,9 +4,11 @@ One adapter serves every family (see `keras_infmemory.models.hub`): in each
 chosen decoder layer the memory takes the layer's input (the residual
 stream, as the authors do for GPT-2), is read by the self-attention's
 projected queries (before any rotary embedding: the memory has no token
-positions; with grouped-query attention, the query heads), and its output is
-added to the self-attention output after its output projection, before
-dropout and the residual (docs/math.md §3.5). A family is therefore named
+positions; with grouped-query attention, the query heads), both by default
+divided by their root mean square (`decoder_memory.memory_input`), and
+its output is added to the self-attention output after its output
+projection, before dropout and the residual (docs/math.md §3.5). A family
+is therefore named
 by three attributes of its decoder layer: the self-attention layer, and in
 it the query projection and the output projection. They are the families'
 own (private) layer attributes, checked by the tests for the KerasHub
