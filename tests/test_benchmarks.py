@@ -118,12 +118,9 @@ def test_free_heap_memory_is_handed_back():
 
 def once(script, expected):
     """A script run whose checks do not depend on the backend running
-    pytest (it names its own): one backend per script (tests/conftest.py)."""
+    pytest (it names its own): run once (tests/conftest.py)."""
     return pytest.param(
-        script,
-        expected,
-        marks=pytest.mark.one_backend(key=script[0]),
-        id=script[0],
+        script, expected, marks=pytest.mark.one_backend, id=script[0]
     )
 
 

@@ -51,12 +51,12 @@ def python_blocks(path, root=ROOT):
 
 def _cases():
     """A page's blocks show the library, whose behaviour is tested on every
-    backend: each page runs on one backend (``one_backend``, dealt per
-    page), unless a block names its backends (then on all three)."""
+    backend: each page runs once (``one_backend``), unless a block names
+    its backends (then the page runs on all three)."""
     for path in markdown_files():
         with open(os.path.join(ROOT, path), encoding="utf-8") as f:
             named = "<!-- backends:" in f.read()
-        marks = () if named else pytest.mark.one_backend(key=path)
+        marks = () if named else pytest.mark.one_backend
         for index in range(len(python_blocks(path))):
             yield pytest.param(
                 path, index, id=f"{path}:{index + 1}", marks=marks

@@ -262,9 +262,9 @@ def test_no_gradient_crosses_the_memory():
 
 
 def test_sequential_composition_long_sequences():
-    """5b: Embedding → 2 blocks (sequence mode) → head, on 2k tokens, trains
-    with fit and equals the streaming model."""
-    length, segment = 2048, 512
+    """Embedding → 2 blocks (sequence mode, scanned segments) → head trains
+    with fit and equals the streaming model, segment by segment."""
+    length, segment = 512, 128
     vocab, hidden = VOCAB, 16
 
     def block():
