@@ -9,7 +9,9 @@
 * `set_random_seed`: Keras' seeding, without TensorFlow's notices;
 * `fit_verbosity`: ``fit``'s ``verbose``, a progress bar that updates in
   place on a terminal, one line per epoch in a log file or a pipe.
-* `HelpFormatter`: ``--help`` with every option's default.
+* `HelpFormatter`: ``--help`` with every option's default;
+  `mode_default` and `fill_mode_defaults` for options whose default
+  depends on the example's mode (offline or a KerasHub preset).
 
 Imports nothing heavy: the examples use it before Keras loads.
 """
@@ -96,3 +98,49 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "(default:" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+def mode_default(defaults, name, labels):
+    """The help text of an option whose default depends on the mode.
+
+    Args:
+        defaults: dict, mode -> {option name: its default in that mode}.
+        name: the option's name (a key of every mode's dict).
+        labels: dict, mode -> how the help names that mode, in the order
+            the help lists them.
+
+    Example:
+
+    >>> defaults = {"offline": {"steps": 300, "baseline": True},
+    ...             "preset": {"steps": 1000, "baseline": False}}
+    >>> labels = {"offline": "offline", "preset": "with --preset"}
+    >>> mode_default(defaults, "steps", labels)
+    '(default: 300 offline, 1000 with --preset)'
+    >>> mode_default(defaults, "baseline", labels)
+    '(default: on offline, off with --preset)'
+    """
+    parts = []
+    for mode, label in labels.items():
+        value = defaults[mode][name]
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        elif isinstance(value, str):
+            value = repr(value)
+        parts.append(f"{value} {label}")
+    return f"(default: {', '.join(parts)})"
+
+
+def fill_mode_defaults(args, defaults, mode):
+    """Sets each option of ``defaults[mode]`` that ``args`` leaves None.
+
+    Example:
+
+    >>> args = argparse.Namespace(steps=None, baseline=False)
+    >>> fill_mode_defaults(args, {"preset": {"steps": 9, "baseline": True}},
+    ...                    "preset")
+    Namespace(steps=9, baseline=False)
+    """
+    for name, value in defaults[mode].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args

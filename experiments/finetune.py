@@ -40,6 +40,7 @@ import re
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from experiments import console
 from experiments.console import fit_verbosity, native_notices_held_back
 
 with native_notices_held_back():
@@ -130,6 +131,9 @@ QUICK = {
 mean nothing); options given on the command line still win."""
 
 
+MODE_LABELS = {"offline": "offline", "preset": "with --preset"}
+
+
 def mode_default(name):
     """The help text of an option whose default depends on the mode.
 
@@ -139,12 +143,7 @@ def mode_default(name):
     >>> mode_default("segment_length")
     '(default: 128 offline, 512 with --preset)'
     """
-    offline, preset = (MODE_DEFAULTS[m][name] for m in ("offline", "preset"))
-    if isinstance(offline, str):
-        offline, preset = repr(offline), repr(preset)
-    if isinstance(offline, bool):
-        offline, preset = ("on", "off") if offline else ("off", "on")
-    return f"(default: {offline} offline, {preset} with --preset)"
+    return console.mode_default(MODE_DEFAULTS, name, MODE_LABELS)
 
 
 def settings(args):
@@ -165,10 +164,9 @@ def settings(args):
         raise ValueError("give either --preset NAME_OR_PATH or --offline")
     if not args.offline and not args.data:
         raise ValueError("--preset needs --data FILES_OR_FOLDER")
-    mode = "offline" if args.offline else "preset"
-    for name, value in MODE_DEFAULTS[mode].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    console.fill_mode_defaults(
+        args, MODE_DEFAULTS, "offline" if args.offline else "preset"
+    )
     for name in ("segment_length", "batch_size", "steps", "generate_length"):
         if getattr(args, name) < 1:
             flag = "--" + name.replace("_", "-")

@@ -43,6 +43,7 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from experiments import console
 from experiments.console import fit_verbosity, native_notices_held_back
 
 with native_notices_held_back():
@@ -107,6 +108,9 @@ OFFLINE_BASIS_WIDTHS = (0.02, 0.05)
 narrower than the paper's GPT-2 widths (docs/math.md)."""
 
 
+MODE_LABELS = {"offline": "with --offline", "preset": "without"}
+
+
 def mode_default(name):
     """The help text of an option whose default depends on the mode.
 
@@ -116,8 +120,7 @@ def mode_default(name):
     >>> mode_default("segment_length")
     '(default: 32 with --offline, 512 without)'
     """
-    offline, preset = (MODE_DEFAULTS[m][name] for m in ("offline", "preset"))
-    return f"(default: {offline} with --offline, {preset} without)"
+    return console.mode_default(MODE_DEFAULTS, name, MODE_LABELS)
 
 
 def settings(args):
@@ -136,10 +139,9 @@ def settings(args):
     """
     if not args.offline and not args.data:
         raise ValueError("give --data CMU_DOG_DIR, or --offline")
-    mode = "offline" if args.offline else "preset"
-    for name, value in MODE_DEFAULTS[mode].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    console.fill_mode_defaults(
+        args, MODE_DEFAULTS, "offline" if args.offline else "preset"
+    )
     for name in ("segment_length", "batch_size", "epochs", "max_new_tokens"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
