@@ -13,6 +13,10 @@ switch.
 Every model takes and returns its state explicitly as well (``state=``);
 the stateful mode is the convenience on top.
 
+`warn_if_not_finite` and `FiniteMemoryCheck` report rows whose memory is
+no longer finite (a NaN in their input is read by every later segment),
+where the model returns to the host anyway.
+
 `TokenDataChecks` checks the token ids of what ``fit``, ``evaluate``,
 ``predict`` and the ``*_on_batch`` calls are given while it is still on
 the host: compiled (JAX, TensorFlow), a call cannot read its inputs'
@@ -20,10 +24,14 @@ values without a device sync, and an id outside the vocabulary would
 silently read no embedding (JAX: NaN).
 """
 
+import warnings
+
 import keras
+import numpy as np
 from keras import ops
 
 from keras_infmemory import validation as check
+from keras_infmemory.checkpoint import finite_rows
 from keras_infmemory.state import StateHolder
 
 
@@ -264,6 +272,97 @@ class TokenDataChecks:
 
     def predict_on_batch(self, x, *args, **kwargs):
         return super().predict_on_batch(self._checked_data(x), *args, **kwargs)
+
+
+def warn_if_not_finite(state, where):
+    """Warns (``RuntimeWarning``) naming the rows of ``state`` that hold a
+    NaN or inf (`keras_infmemory.checkpoint.finite_rows`); ``where`` says
+    which state, e.g. "after `absorb`". Copies ``B`` bools to the host:
+    for calls that return to it anyway. Returns the rows (a list)."""
+    finite = np.asarray(ops.convert_to_numpy(finite_rows(state)))
+    rows = np.nonzero(~finite)[0].tolist()
+    if rows:
+        warnings.warn(
+            f"The memory state {where} holds NaN or inf in rows {rows}: "
+            "every later segment of these rows reads it (a NaN in their "
+            "input?). Empty those rows before going on (`reset_mask`, "
+            "`reset_state(reset_mask)` or `get_initial_state`); "
+            "`keras_infmemory.checkpoint.finite_rows(state)` checks a "
+            "state.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return rows
+
+
+class FiniteMemoryCheck(keras.callbacks.Callback):
+    """Checks a stateful model's memory at the end of each epoch.
+
+    A NaN that enters a row's memory (a NaN in that row's input) is read by
+    every later segment of the row until the row is emptied. With
+    ``stateful=True`` the memory lives in variables between batches; this
+    callback reads them when an epoch ends (outside the compiled steps:
+    ``B`` bools copied to the host once an epoch) and, if some rows are not
+    finite, warns naming them and, like `keras.callbacks.TerminateOnNaN`,
+    stops training. It sees the memory as the epoch leaves it: a row
+    emptied since (a document starting) is not reported, but a NaN in the
+    memory also makes the loss NaN, which `keras.callbacks.TerminateOnNaN`
+    catches at the step.
+
+    Example:
+
+    >>> import keras
+    >>> import numpy as np
+    >>> from keras_infmemory.models import FiniteMemoryCheck, InfFormerLM
+    >>> model = InfFormerLM.arm(
+    ...     "inf_former", vocabulary_size=12, num_layers=1, hidden_dim=8,
+    ...     num_heads=2, intermediate_dim=16, segment_length=4,
+    ...     memory_options={"num_basis": 8, "num_samples": 8},
+    ...     stateful=True, batch_size=2,
+    ... )
+    >>> model.compile(optimizer="adam", loss=keras.losses.
+    ...     SparseCategoricalCrossentropy(from_logits=True))
+    >>> tokens = np.random.randint(0, 12, (2, 9))
+    >>> check = FiniteMemoryCheck()
+    >>> _ = model.fit(tokens[:, :-1], tokens[:, 1:], batch_size=2,
+    ...               callbacks=[check], verbose=0)
+    >>> check.rows
+    []
+
+    Args:
+        stop_training: bool, whether to stop training when a row is not
+            finite (default True).
+
+    Attributes:
+        rows: the rows found not finite at the last check (a list).
+    """
+
+    def __init__(self, stop_training=True):
+        super().__init__()
+        self.stop_training = check.check_bool("stop_training", stop_training)
+        self.rows = []
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        if not getattr(model, "stateful", False):
+            raise ValueError(
+                "`FiniteMemoryCheck` reads the memory a stateful model keeps "
+                "between batches; for other models use "
+                "`keras_infmemory.checkpoint.finite_rows` on the state a "
+                "call returns. Received: model with stateful="
+                f"{getattr(model, 'stateful', None)}"
+            )
+
+    def on_epoch_end(self, epoch, logs=None):
+        model = self.model  # on JAX, the variables handed back first
+        holder = getattr(model, "_state_holder", None)
+        if holder is None:
+            return
+        self.rows = warn_if_not_finite(
+            holder.read(), f"of the stateful model after epoch {epoch + 1}"
+        )
+        if self.rows and self.stop_training:
+            model.stop_training = True
 
 
 def _deleted(value):

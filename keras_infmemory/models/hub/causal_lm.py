@@ -19,6 +19,7 @@ from keras_infmemory import validation as check
 from keras_infmemory.models.memory_model import (
     StatefulMemory,
     TokenDataChecks,
+    warn_if_not_finite,
 )
 from keras_infmemory.state import known_value
 
@@ -194,7 +195,8 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
         """The family's ``score`` over segments, the memory carried (from
         empty, or from ``state``, e.g. an absorbed document: see `absorb`).
         ``layer_intercept_fn`` sees the activations of segment rows
-        ``(B·S, L, D)``."""
+        ``(B·S, L, D)``. Warns (``RuntimeWarning``) naming the rows whose
+        memory holds NaN or inf after the text (see `absorb`)."""
         parent = getattr(super(), "score", None)
         if parent is None:
             raise ValueError(
@@ -220,13 +222,14 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
             )
 
         state, starts_empty = self._state_or_empty(state, token_ids)
-        scores, _ = self.backbone.run_segments(
+        scores, run = self.backbone.run_segments(
             score_rows,
             inputs,
             state,
             regularize=False,
             starts_empty=starts_empty,
         )
+        warn_if_not_finite(run.states, "after `score`")
         return scores
 
     def absorb(self, inputs, state=None):
@@ -253,6 +256,11 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
 
         Returns:
             The new memory state (see `get_initial_state`).
+
+        A NaN in a document's input would be read by every later segment of
+        its row: rows whose memory holds NaN or inf are named in a
+        ``RuntimeWarning`` (``B`` bools copied to the host once per call;
+        `keras_infmemory.checkpoint.finite_rows` tells the same).
         """
         if not isinstance(inputs, dict):
             inputs = self._tokenize_whole(inputs)
@@ -270,6 +278,7 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
             starts_empty=starts_empty,
             outputs=False,
         )
+        warn_if_not_finite(run.states, "after `absorb`")
         return run.states
 
     def _tokenize_whole(self, texts):
@@ -418,9 +427,12 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
         of an empty one: the prompt starts a new segment after it. With a
         state, ``inputs`` is one batch of as many rows as the state. The
         prompt's token ids are checked on the host (with a preprocessor,
-        its tokenizer's vocabulary too)."""
+        its tokenizer's vocabulary too), and rows of ``state`` that hold
+        NaN or inf are named in a ``RuntimeWarning`` (see `absorb`)."""
         if self.preprocessor is not None:
             self._check_tokenizer()
+        if state is not None:
+            warn_if_not_finite(state, "given to `generate`")
         self._generation.state = state
         try:
             return super().generate(inputs, *args, **kwargs)
