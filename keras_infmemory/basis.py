@@ -11,7 +11,7 @@ Two kinds of functions live here, and nothing else:
   run in whatever dtype they are given; the layers call them in float32.
 
 Equation numbers refer to Martins et al., "∞-former: Infinite Memory
-Transformer" (ACL 2022); sections (§) to ``docs/math.md``, which states the
+Transformer" (ACL 2022); sections (§) to docs/math.md, which states the
 math and the conventions this module follows.
 """
 

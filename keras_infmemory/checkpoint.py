@@ -1,8 +1,11 @@
-"""Saving and restoring memory states, so a long stream can resume exactly.
+"""Memory states: saving and restoring them, so a long stream can resume
+exactly, and checking that they are finite.
 
 A memory state is a (nested) dict of fixed-shape tensors, as returned by
 ``get_initial_state`` of `ContinuousLTM` or a block. These helpers store it
-as a NumPy ``.npz`` file, keys joined with ``/``, values bit for bit.
+as a NumPy ``.npz`` file, keys joined with ``/``, values bit for bit;
+`finite_rows` says which of its rows hold no NaN or inf (a NaN that once
+entered a row's memory is read by every later segment of that row).
 """
 
 import os
@@ -129,6 +132,59 @@ def load_state(path, like=None):
                     f"Received: shape={tuple(got.shape)}, dtype={_dtype(got)}"
                 )
     return state_from_numpy(flat)
+
+
+def finite_rows(state):
+    """Whether each row of a memory state is finite.
+
+    A NaN or inf that enters a row's memory (a NaN in that row's input,
+    say) is read by every later segment of the row until the row is
+    emptied. This tells which rows are affected: a pure function of
+    ``keras.ops`` (it also runs inside compiled code), one reduction per
+    tensor of the state, no host copy.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras
+    >>> import keras_infmemory
+    >>> ltm = keras_infmemory.ContinuousLTM(2, 4, num_basis=16, num_samples=8)
+    >>> state = ltm.get_initial_state(batch_size=3)
+    >>> segment = np.ones((3, 5, 8), "float32")
+    >>> segment[1, 2, 0] = np.nan  # row 1's input holds a NaN
+    >>> state = ltm.write(segment, state)
+    >>> finite = keras_infmemory.checkpoint.finite_rows(state)
+    >>> keras.ops.convert_to_numpy(finite).tolist()
+    [True, False, True]
+
+    Args:
+        state: a memory state (any nest of tensors whose first axis is the
+            batch), e.g. from ``get_initial_state``, a call with
+            ``state=``, or `InfMemoryCausalLM.absorb`.
+
+    Returns:
+        A bool tensor ``(B,)``: True where every float entry of the row is
+        finite. The models report rows that are not where they return to
+        the host anyway (`InfMemoryCausalLM.absorb`, ``score``,
+        ``generate``; `keras_infmemory.models.FiniteMemoryCheck` for a
+        stateful model in ``fit``).
+    """
+    leaves = keras.tree.flatten(state) if keras.tree.is_nested(state) else []
+    leaves = [leaf for leaf in leaves if hasattr(leaf, "shape")]
+    if not leaves or any(len(leaf.shape) == 0 for leaf in leaves):
+        raise ValueError(
+            "`state` must be a memory state: a dict or list of tensors "
+            "whose first axis is the batch. "
+            f"Received: state={state!r}"
+        )
+    batch = ops.shape(leaves[0])[0]
+    finite = ops.ones((batch,), "bool")
+    for leaf in leaves:
+        if "float" not in keras.backend.standardize_dtype(leaf.dtype):
+            continue
+        rows = ops.reshape(ops.isfinite(leaf), (batch, -1))
+        finite = ops.logical_and(finite, ops.all(rows, axis=1))
+    return finite
 
 
 def _dtype(array):

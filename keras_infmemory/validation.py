@@ -4,11 +4,14 @@ Every check raises a ``ValueError`` that names the argument and echoes the
 value received, Keras style: ``Received: num_basis=0``. Tensor checks look
 at static shapes only, so they also run while a function is traced and cost
 nothing at run time. Checks that read tensor values copy them to the host,
-so they stay off the hot path: token-id ranges are checked once per model
-call (eager mode only), and NaN/inf checks only behind the debug switch
+so they stay off the hot path: token ids are checked where they are still
+on the host (the data ``fit``, ``evaluate``, ``predict``, ``generate`` and
+``score`` are given: `check_data_token_ids`) and at each eager model call,
+never inside compiled code; NaN/inf checks run only behind the debug switch
 `set_value_checks` (or ``KERAS_INFMEMORY_VALUE_CHECKS=1``).
 """
 
+import inspect
 import numbers
 import os
 
@@ -31,7 +34,7 @@ def set_value_checks(enabled):
     eager training step (torch) pays at each segment, so they are off by
     default: a debug switch. ``KERAS_INFMEMORY_VALUE_CHECKS=1`` in the
     environment turns them on at import. Token-id ranges are always
-    checked, once per model call (eager mode). Returns the previous
+    checked, on the host (`check_token_ids`). Returns the previous
     setting.
 
     Example:
@@ -214,26 +217,168 @@ def check_finite(name, x):
         )
 
 
-def check_token_ids(name, token_ids, vocabulary_size):
-    """Integer ids in ``[0, vocabulary_size)`` (values: eager mode only)."""
-    dtype = dtype_of(token_ids)
+def check_token_ids(name, token_ids, vocabulary_size, where=""):
+    """Integer ids in ``[0, vocabulary_size)``.
+
+    Host data (a NumPy array or a Python list) is checked with NumPy, at
+    any time; a tensor only in eager mode (inside ``jax.jit`` or
+    ``tf.function`` reading its values would cost a device sync, so the
+    models check their data before it gets there: `TokenDataChecks`).
+    ``where`` adds to the message where the ids came from (e.g. "batch 3
+    of the PyDataset").
+    """
+    host = host_token_ids(token_ids)
+    dtype = str(host.dtype) if host is not None else dtype_of(token_ids)
     if "int" not in dtype:
         raise ValueError(
-            f"`{name}` must be integer token ids. "
+            f"`{name}` must be integer token ids{where}. "
             f"Received: {name}.dtype={dtype}"
         )
-    if 0 in shape_of(token_ids):
+    if 0 in shape_of(token_ids if host is None else host):
         return
-    low, high = ops.min(token_ids), ops.max(token_ids)
-    if (
-        _eager_value(low >= 0) is False
-        or _eager_value(high < vocabulary_size) is False
-    ):
-        raise ValueError(
-            f"`{name}` must be in [0, vocabulary_size={vocabulary_size}). "
-            f"Received: {name} with values in "
-            f"[{ops.convert_to_numpy(low)}, {ops.convert_to_numpy(high)}]"
+    if host is not None:
+        low, high = host.min(), host.max()
+        bad = low < 0 or high >= vocabulary_size
+    else:
+        low, high = ops.min(token_ids), ops.max(token_ids)
+        bad = (
+            _eager_value(low >= 0) is False
+            or _eager_value(high < vocabulary_size) is False
         )
+    if not bad:
+        return
+    ids = host if host is not None else ops.convert_to_numpy(token_ids)
+    rows = ""
+    if ids.ndim >= 2:
+        outside = (ids < 0) | (ids >= vocabulary_size)
+        found = np.nonzero(outside.reshape(len(ids), -1).any(axis=1))[0]
+        more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+        rows = f" in rows {found[:10].tolist()}{more}"
+    raise ValueError(
+        f"`{name}` must be in [0, vocabulary_size={vocabulary_size}){where} "
+        "(ids of a tokenizer with another vocabulary?). "
+        f"Received: {name} with values in "
+        f"[{ops.convert_to_numpy(low)}, {ops.convert_to_numpy(high)}]{rows}"
+    )
+
+
+def host_token_ids(x):
+    """``x`` as a NumPy array when it is numeric host data (a NumPy array,
+    or a Python list or tuple of numbers), else ``None`` (tensors, text,
+    ragged lists)."""
+    if isinstance(x, (list, tuple)):
+        try:
+            x = np.asarray(x)
+        except ValueError:  # ragged
+            return None
+    if isinstance(x, np.ndarray) and x.dtype.kind in "iufb":
+        return x
+    return None
+
+
+def _model_token_ids(x):
+    """The token ids in a model input: ``x["token_ids"]`` of a dict, else
+    ``x``."""
+    return x.get("token_ids") if isinstance(x, dict) else x
+
+
+def check_data_token_ids(data, vocabulary_size, packed=False):
+    """Checks the token ids of the data a model is given on the host, where
+    that costs no device sync, and returns the data to use instead.
+
+    * NumPy arrays and Python lists (or a dict of them holding
+      ``"token_ids"``): checked now, once (a minimum and a maximum);
+    * a `keras.utils.PyDataset`, a Python generator, a grain
+      ``MapDataset``: returned wrapped, each batch checked as it is read
+      (host NumPy);
+    * anything else (tensors, a ``tf.data.Dataset``, a torch
+      ``DataLoader``, a grain ``IterDataset``): returned as it is. Their
+      ids are checked only by an eager call (the torch backend), never
+      inside compiled code.
+
+    ``packed``: ``data`` is ``(x, y[, sample_weight])`` when a tuple or
+    list (``validation_data``); batches of datasets always are.
+    """
+    if data is None:
+        return data
+    if isinstance(data, keras.utils.PyDataset):
+        return CheckedPyDataset(data, vocabulary_size)
+    if inspect.isgenerator(data):
+        return _checked_generator(data, vocabulary_size)
+    if _is_grain_dataset(data, "MapDataset"):
+        return data.map(_BatchCheck(vocabulary_size, "of the grain dataset"))
+    x = data
+    if packed and isinstance(data, (list, tuple)):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(tuple(data))
+    ids = host_token_ids(_model_token_ids(x))
+    if ids is not None:
+        check_token_ids("token_ids", ids, vocabulary_size)
+    return data
+
+
+class _BatchCheck:
+    """Checks the token ids of one batch ``(x, y, sample_weight)`` or ``x``
+    of a dataset (a picklable callable, for worker processes)."""
+
+    def __init__(self, vocabulary_size, source):
+        self.vocabulary_size = vocabulary_size
+        self.source = source
+
+    def __call__(self, batch, index=None):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        ids = host_token_ids(_model_token_ids(x))
+        if ids is not None:
+            which = "a batch" if index is None else f"batch {index}"
+            where = f" ({which} {self.source})"
+            check_token_ids("token_ids", ids, self.vocabulary_size, where)
+        return batch
+
+
+class CheckedPyDataset(keras.utils.PyDataset):
+    """A `keras.utils.PyDataset` whose batches have their token ids checked
+    as they are read (`check_data_token_ids`); everything else is the
+    wrapped dataset's (length, workers, epoch hooks)."""
+
+    def __init__(self, dataset, vocabulary_size):
+        super().__init__(
+            workers=dataset.workers,
+            use_multiprocessing=dataset.use_multiprocessing,
+            max_queue_size=dataset.max_queue_size,
+        )
+        self.dataset = dataset
+        self._check = _BatchCheck(vocabulary_size, "of the PyDataset")
+
+    def __getitem__(self, index):
+        return self._check(self.dataset[index], index)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    @property
+    def num_batches(self):
+        return self.dataset.num_batches
+
+    def on_epoch_begin(self):
+        self.dataset.on_epoch_begin()
+
+    def on_epoch_end(self):
+        self.dataset.on_epoch_end()
+
+
+def _checked_generator(generator, vocabulary_size):
+    """The batches of ``generator``, each checked (`_BatchCheck`)."""
+    check = _BatchCheck(vocabulary_size, "of the generator")
+    for index, batch in enumerate(generator):
+        yield check(batch, index)
+
+
+def _is_grain_dataset(x, kind):
+    """``x`` is a grain dataset of class ``kind`` (``"MapDataset"``), told
+    by its class as Keras' own data adapters do (grain is not imported)."""
+    return any(
+        parent.__name__ == kind and "grain" in str(parent.__module__)
+        for parent in type(x).__mro__
+    )
 
 
 def check_padding_mask(name, mask, token_ids, segment_length=None):

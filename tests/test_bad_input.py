@@ -287,6 +287,121 @@ def test_stateful_lm_rejects_another_batch_size():
         model.reset_state(np.ones((3,), bool))
 
 
+# ---------------------------------------------------------------------- #
+# Token ids in the data fit / evaluate / predict are given
+# ---------------------------------------------------------------------- #
+
+# Compiled (JAX, TensorFlow), a call cannot read its inputs' values: before
+# the host checks, JAX trained on NaN (an id outside the vocabulary embeds
+# as NaN) and TensorFlow failed inside a gather.
+OUT_OF_RANGE = (
+    r"must be in \[0, vocabulary_size=10\).*"
+    r"Received: token_ids with values in \[\d+, 12\] in rows \[2\]"
+)
+
+
+def lm_data(bad_row=None, rows=4):
+    tokens = np.random.default_rng(0).integers(0, 10, (rows, 9))
+    if bad_row is not None:
+        tokens[bad_row, 5] = 12
+    tokens = tokens.astype("int32")
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+@pytest.fixture(scope="module")
+def compiled_lm():
+    model = lm()
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+class Batches(keras.utils.PyDataset):
+    """Fixed batches; counts the epochs it was told about."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+        self.epochs_ended = 0
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        return self.batches[index]
+
+    def on_epoch_end(self):
+        self.epochs_ended += 1
+
+
+def test_lm_checks_the_token_ids_of_its_data(compiled_lm):
+    model = compiled_lm
+    x, y = lm_data(bad_row=2)
+    good_x, good_y = lm_data()
+    cases = [
+        lambda: model.fit(x, y, batch_size=2, verbose=0),
+        lambda: model.fit({"token_ids": x}, y, batch_size=2, verbose=0),
+        lambda: model.fit(x.tolist(), y, batch_size=2, verbose=0),
+        lambda: model.fit(
+            good_x, good_y, validation_data=(x, y), batch_size=2, verbose=0
+        ),
+        lambda: model.evaluate(x, y, batch_size=2, verbose=0),
+        lambda: model.predict(x, batch_size=2, verbose=0),
+        lambda: model.train_on_batch(x, y),
+        lambda: model.test_on_batch(x, y),
+        lambda: model.predict_on_batch(x),
+    ]
+    for call in cases:
+        with pytest.raises(ValueError, match=OUT_OF_RANGE):
+            call()
+    negative = np.where(x == 12, -3, x)
+    with pytest.raises(ValueError, match=r"values in \[-3, \d+\] in rows"):
+        model.predict(negative, verbose=0)
+
+
+def test_lm_checks_each_batch_of_a_dataset(compiled_lm):
+    """A PyDataset or a generator is checked batch by batch as Keras reads
+    it (NumPy batches, on the host); the batch is named. A refused batch
+    leaves the model usable (on JAX, Keras holds the variables outside the
+    model while fit or predict runs)."""
+    model = compiled_lm
+    good, bad = lm_data(rows=2), lm_data(bad_row=0, rows=2)
+    with pytest.raises(ValueError, match=r"\(batch 1 of the PyDataset\)"):
+        model.fit(Batches([good, bad]), verbose=0)
+    with pytest.raises(ValueError, match=r"\(batch 1 of the generator\)"):
+        model.fit((batch for batch in (good, bad)), verbose=0)
+    first = r"batch 0 of the PyDataset.*rows \[0\]"
+    with pytest.raises(ValueError, match=first):
+        model.predict(Batches([bad[:1]]), verbose=0)
+    logits = to_numpy(model.predict_on_batch(good[0]))
+    assert np.all(np.isfinite(logits))
+
+
+def test_checked_datasets_train_as_given(compiled_lm):
+    """No false alarm, and the wrapped PyDataset is the user's: its length
+    and its epoch hooks are kept."""
+    model = compiled_lm
+    data = Batches([lm_data(rows=2), lm_data(rows=2)])
+    history = model.fit(
+        data, epochs=2, validation_data=lm_data(rows=2), verbose=0
+    )
+    assert data.epochs_ended >= 2  # Keras' calls, passed on (3 in 3.15)
+    assert len(history.history["loss"]) == 2
+    assert np.all(np.isfinite(history.history["val_loss"]))
+    history = model.fit((b for b in [lm_data(rows=2)]), verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_lm_checks_the_batches_of_a_grain_dataset(compiled_lm):
+    grain = pytest.importorskip("grain")
+    good, bad = lm_data(rows=2), lm_data(bad_row=1, rows=2)
+    data = grain.MapDataset.source([good, bad])
+    with pytest.raises(ValueError, match=r"grain dataset.*rows \[1\]"):
+        compiled_lm.fit(data, verbose=0)
+
+
 def test_checkpoint_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="Received: state=3"):
         checkpoint.save_state(str(tmp_path / "a.npz"), 3)

@@ -3,12 +3,15 @@
 Builds the site once (``mkdocs build --strict``) and reads the API page's
 HTML: docstring examples must be code blocks (Markdown would otherwise read
 each ``>>>`` as nested blockquotes and join the lines), "Call arguments"
-a list of the documented names, and the page documents the public API
-(`keras_infmemory.__all__`), every name of it and nothing else.
+a list of the documented names, references such as ``docs/math.md §4``
+links to that page and section of the site, and the page documents the
+public API (`keras_infmemory.__all__`), every name of it and nothing else.
 """
 
 import html.parser
+import importlib.util
 import os
+import posixpath
 import re
 import subprocess
 import sys
@@ -38,7 +41,8 @@ CALL_ARGUMENTS = (
 
 
 @pytest.fixture(scope="module")
-def api_html(tmp_path_factory):
+def site(tmp_path_factory):
+    """The built site's folder."""
     for module in ("mkdocs", "mkdocstrings_handlers.python", "material"):
         pytest.importorskip(module, reason="the docs extras are not installed")
     site = tmp_path_factory.mktemp("site")
@@ -56,6 +60,11 @@ def api_html(tmp_path_factory):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return site
+
+
+@pytest.fixture(scope="module")
+def api_html(site):
     with open(site / "api" / "index.html", encoding="utf-8") as f:
         return f.read()
 
@@ -84,6 +93,84 @@ def text_runs(page):
     parser = _Text()
     parser.feed(page)
     return parser.runs
+
+
+class _Links(html.parser.HTMLParser):
+    """Each link's ``href`` and text."""
+
+    def __init__(self):
+        super().__init__()
+        self.links = []
+        self._href = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self._href = dict(attrs).get("href")
+            self.links.append([self._href, ""])
+
+    def handle_endtag(self, tag):
+        if tag == "a":
+            self._href = None
+
+    def handle_data(self, data):
+        if self._href is not None:
+            self.links[-1][1] += data
+
+
+_DOCS_PATH = re.compile(r"docs/[a-z_]+\.md")
+
+
+def test_docstring_references_to_the_docs_are_links(site, api_html):
+    """Docstrings cite the docs as ``docs/math.md §4`` (a path from the
+    repository's root, for ``help()``); on the site each is a link to that
+    page, and to the section's anchor, which must exist."""
+    for tags, text in text_runs(api_html):
+        if _DOCS_PATH.search(text):
+            assert "a" in tags, f"not a link: {text!r} in {tags}"
+    parser = _Links()
+    parser.feed(api_html)
+    links = [(h, t) for h, t in parser.links if _DOCS_PATH.match(t)]
+    assert len(links) >= 20  # math.md sections, sticky_memories.md, ...
+    assert any("#s" in href for href, _ in links)
+    for href, text in links:
+        path, _, anchor = href.partition("#")
+        page = posixpath.normpath(posixpath.join("api", path))
+        target = site / page / "index.html"
+        assert target.exists(), f"{text!r} links to a missing page {href}"
+        expected = _DOCS_PATH.match(text)[0][len("docs/") : -len(".md")]
+        assert page == expected, (text, href)
+        if anchor:
+            with open(target, encoding="utf-8") as f:
+                assert f'id="{anchor}"' in f.read(), (text, href)
+
+
+def _docstring_tool():
+    path = os.path.join(ROOT, "tools", "griffe_keras_docstrings.py")
+    spec = importlib.util.spec_from_file_location("griffe_keras", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("(docs/math.md §4)", "([docs/math.md §4](math.md#s4))"),
+        ("docs/math.md §3.5.", "[docs/math.md §3.5](math.md#s3-5)."),
+        ("docs/math.md §6–§7", "[docs/math.md §6–§7](math.md#s6)"),
+        (
+            'docs/performance.md, "Decoding in eager\n    torch")',
+            '[docs/performance.md, "Decoding in eager\n    torch"]'
+            "(performance.md#decoding-in-eager-torch))",
+        ),
+        ("docs/api.md lists", "[docs/api.md](api.md) lists"),
+        ("``docs/math.md``", "``docs/math.md``"),  # code stays code
+        ("[docs/math.md](math.md)", "[docs/math.md](math.md)"),  # a link
+    ],
+)
+def test_docs_references_are_rewritten_as_links(text, expected):
+    pytest.importorskip("griffe", reason="the docs extras are not installed")
+    assert _docstring_tool().link_docs_references(text) == expected
 
 
 def test_examples_render_as_code(api_html):

@@ -14,6 +14,14 @@ read differently from how Keras renders it:
   of names and descriptions like ``Args:`` (which keeps its title too,
   rather than griffe's "Parameters:").
 
+* References to the docs, ``docs/math.md §4`` or ``docs/performance.md,
+  "Decoding in eager torch"``, which read well in ``help()`` and in the
+  source (a path from the repository's root) but would be plain text on
+  the site. We make each a Markdown link relative to the API page
+  (``[docs/math.md §4](math.md#s4)``, the section's anchor; a quoted title
+  gives its heading's anchor), which MkDocs resolves and checks like any
+  link of the docs (``tests/test_docs_site.py`` checks the anchors too).
+
 Only the text handed to the parser changes; the source docstrings (and the
 doctests that run them) stay as they are. Enabled in ``mkdocs.yml`` under
 the python handler's ``extensions``.
@@ -22,6 +30,7 @@ the python handler's ``extensions``.
 import re
 
 import griffe
+from markdown.extensions.toc import slugify
 
 # A Google-style section title at the docstring's own indentation.
 _SECTION = re.compile(r"^[A-Z][A-Za-z ]*:\s*$")
@@ -57,6 +66,31 @@ def _example_section(lines, start):
     return rewritten + [""] * trailing, end
 
 
+# "docs/<page>.md", then optionally " §4" (or "§3.5", "§6–§7": the first
+# section's anchor) or ', "A heading"'; not inside ``code``, nor a link
+# already.
+_DOCS_REFERENCE = re.compile(
+    r"(?<![`\w/.\[])docs/(?P<page>[a-z_]+)\.md"
+    r"(?:(?P<section> §(?P<number>\d+(?:\.\d+)*)(?:[–-]§?\d+(?:\.\d+)*)?)"
+    r"|(?P<titled>,\s+\"(?P<title>[^\"]+)\"))?"
+)
+
+
+def _docs_link(match):
+    """The Markdown link of one reference to the docs."""
+    target = f"{match['page']}.md"
+    if match["number"]:
+        target += "#s" + match["number"].replace(".", "-")
+    elif match["title"]:
+        target += "#" + slugify(" ".join(match["title"].split()), "-")
+    return f"[{match[0]}]({target})"
+
+
+def link_docs_references(text):
+    """``text`` with each ``docs/<page>.md`` reference made a link."""
+    return _DOCS_REFERENCE.sub(_docs_link, text)
+
+
 def keras_to_google(text):
     """The docstring ``text`` with Keras-style sections made Google-style."""
     lines = text.split("\n")
@@ -72,7 +106,7 @@ def keras_to_google(text):
                 continue
         out.append(_RETITLED.get(line, line))
         index += 1
-    return "\n".join(out)
+    return link_docs_references("\n".join(out))
 
 
 class KerasDocstrings(griffe.Extension):
@@ -82,3 +116,10 @@ class KerasDocstrings(griffe.Extension):
         del kwargs
         if obj.docstring is not None:
             obj.docstring.value = keras_to_google(obj.docstring.value)
+
+    def on_package(self, *, pkg, **kwargs):
+        """The top package's own docstring, which `on_object` does not
+        see: its references to the docs."""
+        del kwargs
+        if pkg.docstring is not None:
+            pkg.docstring.value = link_docs_references(pkg.docstring.value)

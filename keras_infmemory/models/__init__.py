@@ -2,6 +2,8 @@
 
 * `InfFormerLM`: our own transformer of `InfFormerBlock`s, with the paper's
   arms by name (`ARMS`, `InfFormerLM.arm`);
+* `FiniteMemoryCheck`: a callback that reports a stateful model's memory
+  rows that are no longer finite (NaN or inf);
 * `keras_infmemory.models.hub`: KerasHub causal LMs with memory
   (`attach_memory`, `InfMemoryCausalLM.from_preset` and the
   ``InfMemory<Family>*`` classes of every supported family).
@@ -15,6 +17,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from keras_infmemory.models.inf_former_lm import ARMS, InfFormerLM
+from keras_infmemory.models.memory_model import FiniteMemoryCheck
 
 if TYPE_CHECKING:  # static tools see them; Python imports them on use
     from keras_infmemory.models.hub import (
@@ -25,6 +28,7 @@ if TYPE_CHECKING:  # static tools see them; Python imports them on use
 
 __all__ = [
     "ARMS",
+    "FiniteMemoryCheck",
     "InfFormerLM",
     "InfMemoryBackbone",
     "InfMemoryCausalLM",

@@ -9,7 +9,10 @@ from keras_infmemory.distribution import shard_rows
 from keras_infmemory.layers.compressive_memory import CompressiveMemory
 from keras_infmemory.layers.inf_former_block import InfFormerBlock
 from keras_infmemory.layers.sticky_memory_sampler import StickyMemorySampler
-from keras_infmemory.models.memory_model import StatefulMemory
+from keras_infmemory.models.memory_model import (
+    StatefulMemory,
+    TokenDataChecks,
+)
 from keras_infmemory.models.options import (
     check_memory_options,
     make_ltm,
@@ -24,7 +27,7 @@ COMPRESSIVE_DEFAULTS = {"compression_rate": 4}
 
 
 @keras.saving.register_keras_serializable(package="keras_infmemory")
-class InfFormerLM(StatefulMemory, keras.Model):
+class InfFormerLM(TokenDataChecks, StatefulMemory, keras.Model):
     """Token embedding → `InfFormerBlock` × ``num_layers`` → vocabulary head.
 
     A long sequence is processed in segments of ``segment_length`` tokens,
@@ -281,6 +284,10 @@ class InfFormerLM(StatefulMemory, keras.Model):
     def _memories(self):
         """The blocks' LTMs (`StatefulMemory`)."""
         return [block.ltm for block in self.blocks]
+
+    def _token_vocabulary_size(self):
+        """`TokenDataChecks`: the ids the embedding holds."""
+        return self.vocabulary_size
 
     # ------------------------------------------------------------------ #
     # Weights and state

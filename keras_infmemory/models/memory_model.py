@@ -1,5 +1,6 @@
 """What every model with a memory shares: the switch that turns its
-memories off, and the stateful mode that keeps its state between calls.
+memories off, the stateful mode that keeps its state between calls, and
+the check of the token ids in the data it is given.
 
 `MemorySwitch` gives a model ``memory_enabled``; `StatefulMemory` adds
 ``stateful=True`` (like ``keras.layers.RNN(stateful=True)``): the state
@@ -11,12 +12,26 @@ switch.
 
 Every model takes and returns its state explicitly as well (``state=``);
 the stateful mode is the convenience on top.
+
+`warn_if_not_finite` and `FiniteMemoryCheck` report rows whose memory is
+no longer finite (a NaN in their input is read by every later segment),
+where the model returns to the host anyway.
+
+`TokenDataChecks` checks the token ids of what ``fit``, ``evaluate``,
+``predict`` and the ``*_on_batch`` calls are given while it is still on
+the host: compiled (JAX, TensorFlow), a call cannot read its inputs'
+values without a device sync, and an id outside the vocabulary would
+silently read no embedding (JAX: NaN).
 """
 
+import warnings
+
 import keras
+import numpy as np
 from keras import ops
 
 from keras_infmemory import validation as check
+from keras_infmemory.checkpoint import finite_rows
 from keras_infmemory.state import StateHolder
 
 
@@ -173,6 +188,187 @@ class StatefulMemory(MemorySwitch):
                 f"(batch_size,) = ({self.batch_size},)",
             )
         self._state_holder.reset(reset_mask)
+
+
+class TokenDataChecks:
+    """Checks the token ids of the data the Keras training and inference
+    calls are given, on the host, before Keras takes it to the device.
+
+    ``fit`` (with its ``validation_data``), ``evaluate``, ``predict``,
+    ``train_on_batch``, ``test_on_batch`` and ``predict_on_batch`` pass
+    their data through `keras_infmemory.validation.check_data_token_ids`:
+    NumPy arrays and lists are checked once (a minimum and a maximum), a
+    `keras.utils.PyDataset`, a generator or a grain dataset batch by batch
+    as it is read; an id outside ``[0, vocabulary_size)`` raises a
+    ``ValueError`` naming the rows. A model using it defines
+    ``_token_vocabulary_size()``.
+    """
+
+    def _token_vocabulary_size(self):
+        """The number of token ids the model embeds."""
+        raise NotImplementedError
+
+    def _checked_data(self, data, packed=False):
+        return check.check_data_token_ids(
+            data, self._token_vocabulary_size(), packed=packed
+        )
+
+    def _keeping_variables(self, call, *args, **kwargs):
+        """``call(*args, **kwargs)``, with the variables handed back to the
+        model if it raises (a batch refused mid-call).
+
+        While ``fit``, ``evaluate`` or ``predict`` runs, the JAX trainer
+        keeps the variables' values outside the model and hands them back
+        only at the end of an epoch. If a step of this call ran, it
+        consumed (donated) the values the call started from, and
+        ``jax_state_sync()`` hands back the last step's; if none ran, the
+        values the call started from are put back.
+        """
+        sync = getattr(self, "jax_state_sync", None)  # JAX trainers only
+        if sync is None:
+            return call(*args, **kwargs)
+        # Variables the call would create are made first, so that they
+        # have values to put back (metrics are reset by every call).
+        if not self.built and (not self.stateful or self.batch_size):
+            self.build((self.batch_size, None))
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        variables = {id(v): v for v in self.variables}
+        if self.optimizer is not None:
+            variables.update((id(v), v) for v in self.optimizer.variables)
+        variables.update((id(v), v) for v in self.metrics_variables)
+        saved = [(v, v.value) for v in variables.values()]
+        try:
+            return call(*args, **kwargs)
+        except Exception:
+            if any(_deleted(value) for _, value in saved):
+                sync()
+            else:
+                for variable, value in saved:
+                    variable.assign(value)
+            raise
+
+    def fit(self, x=None, *args, **kwargs):
+        x = self._checked_data(x)
+        if kwargs.get("validation_data") is not None:
+            kwargs["validation_data"] = self._checked_data(
+                kwargs["validation_data"], packed=True
+            )
+        return self._keeping_variables(super().fit, x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        x = self._checked_data(x)
+        return self._keeping_variables(super().evaluate, x, *args, **kwargs)
+
+    def predict(self, x=None, *args, **kwargs):
+        x = self._checked_data(x)
+        return self._keeping_variables(super().predict, x, *args, **kwargs)
+
+    def train_on_batch(self, x, *args, **kwargs):
+        return super().train_on_batch(self._checked_data(x), *args, **kwargs)
+
+    def test_on_batch(self, x, *args, **kwargs):
+        return super().test_on_batch(self._checked_data(x), *args, **kwargs)
+
+    def predict_on_batch(self, x, *args, **kwargs):
+        return super().predict_on_batch(self._checked_data(x), *args, **kwargs)
+
+
+def warn_if_not_finite(state, where):
+    """Warns (``RuntimeWarning``) naming the rows of ``state`` that hold a
+    NaN or inf (`keras_infmemory.checkpoint.finite_rows`); ``where`` says
+    which state, e.g. "after `absorb`". Copies ``B`` bools to the host:
+    for calls that return to it anyway. Returns the rows (a list)."""
+    finite = np.asarray(ops.convert_to_numpy(finite_rows(state)))
+    rows = np.nonzero(~finite)[0].tolist()
+    if rows:
+        warnings.warn(
+            f"The memory state {where} holds NaN or inf in rows {rows}: "
+            "every later segment of these rows reads it (a NaN in their "
+            "input?). Empty those rows before going on (`reset_mask`, "
+            "`reset_state(reset_mask)` or `get_initial_state`); "
+            "`keras_infmemory.checkpoint.finite_rows(state)` checks a "
+            "state.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return rows
+
+
+class FiniteMemoryCheck(keras.callbacks.Callback):
+    """Checks a stateful model's memory at the end of each epoch.
+
+    A NaN that enters a row's memory (a NaN in that row's input) is read by
+    every later segment of the row until the row is emptied. With
+    ``stateful=True`` the memory lives in variables between batches; this
+    callback reads them when an epoch ends (outside the compiled steps:
+    ``B`` bools copied to the host once an epoch) and, if some rows are not
+    finite, warns naming them and, like `keras.callbacks.TerminateOnNaN`,
+    stops training. It sees the memory as the epoch leaves it: a row
+    emptied since (a document starting) is not reported, but a NaN in the
+    memory also makes the loss NaN, which `keras.callbacks.TerminateOnNaN`
+    catches at the step.
+
+    Example:
+
+    >>> import keras
+    >>> import numpy as np
+    >>> from keras_infmemory.models import FiniteMemoryCheck, InfFormerLM
+    >>> model = InfFormerLM.arm(
+    ...     "inf_former", vocabulary_size=12, num_layers=1, hidden_dim=8,
+    ...     num_heads=2, intermediate_dim=16, segment_length=4,
+    ...     memory_options={"num_basis": 8, "num_samples": 8},
+    ...     stateful=True, batch_size=2,
+    ... )
+    >>> model.compile(optimizer="adam", loss=keras.losses.
+    ...     SparseCategoricalCrossentropy(from_logits=True))
+    >>> tokens = np.random.randint(0, 12, (2, 9))
+    >>> check = FiniteMemoryCheck()
+    >>> _ = model.fit(tokens[:, :-1], tokens[:, 1:], batch_size=2,
+    ...               callbacks=[check], verbose=0)
+    >>> check.rows
+    []
+
+    Args:
+        stop_training: bool, whether to stop training when a row is not
+            finite (default True).
+
+    Attributes:
+        rows: the rows found not finite at the last check (a list).
+    """
+
+    def __init__(self, stop_training=True):
+        super().__init__()
+        self.stop_training = check.check_bool("stop_training", stop_training)
+        self.rows = []
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        if not getattr(model, "stateful", False):
+            raise ValueError(
+                "`FiniteMemoryCheck` reads the memory a stateful model keeps "
+                "between batches; for other models use "
+                "`keras_infmemory.checkpoint.finite_rows` on the state a "
+                "call returns. Received: model with stateful="
+                f"{getattr(model, 'stateful', None)}"
+            )
+
+    def on_epoch_end(self, epoch, logs=None):
+        model = self.model  # on JAX, the variables handed back first
+        holder = getattr(model, "_state_holder", None)
+        if holder is None:
+            return
+        self.rows = warn_if_not_finite(
+            holder.read(), f"of the stateful model after epoch {epoch + 1}"
+        )
+        if self.rows and self.stop_training:
+            model.stop_training = True
+
+
+def _deleted(value):
+    """Whether a JAX array was consumed by a call that donated it."""
+    is_deleted = getattr(value, "is_deleted", None)
+    return bool(is_deleted()) if is_deleted is not None else False
 
 
 def _layout(state):

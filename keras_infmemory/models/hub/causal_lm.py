@@ -16,11 +16,15 @@ from keras import ops
 
 from keras_infmemory import segments
 from keras_infmemory import validation as check
-from keras_infmemory.models.memory_model import StatefulMemory
+from keras_infmemory.models.memory_model import (
+    StatefulMemory,
+    TokenDataChecks,
+    warn_if_not_finite,
+)
 from keras_infmemory.state import known_value
 
 
-class InfMemoryCausalLM(StatefulMemory):
+class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
     """A KerasHub causal LM whose decoder layers carry a long-term memory.
 
     Mixed into a family's causal LM (``InfMemoryLlama3CausalLM`` is
@@ -114,6 +118,43 @@ class InfMemoryCausalLM(StatefulMemory):
         return self.backbone.memories
 
     # ------------------------------------------------------------------ #
+    # Token ids, checked on the host
+    # ------------------------------------------------------------------ #
+
+    def _token_vocabulary_size(self):
+        """`TokenDataChecks`: the ids the backbone embeds."""
+        return self.backbone.vocabulary_size
+
+    def _checked_data(self, data, packed=False):
+        """`TokenDataChecks`: token ids as given are checked; text goes
+        through the preprocessor inside KerasHub's data pipeline, where
+        its ids cannot be read cheaply, so its tokenizer is checked
+        instead."""
+        if self.preprocessor is not None:
+            self._check_tokenizer()
+        return super()._checked_data(data, packed=packed)
+
+    def _check_tokenizer(self):
+        """The preprocessor's tokenizer makes no id the backbone cannot
+        embed (a tokenizer of another model, or tokens added without
+        resizing the embeddings)."""
+        tokenizer = getattr(self.preprocessor, "tokenizer", None)
+        try:
+            size = int(tokenizer.vocabulary_size())
+        except Exception:  # no tokenizer, or one without a vocabulary yet
+            return
+        vocabulary = self.backbone.vocabulary_size
+        if size > vocabulary:
+            raise ValueError(
+                f"The preprocessor's tokenizer makes ids up to {size - 1}, "
+                f"but the model embeds ids in [0, vocabulary_size="
+                f"{vocabulary}) (a tokenizer of another model, or tokens "
+                "added without resizing the embeddings?). Received: "
+                f"tokenizer.vocabulary_size()={size} with "
+                f"vocabulary_size={vocabulary}"
+            )
+
+    # ------------------------------------------------------------------ #
     # Calls
     # ------------------------------------------------------------------ #
 
@@ -154,13 +195,17 @@ class InfMemoryCausalLM(StatefulMemory):
         """The family's ``score`` over segments, the memory carried (from
         empty, or from ``state``, e.g. an absorbed document: see `absorb`).
         ``layer_intercept_fn`` sees the activations of segment rows
-        ``(B·S, L, D)``."""
+        ``(B·S, L, D)``. Warns (``RuntimeWarning``) naming the rows whose
+        memory holds NaN or inf after the text (see `absorb`)."""
         parent = getattr(super(), "score", None)
         if parent is None:
             raise ValueError(
                 f"{type(self).__name__}'s KerasHub family has no `score`. "
                 f"Received: scoring_mode={scoring_mode!r}"
             )
+        check.check_token_ids(
+            "token_ids", token_ids, self.backbone.vocabulary_size
+        )
         inputs = {"token_ids": token_ids}
         if padding_mask is not None:
             inputs["padding_mask"] = padding_mask
@@ -177,13 +222,14 @@ class InfMemoryCausalLM(StatefulMemory):
             )
 
         state, starts_empty = self._state_or_empty(state, token_ids)
-        scores, _ = self.backbone.run_segments(
+        scores, run = self.backbone.run_segments(
             score_rows,
             inputs,
             state,
             regularize=False,
             starts_empty=starts_empty,
         )
+        warn_if_not_finite(run.states, "after `score`")
         return scores
 
     def absorb(self, inputs, state=None):
@@ -210,6 +256,11 @@ class InfMemoryCausalLM(StatefulMemory):
 
         Returns:
             The new memory state (see `get_initial_state`).
+
+        A NaN in a document's input would be read by every later segment of
+        its row: rows whose memory holds NaN or inf are named in a
+        ``RuntimeWarning`` (``B`` bools copied to the host once per call;
+        `keras_infmemory.checkpoint.finite_rows` tells the same).
         """
         if not isinstance(inputs, dict):
             inputs = self._tokenize_whole(inputs)
@@ -227,6 +278,7 @@ class InfMemoryCausalLM(StatefulMemory):
             starts_empty=starts_empty,
             outputs=False,
         )
+        warn_if_not_finite(run.states, "after `absorb`")
         return run.states
 
     def _tokenize_whole(self, texts):
@@ -264,6 +316,9 @@ class InfMemoryCausalLM(StatefulMemory):
         """
         inputs = dict(inputs)
         token_ids = inputs["token_ids"]
+        check.check_token_ids(
+            "token_ids", token_ids, self.backbone.vocabulary_size
+        )
         batch, total = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
         if state is None:
             state = self.get_initial_state(batch)
@@ -370,7 +425,14 @@ class InfMemoryCausalLM(StatefulMemory):
         """The family's ``generate`` (same arguments), optionally from a
         memory ``state`` (e.g. an absorbed document, see `absorb`) instead
         of an empty one: the prompt starts a new segment after it. With a
-        state, ``inputs`` is one batch of as many rows as the state."""
+        state, ``inputs`` is one batch of as many rows as the state. The
+        prompt's token ids are checked on the host (with a preprocessor,
+        its tokenizer's vocabulary too), and rows of ``state`` that hold
+        NaN or inf are named in a ``RuntimeWarning`` (see `absorb`)."""
+        if self.preprocessor is not None:
+            self._check_tokenizer()
+        if state is not None:
+            warn_if_not_finite(state, "given to `generate`")
         self._generation.state = state
         try:
             return super().generate(inputs, *args, **kwargs)
@@ -379,12 +441,19 @@ class InfMemoryCausalLM(StatefulMemory):
 
     def make_generate_function(self):
         """The family's compiled generation function, fed the state given
-        to `generate` as an input (never baked into the compiled code)."""
+        to `generate` as an input (never baked into the compiled code).
+        The prompt's token ids are checked on the host first: the compiled
+        function cannot read them without a device sync."""
         if self.generate_function is not None:
             return self.generate_function
         compiled = super().make_generate_function()
 
         def generate_function(inputs, stop_token_ids=None):
+            check.check_token_ids(
+                "token_ids",
+                ops.convert_to_numpy(inputs["token_ids"]),
+                self.backbone.vocabulary_size,
+            )
             state = self._generation.state
             if state is not None:
                 inputs = dict(inputs, state=state)

@@ -1,7 +1,9 @@
 """Mistakes on the KerasHub path get Keras-style errors that say what to do:
 a preset name where a model is expected, a preset that cannot be fetched,
-a padding mask of another length or padding on the left."""
+a padding mask of another length or padding on the left, token ids outside
+the vocabulary (a tokenizer of another model)."""
 
+import keras
 import keras_hub
 import numpy as np
 import pytest
@@ -114,3 +116,81 @@ def test_a_wrong_state_names_what_was_expected(model):
             model.generate(three, stop_token_ids=None, state=two)
     finally:
         model.preprocessor = preprocessor
+
+
+# Token ids outside the vocabulary (a tokenizer of another model): compiled
+# calls (JAX, TensorFlow) cannot read their inputs, so before the host
+# checks JAX embedded the id as NaN (fit: loss nan; generate: the prompt
+# followed by zeros) and torch's score and generate raised a bare
+# IndexError from the embedding.
+OUT_OF_RANGE = (
+    rf"must be in \[0, vocabulary_size={VOCAB}\).*"
+    r"Received: token_ids with values in \[\d+, 99\] in rows \[1\]"
+)
+
+
+def test_out_of_range_ids_are_refused_on_the_host(model):
+    ids = tokens()
+    ids[1, 3] = 99
+    inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    prompt = {"token_ids": ids, "padding_mask": np.zeros_like(ids)}
+    prompt["padding_mask"][:, :6] = 1  # the bad id is in the prompt
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        sampler="greedy",
+    )
+    preprocessor, model.preprocessor = model.preprocessor, None
+    try:
+        cases = [
+            lambda: model.fit(inputs, ids, batch_size=2, verbose=0),
+            lambda: model.evaluate(inputs, ids, batch_size=2, verbose=0),
+            lambda: model.predict(inputs, batch_size=2, verbose=0),
+            lambda: model.train_on_batch(inputs, ids),
+            lambda: model.predict_on_batch(inputs),
+            lambda: model.score(ids),
+            lambda: model.score(ids, padding_mask=np.ones_like(ids)),
+            lambda: model.generate(prompt, stop_token_ids=None),
+            lambda: model.absorb(inputs),
+            lambda: model.memory_densities(inputs),
+        ]
+        for call in cases:
+            with pytest.raises(ValueError, match=OUT_OF_RANGE):
+                call()
+    finally:
+        model.preprocessor = preprocessor
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused():
+    """Text goes through the preprocessor inside KerasHub's data pipeline,
+    where its ids cannot be read cheaply: the tokenizer's vocabulary is
+    checked against the model's instead (here 53 tokens for 48 ids; " y"
+    tokenizes to id 52)."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    pieces = ["<|endoftext|>", "Ġ", *letters, *("Ġ" + c for c in letters[:25])]
+    vocabulary = {piece: i for i, piece in enumerate(pieces)}
+    tokenizer = keras_hub.models.GPT2Tokenizer(
+        vocabulary=vocabulary, merges=["Ġ y"]
+    )
+    assert tokenizer.vocabulary_size() == 53
+    gpt2 = tiny_causal_lm("gpt2")
+    gpt2.preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
+        tokenizer, sequence_length=L
+    )
+    lm = attach_memory(gpt2, segment_length=L, **MEMORY)
+    lm.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        sampler="greedy",
+    )
+    message = (
+        rf"ids in \[0, vocabulary_size={VOCAB}\).*Received: "
+        rf"tokenizer.vocabulary_size\(\)=53 with vocabulary_size={VOCAB}"
+    )
+    for call in (
+        lambda: lm.fit([" y a"], verbose=0),
+        lambda: lm.predict([" y a"], verbose=0),
+        lambda: lm.generate(" y a", max_length=L),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
