@@ -20,6 +20,10 @@ import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
+# The site is built by MkDocs from the sources: the same on every backend
+# (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
+
 
 # The public API (`keras_infmemory.__all__`): each module and layer has a
 # section in docs/api.md; the KerasHub adapter is public through
