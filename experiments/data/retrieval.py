@@ -575,7 +575,7 @@ def _pick(items, rng):
     return items[rng.integers(len(items))]
 
 
-def replay_qa2(facts, obj):
+def _replay_qa2(facts, obj):
     """Where ``obj`` is after ``facts``, and the supporting facts' indices.
 
     Args:
@@ -650,7 +650,7 @@ def _simulate(task, num_facts, rng):
     if not asked:
         return None
     obj = _pick(asked, rng)
-    answer, supporting = replay_qa2(facts, obj)
+    answer, supporting = _replay_qa2(facts, obj)
     return facts, obj, answer, supporting
 
 
