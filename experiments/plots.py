@@ -1,5 +1,6 @@
 """Plots of the experiments' records: training curves, accuracy against
-length (the paper's Fig. 2), perplexity by position in the document.
+length (the paper's Fig. 2), perplexity by position in the document,
+retrieval accuracy against context length and depth.
 
 Needs ``matplotlib`` (imported on use, with the non-interactive Agg
 backend). The plots of what a memory holds are the library's
@@ -150,6 +151,63 @@ def plot_language_model(
         else "held-out perplexity (exp of the loss)"
     )
     right.legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path, dpi=120)
+    return figure
+
+
+def plot_retrieval(results, path=None, title="Retrieval"):
+    """Retrieval accuracy per arm against context length (mean over the
+    depths evaluated there) and against depth (mean over the lengths), one
+    row of two panels per task; seeds averaged.
+
+    Args:
+        results: iterable of dicts with ``"task"``, ``"arm"``,
+            ``"context_tokens"``, ``"depth_segments"`` and ``"accuracy"``
+            (as written by ``examples/retrieval.py``).
+        path: optional PNG file.
+        title: figure title.
+
+    Returns:
+        The `matplotlib.figure.Figure`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    results = list(results)
+    tasks = list(dict.fromkeys(row["task"] for row in results))
+    figure, axes = plt.subplots(
+        len(tasks), 2, figsize=(10, 3.4 * len(tasks)), squeeze=False
+    )
+    for (by_length, by_depth), task in zip(axes, tasks, strict=True):
+        rows = [row for row in results if row["task"] == task]
+        for arm in dict.fromkeys(row["arm"] for row in rows):
+            mine = [row for row in rows if row["arm"] == arm]
+            for axis, key in (
+                (by_length, "context_tokens"),
+                (by_depth, "depth_segments"),
+            ):
+                values = {}
+                for row in mine:
+                    values.setdefault(row[key], []).append(row["accuracy"])
+                xs = sorted(values)
+                axis.plot(
+                    xs,
+                    [np.mean(values[x]) for x in xs],
+                    marker="o",
+                    label=arm,
+                )
+        by_length.set_xscale("log", base=2)
+        by_length.set_xlabel("context length (tokens)")
+        by_length.set_ylabel(f"{task}: exact match")
+        by_depth.set_xlabel("depth (segments between needle and question)")
+        for axis in (by_length, by_depth):
+            axis.set_ylim(-0.02, 1.02)
+        by_depth.legend(fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
     if path is not None:
