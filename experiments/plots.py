@@ -160,13 +160,15 @@ def plot_language_model(
 
 def plot_retrieval(results, path=None, title="Retrieval"):
     """Retrieval accuracy per arm against context length (mean over the
-    depths evaluated there) and against depth (mean over the lengths), one
-    row of two panels per task; seeds averaged.
+    depths evaluated there) and against depth (mean over the lengths), for
+    each task a row of two panels in exact match and, where the results
+    have it, one in token accuracy; seeds averaged.
 
     Args:
         results: iterable of dicts with ``"task"``, ``"arm"``,
-            ``"context_tokens"``, ``"depth_segments"`` and ``"accuracy"``
-            (as written by ``examples/retrieval.py``).
+            ``"context_tokens"``, ``"depth_segments"``, ``"accuracy"`` and
+            optionally ``"token_accuracy"`` (as written by
+            ``examples/retrieval.py``).
         path: optional PNG file.
         title: figure title.
 
@@ -179,11 +181,17 @@ def plot_retrieval(results, path=None, title="Retrieval"):
     from matplotlib import pyplot as plt
 
     results = list(results)
-    tasks = list(dict.fromkeys(row["task"] for row in results))
+    panels = []
+    for task in dict.fromkeys(row["task"] for row in results):
+        panels.append((task, "accuracy", "exact match"))
+        if all("token_accuracy" in row for row in results):
+            panels.append((task, "token_accuracy", "token accuracy"))
     figure, axes = plt.subplots(
-        len(tasks), 2, figsize=(10, 3.4 * len(tasks)), squeeze=False
+        len(panels), 2, figsize=(10, 3.2 * len(panels)), squeeze=False
     )
-    for (by_length, by_depth), task in zip(axes, tasks, strict=True):
+    for (by_length, by_depth), (task, metric, label) in zip(
+        axes, panels, strict=True
+    ):
         rows = [row for row in results if row["task"] == task]
         for arm in dict.fromkeys(row["arm"] for row in rows):
             mine = [row for row in rows if row["arm"] == arm]
@@ -193,7 +201,7 @@ def plot_retrieval(results, path=None, title="Retrieval"):
             ):
                 values = {}
                 for row in mine:
-                    values.setdefault(row[key], []).append(row["accuracy"])
+                    values.setdefault(row[key], []).append(row[metric])
                 xs = sorted(values)
                 axis.plot(
                     xs,
@@ -203,7 +211,7 @@ def plot_retrieval(results, path=None, title="Retrieval"):
                 )
         by_length.set_xscale("log", base=2)
         by_length.set_xlabel("context length (tokens)")
-        by_length.set_ylabel(f"{task}: exact match")
+        by_length.set_ylabel(f"{task}: {label}")
         by_depth.set_xlabel("depth (segments between needle and question)")
         for axis in (by_length, by_depth):
             axis.set_ylim(-0.02, 1.02)
