@@ -19,24 +19,26 @@ fact) from the question. The arms (``experiments.retrieval.ARMS``):
 
 One model per arm, task and seed trains on batches mixing the lengths and
 depths, then answers held-out examples at each cell of the grid; the arms
-with an LTM answer again with it off (same weights). A first look (about
-two minutes)::
+with an LTM answer again with it off (same weights). A first look (a few
+minutes on two cores: each of the 14 models compiles its own functions)::
 
     KERAS_BACKEND=jax python examples/retrieval.py --quick
 
-The CPU grid, one process per seed, then one record (a few hours on two
-cores; ``--resume`` continues a run that stopped)::
+The CPU grid, one process per seed, then one record (hours on two cores:
+benchmarks/results/retrieval_ceiling.md has the step times measured;
+``--resume`` continues a run that stopped)::
 
     KERAS_BACKEND=jax python examples/retrieval.py --scale cpu --seeds 0 \\
         --output runs/retrieval --name retrieval_seed0
     python examples/retrieval.py --merge runs/retrieval/retrieval_seed*.json \\
         --output benchmarks/results --name retrieval_cpu
 
-It ends with a table (exact-match accuracy per task and arm within reach
-of one segment of short-term memory, depth 0–1, and beyond it, depth ≥ 2),
-a one-line verdict (the memory arm against its baseline beyond the
-short-term memory, with the seed spread) and the files it wrote:
-``<name>.json`` (every setting and cell), ``<name>.md`` (a grid per task,
+It ends with a table (exact-match accuracy per task and arm within
+Transformer-XL's reach, one segment of short-term memory per layer, and
+beyond it, with the LTM off and in answer tokens there too), a one-line
+verdict (the memory arm against its baseline beyond that reach, with the
+seed spread) and the files it wrote:
+``<name>.json`` (every setting and cell), ``<name>.md`` (grids per task,
 min–max over seeds) and ``<name>.png`` (accuracy against length and
 depth). ``--scale paper`` is an accelerator's job.
 """
