@@ -12,6 +12,10 @@ direction). Its modules:
 * `experiments.sorting`: the paper's sorting experiment: the transformer
   at two scales, a run's recipe, and the record, table and verdict of
   ``examples/sorting.py``;
+* `experiments.retrieval`: long-context retrieval (passkey, BABILong-style
+  QA) over a grid of lengths and depths, every memory and a KerasHub
+  Llama 3 with one, for ``examples/retrieval.py`` (recipe, runs, record,
+  verdict);
 * `experiments.language_model`: the from-scratch language-model study of
   ``examples/language_model.py`` (settings, data, training, evaluation,
   diagnostics, records);

@@ -1,5 +1,6 @@
 """Plots of the experiments' records: training curves, accuracy against
-length (the paper's Fig. 2), perplexity by position in the document.
+length (the paper's Fig. 2), perplexity by position in the document,
+retrieval accuracy against context length and depth.
 
 Needs ``matplotlib`` (imported on use, with the non-interactive Agg
 backend). The plots of what a memory holds are the library's
@@ -150,6 +151,71 @@ def plot_language_model(
         else "held-out perplexity (exp of the loss)"
     )
     right.legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path, dpi=120)
+    return figure
+
+
+def plot_retrieval(results, path=None, title="Retrieval"):
+    """Retrieval accuracy per arm against context length (mean over the
+    depths evaluated there) and against depth (mean over the lengths), for
+    each task a row of two panels in exact match and, where the results
+    have it, one in token accuracy; seeds averaged.
+
+    Args:
+        results: iterable of dicts with ``"task"``, ``"arm"``,
+            ``"context_tokens"``, ``"depth_segments"``, ``"accuracy"`` and
+            optionally ``"token_accuracy"`` (as written by
+            ``examples/retrieval.py``).
+        path: optional PNG file.
+        title: figure title.
+
+    Returns:
+        The `matplotlib.figure.Figure`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    results = list(results)
+    panels = []
+    for task in dict.fromkeys(row["task"] for row in results):
+        panels.append((task, "accuracy", "exact match"))
+        if all("token_accuracy" in row for row in results):
+            panels.append((task, "token_accuracy", "token accuracy"))
+    figure, axes = plt.subplots(
+        len(panels), 2, figsize=(10, 3.2 * len(panels)), squeeze=False
+    )
+    for (by_length, by_depth), (task, metric, label) in zip(
+        axes, panels, strict=True
+    ):
+        rows = [row for row in results if row["task"] == task]
+        for arm in dict.fromkeys(row["arm"] for row in rows):
+            mine = [row for row in rows if row["arm"] == arm]
+            for axis, key in (
+                (by_length, "context_tokens"),
+                (by_depth, "depth_segments"),
+            ):
+                values = {}
+                for row in mine:
+                    values.setdefault(row[key], []).append(row[metric])
+                xs = sorted(values)
+                axis.plot(
+                    xs,
+                    [np.mean(values[x]) for x in xs],
+                    marker="o",
+                    label=arm,
+                )
+        by_length.set_xscale("log", base=2)
+        by_length.set_xlabel("context length (tokens)")
+        by_length.set_ylabel(f"{task}: {label}")
+        by_depth.set_xlabel("depth (segments between needle and question)")
+        for axis in (by_length, by_depth):
+            axis.set_ylim(-0.02, 1.02)
+        by_depth.legend(fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
     if path is not None:

@@ -5,6 +5,8 @@ readers of local files, no downloads.
 * `experiments.data.corpora`: the offline Shakespeare corpus;
 * `experiments.data.cmu_dog`: the CMU-DoG dialogue reader;
 * `experiments.data.grounded`: an offline document-grounded dialogue task.
+* `experiments.data.retrieval`: long-context retrieval (passkey, BABILong-
+  style qa1 / qa2 in Shakespeare filler) with a word-level vocabulary.
 
 Nothing here builds a model: the data modules import neither
 `keras_infmemory.models` nor the experiments' model code (a test checks
