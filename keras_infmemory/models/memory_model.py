@@ -278,7 +278,10 @@ def warn_if_not_finite(state, where):
     """Warns (``RuntimeWarning``) naming the rows of ``state`` that hold a
     NaN or inf (`keras_infmemory.checkpoint.finite_rows`); ``where`` says
     which state, e.g. "after `absorb`". Copies ``B`` bools to the host:
-    for calls that return to it anyway. Returns the rows (a list)."""
+    for calls that return to it anyway. Returns the rows (a list); a
+    model without memory layers has an empty state: nothing to check."""
+    if not keras.tree.flatten(state):
+        return []
     finite = np.asarray(ops.convert_to_numpy(finite_rows(state)))
     rows = np.nonzero(~finite)[0].tolist()
     if rows:
