@@ -284,12 +284,19 @@ class MemoryModel(keras.Model):
 
 
 def test_compiles_in_fit_and_predict():
+    """``fit`` and ``predict`` compile the memory: XLA on JAX and
+    TensorFlow. On torch, ``jit_compile=True`` is ``torch.compile``, which
+    takes three minutes of this one test on two CPU cores (as in
+    tests/test_benchmarks.py, it is left to ``benchmarks/backends.py
+    --torch-compile``); torch runs Keras's default there."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 36, 8)).astype("float32")
     y = np.roll(x, 1, axis=1)
     model = MemoryModel()
     model.compile(
-        optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=True
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss="mse",
+        jit_compile="auto" if keras.backend.backend() == "torch" else True,
     )
     eager = to_numpy(model(x))
     history = model.fit(x, y, batch_size=4, epochs=3, verbose=0)
