@@ -78,6 +78,7 @@ import keras
 import numpy as np
 
 from experiments.data import corpora
+from experiments.data.checks import check_positive_int, check_seed
 
 TASKS = ("passkey", "qa1", "qa2")
 SPLITS = ("train", "held_out")
@@ -292,17 +293,6 @@ def decode(ids, skip_padding=True):
 # --- argument checks ---------------------------------------------------------
 
 
-def _check_positive_int(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or value < 1
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-
-
 def _check_choice(name, value, choices):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(
@@ -402,8 +392,8 @@ def valid_depths(task, context_tokens, segment_length):
         Sorted list of ints (empty when nothing fits).
     """
     _check_choice("task", task, TASKS)
-    _check_positive_int("context_tokens", context_tokens)
-    _check_positive_int("segment_length", segment_length)
+    check_positive_int("context_tokens", context_tokens)
+    check_positive_int("segment_length", segment_length)
     question, answer, needle, lead = _task_geometry(task)
     body = context_tokens - question - answer
     depths = []
@@ -875,8 +865,8 @@ def _build(
 
 def _check_example_args(task, context_tokens, depth, segment_length, split):
     _check_choice("task", task, TASKS)
-    _check_positive_int("context_tokens", context_tokens)
-    _check_positive_int("segment_length", segment_length)
+    check_positive_int("context_tokens", context_tokens)
+    check_positive_int("segment_length", segment_length)
     _check_choice("split", split, SPLITS)
     return _check_depth(task, context_tokens, depth, segment_length)
 
@@ -1071,10 +1061,10 @@ def make_batch(
         Tuple ``(inputs, labels, weights)`` of shapes ``(B, T')``: int32,
         int32, float32; with ``return_details``, the dict as a fourth item.
     """
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     tasks = _check_tasks(task)
-    _check_positive_int("context_tokens", context_tokens)
-    _check_positive_int("segment_length", segment_length)
+    check_positive_int("context_tokens", context_tokens)
+    check_positive_int("segment_length", segment_length)
     _check_choice("split", split, SPLITS)
     depths = _check_depths(depth_segments)
     facts = {name: _check_num_facts(name, num_facts) for name in tasks}
@@ -1249,9 +1239,9 @@ class RetrievalDataset(keras.utils.PyDataset):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size)
         tasks = _check_tasks(task)
-        _check_positive_int("segment_length", segment_length)
+        check_positive_int("segment_length", segment_length)
         lengths = (
             (context_tokens,)
             if isinstance(context_tokens, (int, np.integer))
@@ -1263,18 +1253,10 @@ class RetrievalDataset(keras.utils.PyDataset):
                 f"of them. Received: context_tokens={context_tokens!r}"
             )
         for length in lengths:
-            _check_positive_int("context_tokens", length)
+            check_positive_int("context_tokens", length)
         if steps is not None:
-            _check_positive_int("steps", steps)
-        if (
-            isinstance(seed, bool)
-            or not isinstance(seed, (int, np.integer))
-            or seed < 0
-        ):
-            raise ValueError(
-                "`seed` must be a non-negative integer. "
-                f"Received: seed={seed!r}"
-            )
+            check_positive_int("steps", steps)
+        check_seed(seed)
         _check_choice("split", split, SPLITS)
         depths = _check_depths(depth_segments)
         for name in tasks:

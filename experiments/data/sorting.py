@@ -37,6 +37,8 @@ Everything here is NumPy; Keras is used only for `keras.utils.PyDataset`.
 import keras
 import numpy as np
 
+from experiments.data.checks import check_positive_int, check_seed
+
 NUM_SYMBOLS = 20
 SEPARATOR_ID = NUM_SYMBOLS  # 20
 PAD_ID = NUM_SYMBOLS + 1  # 21
@@ -46,20 +48,9 @@ ANSWER_LENGTH = NUM_SYMBOLS
 _PADDING_SIDES = ("left", "right")
 
 
-def _check_positive_int(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or value < 1
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-
-
 def _check_padding(pad_to_multiple, padding_side):
     if pad_to_multiple is not None:
-        _check_positive_int("pad_to_multiple", pad_to_multiple)
+        check_positive_int("pad_to_multiple", pad_to_multiple)
     if padding_side not in _PADDING_SIDES:
         raise ValueError(
             f"`padding_side` must be one of {_PADDING_SIDES}. "
@@ -87,7 +78,7 @@ def total_length(length, pad_to_multiple=None):
     Returns:
         int, `T`.
     """
-    _check_positive_int("length", length)
+    check_positive_int("length", length)
     _check_padding(pad_to_multiple, "left")
     total = length + 1 + ANSWER_LENGTH - 1
     if pad_to_multiple is not None:
@@ -137,7 +128,7 @@ def sample_sequence(length, p_start, p_end, rng):
     Returns:
         int32 array of shape `(length,)` with values in `[0, NUM_SYMBOLS)`.
     """
-    _check_positive_int("length", length)
+    check_positive_int("length", length)
     mix = np.arange(length) / length  # (L,), j / L
     from_end = rng.random(length) < mix  # (L,)
     start_draws = rng.choice(NUM_SYMBOLS, size=length, p=p_start)  # (L,)
@@ -217,7 +208,7 @@ def make_example(length, rng, pad_to_multiple=None, padding_side="left"):
         ids, int32 next-token ids, and float32 weights, 1 exactly on the 20
         answer positions.
     """
-    _check_positive_int("length", length)
+    check_positive_int("length", length)
     _check_padding(pad_to_multiple, padding_side)
     sequence = sample_sequence(length, *sample_distributions(rng), rng)
     target = sorting_target(sequence)
@@ -259,8 +250,8 @@ def make_batch(
         Tuple `(inputs, labels, weights)` of shapes `(B, T)`: int32, int32,
         float32.
     """
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("length", length)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("length", length)
     _check_padding(pad_to_multiple, padding_side)
     rng = np.random.default_rng(seed)
     examples = [
@@ -343,8 +334,8 @@ def counting_baseline(length, visible, num_examples=256, seed=0):
     Returns:
         Python float in ``[0, 1]``.
     """
-    _check_positive_int("length", length)
-    _check_positive_int("num_examples", num_examples)
+    check_positive_int("length", length)
+    check_positive_int("num_examples", num_examples)
     if (
         isinstance(visible, bool)
         or not isinstance(visible, (int, np.integer))
@@ -419,19 +410,11 @@ class SortingDataset(keras.utils.PyDataset):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("batch_size", batch_size)
-        _check_positive_int("length", length)
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("length", length)
         if steps is not None:
-            _check_positive_int("steps", steps)
-        if (
-            isinstance(seed, bool)
-            or not isinstance(seed, (int, np.integer))
-            or seed < 0
-        ):
-            raise ValueError(
-                "`seed` must be a non-negative integer. "
-                f"Received: seed={seed!r}"
-            )
+            check_positive_int("steps", steps)
+        check_seed(seed)
         _check_padding(pad_to_multiple, padding_side)
         self.batch_size = int(batch_size)
         self.length = int(length)
