@@ -39,6 +39,7 @@ with native_notices_held_back():  # the TensorFlow backend loads it here
     import numpy as np
 
     from experiments.data import sorting as sorting_data
+    from experiments.data.checks import check_positive_int
     from experiments.records import separated, spread, write_json
     from keras_infmemory.models.inf_former_lm import ARMS, InfFormerLM
 
@@ -248,11 +249,11 @@ class Recipe:
     def __post_init__(self):
         get_scale(self.scale)  # checks the name
         for name in ("steps", "batch_size", "eval_batches"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if not self.lengths:
             raise ValueError("`lengths` must hold at least one length.")
         for length in self.lengths:
-            _check_positive_int("lengths", length)
+            check_positive_int("lengths", length)
         if not self.learning_rate > 0:
             raise ValueError(
                 "`learning_rate` must be positive. Received: "
@@ -284,13 +285,6 @@ def scale_defaults(key):
     )
     quick = QUICK["train"].get(key)
     return scales + ("" if quick is None else f"; --quick {text(quick)}")
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
 
 
 def build_model(arm, recipe):

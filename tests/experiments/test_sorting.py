@@ -218,6 +218,15 @@ def test_recipe_refuses_bad_settings(changes, message):
         sorting.Recipe.from_scale("cpu", **changes)
 
 
+def test_recipe_takes_numpy_integers():
+    """A sweep built with NumPy hands in `np.int64`s; the generators take
+    them, so the recipe does too (one check serves both)."""
+    recipe = sorting.Recipe.from_scale(
+        "cpu", steps=np.int64(7), lengths=[np.int64(64)]
+    )
+    assert recipe.steps == 7 and list(recipe.lengths) == [64]
+
+
 def test_scale_defaults_name_every_scale():
     assert sorting.scale_defaults("steps") == "paper 20000, cpu 1000; --quick 3"
     assert sorting.scale_defaults("lengths").startswith("paper 4096 8192")
