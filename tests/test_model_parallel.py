@@ -12,7 +12,10 @@ import pytest
 
 from tests.testing import run_on_devices
 
-FAMILIES = ("llama3", "gemma")
+# One family: the layout map is the family's KerasHub map plus the LTM's
+# (the same code for every family); Llama 3's is the one docs/causal_lms.md
+# shows. A second family doubled the test's time (≈ 45 s on 2 cores).
+FAMILIES = ("llama3",)
 
 
 @pytest.mark.slow
