@@ -52,6 +52,7 @@ with native_notices_held_back():  # the TensorFlow backend loads it here
     import numpy as np
 
     from experiments.data import retrieval as data
+    from experiments.data.checks import check_int, check_positive_int
     from experiments.records import separated, write_json
     from keras_infmemory.models import InfFormerLM
 
@@ -193,13 +194,6 @@ def get_scale(scale):
     return copy.deepcopy(SCALES[scale])
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-
-
 def _check_names(name, values, choices):
     if not values or any(v not in choices for v in values):
         raise ValueError(
@@ -270,24 +264,21 @@ class Recipe:
         get_scale(self.scale)
         _check_names("tasks", self.tasks, TASKS)
         for name in ("steps", "batch_size", "eval_batches", "max_full_length"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if not self.lengths:
             raise ValueError(
                 "`lengths` must hold at least one length. Received: lengths=()"
             )
         for length in self.lengths:
-            _check_positive_int("lengths", length)
-        if self.depths is not None and (
-            not self.depths
-            or any(
-                isinstance(d, bool) or not isinstance(d, int) or d < 0
-                for d in self.depths
-            )
-        ):
-            raise ValueError(
-                "`depths` must be None or non-negative integers. "
-                f"Received: depths={self.depths!r}"
-            )
+            check_positive_int("lengths", length)
+        if self.depths is not None:
+            if not self.depths:
+                raise ValueError(
+                    "`depths` must be None or non-negative integers. "
+                    f"Received: depths={self.depths!r}"
+                )
+            for depth in self.depths:
+                check_int("depths", depth, 0, "None or non-negative integers")
         if not self.learning_rate > 0:
             raise ValueError(
                 "`learning_rate` must be positive. Received: "

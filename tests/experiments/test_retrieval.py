@@ -154,6 +154,14 @@ def test_recipe_fills_in_the_scale():
     assert paper.train_lengths("inf_former") == (4096, 16384)
 
 
+def test_recipe_takes_numpy_integers():
+    """The recipe's checks are the generators' (NumPy integers pass)."""
+    recipe = retrieval.Recipe.from_scale(
+        "cpu", steps=np.int64(3), depths=[np.int64(1)]
+    )
+    assert recipe.steps == 3 and recipe.depths == (1,)
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -163,7 +171,8 @@ def test_recipe_fills_in_the_scale():
         ({"lengths": []}, "Received: lengths=()"),
         ({"lengths": [40]}, r"Received: lengths=\(40,\)"),
         ({"tasks": ["qa3"]}, r"Received: tasks=\('qa3',\)"),
-        ({"depths": [-1]}, r"Received: depths=\(-1,\)"),
+        ({"depths": [-1]}, "Received: depths=-1"),
+        ({"depths": []}, r"Received: depths=\(\)"),
         ({"depths": [40]}, r"No depth fits task 'passkey'"),
         ({"learning_rate": 0.0}, "Received: learning_rate=0.0"),
     ],
