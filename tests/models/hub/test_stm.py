@@ -17,6 +17,7 @@ import keras_hub
 import numpy as np
 import pytest
 
+from keras_infmemory import checkpoint
 from keras_infmemory.models.hub import (
     FAMILIES,
     InfMemoryCausalLM,
@@ -212,10 +213,13 @@ def test_the_ltm_receives_what_leaves_the_stm(pair):
         np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-5)
 
 
-def test_reset_rows_empties_the_stm(pair):
+def test_reset_rows_and_checkpoints(pair, tmp_path):
     name, base, _, model = pair
     x, y = tokens(L, seed=9), tokens(L, seed=10)
     _, state = model(x, state=model.get_initial_state(2))
+    path = str(tmp_path / "state.npz")
+    checkpoint.save_state(path, state)
+    state = checkpoint.load_state(path, like=model.get_initial_state(2))
     logits, _ = model(
         y, state=state, reset_mask=np.array([True, False])
     )  # row 0 starts again: the family's model on y alone
