@@ -144,13 +144,9 @@ class Layout:
     # In a layer, a row is ``[m STM tokens; L segment; S − m empty]``:
     # the STM slots ``[S − m, S)`` rolled to the front.
 
-    def extend(self, stm, rows, fill=None):
+    def extend(self, stm, rows):
         """``[STM; segment]`` rows ``(B·G, S + L, ...)`` in the layer's
-        layout; ``fill``: a value for the STM slots instead of ``stm``
-        (e.g. a mask's)."""
-        if fill is not None:
-            shape = (ops.shape(rows)[0], self.size) + tuple(rows.shape[2:])
-            stm = ops.full(shape, fill, rows.dtype)
+        layout."""
         extended = ops.concatenate([ops.cast(stm, rows.dtype), rows], axis=1)
         return self._roll(extended, self.count - self.size)
 

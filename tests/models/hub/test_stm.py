@@ -240,6 +240,17 @@ def test_a_fit_step_and_the_stateful_mode(pair):
     assert to_numpy(state["stm"]["mask"]).all()
 
 
+def test_score_is_the_forward_pass(pair):
+    name, _, _, model = pair
+    x = tokens(3 * L - 2, seed=13)
+    x["padding_mask"][1, -4:] = 0
+    scores = model.score(x["token_ids"], padding_mask=x["padding_mask"])
+    real = x["padding_mask"].astype(bool)
+    np.testing.assert_allclose(
+        to_numpy(scores)[real], to_numpy(model(x))[real], atol=1e-5
+    )
+
+
 def _loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
