@@ -136,6 +136,13 @@ class InfMemoryBackbone(MemorySwitch):
                 f"stm_length={stm_length} with "
                 f"segment_length={segment_length}"
             )
+        if stm_length and getattr(self, "vision_encoder", None) is not None:
+            raise ValueError(
+                "A short-term memory holds text tokens; a backbone with a "
+                "vision encoder interleaves image embeddings, which it "
+                "cannot place. Use the text-only model. Received: "
+                f"stm_length={stm_length} with a vision encoder"
+            )
         num_layers = len(self.transformer_layers)
         if memory_layers is None:
             memory_layers = list(range(num_layers))
