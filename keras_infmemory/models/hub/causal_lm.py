@@ -53,7 +53,10 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
     absorbed segment by segment, then every new token reads the memory and
     each completed segment is written to it. ``memory_enabled = False``
     switches the memory off (same weights: the family's model on each
-    segment alone), for ablations.
+    segment alone), for ablations. With a short-term memory
+    (``stm_length > 0``, see `InfMemoryBackbone`) every teacher-forced call
+    (``call``, ``fit``, ``score``, `absorb`) carries it; cached decoding
+    does not yet and raises ``NotImplementedError``.
 
     Args:
         backbone: a `InfMemoryBackbone` of the family.
