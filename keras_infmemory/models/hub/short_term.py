@@ -12,12 +12,11 @@ learned positions need no special handling.
 The tokens before a segment come from the state (the text of earlier
 calls) and from the earlier segments of the same call, whose layer inputs
 are at hand: every segment row of a call goes through a layer at once, so
-the STM costs no sequential step. Per call and row, the tokens are laid out
-on one *extended* axis: the ``S`` STM slots of the state, then the call's
-``T`` tokens. Segment ``s`` starts at call token ``s·L`` (extended index
-``S + s·L``); its STM is the extended slice ``[s·L, s·L + S)``, and the
-tokens that left the STM when it entered, which enter the LTM next, are the
-slice ``[s·L, s·L + L)`` (every token enters the LTM once, just after it
+the STM costs no sequential step. Per call and row, the real tokens are
+laid out in order (the state's, then each segment's, `Layout`): a
+segment's STM is the ``S`` real tokens before it, and as the segment's
+``r`` real tokens enter the STM, its first ``r`` leave it for the LTM,
+which writes them next (every token enters the LTM once, just after it
 leaves the STM, docs/causal_lms.md "The short-term memory").
 
 The state keeps the last ``S`` real tokens' layer inputs, right-aligned
@@ -63,9 +62,18 @@ def reset_rows(state, reset_mask):
 class Layout:
     """Where the STM of each segment row of one call lies.
 
+    A segment's real tokens come first in it (KerasHub's right padding; a
+    segment may end in padding and the next start anew), so the text of a
+    row is its real tokens in order: the state's real STM tokens, then the
+    real tokens of each segment. On that *compacted* axis, segment ``s``
+    finds ``c_s`` tokens before it; its STM is ``[c_s − S, c_s)``, and the
+    ``r_s`` tokens leaving the STM as it enters are ``[c_s − S, c_s − S +
+    r_s)`` (``r_s``: its real tokens); the new state is the last ``S``.
+    Indices below 0 are empty slots.
+
     Args:
         state: the STM state before the call.
-        real: ``(B, G·L)`` bool, the call's real tokens (right padding).
+        real: ``(B, G·L)`` bool, the call's real tokens.
         segment_length: ``L``.
 
     Attributes:
@@ -78,44 +86,45 @@ class Layout:
     """
 
     def __init__(self, state, real, segment_length):
-        self.length = segment_length
-        self.size = ops.shape(state["mask"])[1]  # S
-        self.state = state
+        length = segment_length
+        size = ops.shape(state["mask"])[1]  # S
+        self.length, self.size = length, size
         real = ops.cast(real, "bool")
         self.batch = ops.shape(real)[0]
-        self.total = ops.shape(real)[1]  # G·L
-        # Right padding: the real tokens are each row's first ``n``.
-        self.real_count = ops.sum(ops.cast(real, "int32"), axis=1)  # (B,)
-        extended = ops.concatenate([state["mask"], real], axis=1)
-        stm_mask = self._rows(self._windows(extended, self.size))  # (B·G,S)
-        self.count = ops.sum(ops.cast(stm_mask, "int32"), axis=1)  # (B·G,)
+        extended = ops.concatenate([state["mask"], real], axis=1)  # (B, N)
+        width = ops.shape(extended)[1]
+        index = ops.arange(width, dtype="int32")[None, :]
+        # The real positions first, in order: the compacted axis.
+        self.order = ops.argsort(
+            ops.where(extended, index, index + width), axis=1
+        )  # (B, N)
+        seen = ops.cumsum(ops.cast(extended, "int32"), axis=1)  # (B, N)
+        starts = size - 1 + ops.arange(0, width - size, length, dtype="int32")
+        before = ops.take(seen, starts, axis=1)  # (B, G): c_s
+        per_segment = ops.sum(
+            ops.cast(ops.reshape(real, (self.batch, -1, length)), "int32"),
+            axis=2,
+        )  # (B, G): r_s
+        stm = before[:, :, None] - size + ops.arange(size, dtype="int32")
+        self.stm_index = ops.reshape(stm, (self.batch, -1))  # (B, G·S)
+        self.count = ops.reshape(
+            ops.sum(ops.cast(stm >= 0, "int32"), axis=2), (-1,)
+        )  # (B·G,)
         self.positions = (
-            self.count[:, None] + ops.arange(self.length, dtype="int32")[None]
+            self.count[:, None] + ops.arange(length, dtype="int32")[None]
         )
-        index = ops.arange(self.total + self.size, dtype="int32")
+        leaving = before[:, :, None] - size + ops.arange(length, dtype="int32")
+        self.leaving_index = ops.reshape(leaving, (self.batch, -1))
         leaves = ops.logical_and(
-            extended, index[None, :] < self.real_count[:, None]
-        )  # (B, S + G·L)
-        self.leaving = ops.moveaxis(
-            self._windows(leaves, self.length), 1, 0
-        )  # (G, B, L)
-        self.mask = self._last(extended)
-
-    def _windows(self, extended, width):
-        """``(B, S + G·L, ...)`` → ``(B, G, width, ...)``: for each segment
-        the ``width`` extended positions from its STM's first slot."""
-        starts = ops.arange(0, self.total, self.length, dtype="int32")
-        index = starts[:, None] + ops.arange(width, dtype="int32")[None]
-        return ops.take(extended, index, axis=1)
-
-    def _rows(self, x):
-        """``(B, G, W, ...)`` → ``(B·G, W, ...)``."""
-        return ops.reshape(x, (-1,) + tuple(x.shape[2:]))
-
-    def _last(self, extended):
-        """The last ``S`` real positions of each row: ``(B, S, ...)``."""
-        index = self.real_count[:, None] + ops.arange(self.size, dtype="int32")
-        return _take_rows(extended, index)
+            leaving >= 0,
+            ops.arange(length, dtype="int32")[None, None]
+            < per_segment[:, :, None],
+        )  # (B, G, L)
+        self.leaving = ops.moveaxis(leaves, 1, 0)  # (G, B, L)
+        total = seen[:, -1]  # (B,)
+        last = total[:, None] - size + ops.arange(size, dtype="int32")
+        self.last_index = last  # (B, S)
+        self.mask = self.last_index >= 0  # (B, S)
 
     def layer(self, stm_inputs, rows):
         """One decoder layer's view of the STM.
@@ -127,18 +136,23 @@ class Layout:
         Returns:
             ``(stm, leaving, new_stm)``: each row's STM ``(B·G, S, D)``,
             the layer inputs leaving the STM ``(B·G, L, D)`` and the new
-            state's ``(B, S, D)``. The STM is stop-gradient, as in
-            Transformer-XL and as the LTM's state: one call equals the
-            same text fed segment by segment, gradients included.
+            state's ``(B, S, D)``, zeros in empty slots. The STM is
+            stop-gradient, as in Transformer-XL and as the LTM's state:
+            one call equals the same text fed segment by segment.
         """
-        flat = ops.reshape(rows, (self.batch, -1, ops.shape(rows)[-1]))
+        depth = ops.shape(rows)[-1]
+        flat = ops.reshape(rows, (self.batch, -1, depth))
         extended = ops.concatenate(
             [ops.cast(stm_inputs, rows.dtype), flat], axis=1
         )  # (B, S + G·L, D)
-        extended = ops.stop_gradient(extended)
-        stm = self._rows(self._windows(extended, self.size))
-        leaving = self._rows(self._windows(extended, self.length))
-        new_stm = ops.cast(self._last(extended), stm_inputs.dtype)
+        text = _take_rows(ops.stop_gradient(extended), self.order)
+        stm = ops.reshape(
+            _gather(text, self.stm_index), (-1, self.size, depth)
+        )  # (B·G, S, D)
+        leaving = ops.reshape(
+            _gather(text, self.leaving_index), (-1, self.length, depth)
+        )  # (B·G, L, D)
+        new_stm = ops.cast(_gather(text, self.last_index), stm_inputs.dtype)
         return stm, leaving, new_stm
 
     # In a layer, a row is ``[m STM tokens; L segment; S − m empty]``:
@@ -180,6 +194,14 @@ class Layout:
             ops.arange(width, dtype="int32")[None, :] - shift[:, None], width
         )  # (R, N)
         return _take_rows(x, index)
+
+
+def _gather(x, index):
+    """`_take_rows` where ``index`` may be negative (an empty slot): zeros
+    there."""
+    valid = index >= 0
+    taken = _take_rows(x, ops.maximum(index, 0))
+    return ops.where(valid[:, :, None], taken, ops.zeros_like(taken))
 
 
 def _take_rows(x, index):

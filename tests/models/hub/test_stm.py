@@ -193,6 +193,26 @@ def test_an_stm_shorter_or_longer_than_a_segment(pair):
         assert relative_gap(logits, expected) <= 1e-5, name
 
 
+def test_a_document_padded_to_segments_then_a_prompt(pair):
+    """One call on a document padded to whole segments followed by a
+    prompt equals the document's call, then the prompt's: the prompt's
+    STM is the document's last real tokens, padding skipped."""
+    name, _, _, model = pair
+    x = tokens(3 * L, seed=14)
+    x["padding_mask"][:, L + 5 : 2 * L] = 0  # the document: 13 tokens
+    x["padding_mask"][1, L + 2 : 2 * L] = 0  # row 1's: 10 tokens
+    whole, expected = model(x, state=model.get_initial_state(2))
+    first, state = model(segment(x, 0, 2 * L), state=model.get_initial_state(2))
+    second, state = model(segment(x, 2 * L, 3 * L), state=state)
+    real = x["padding_mask"].astype(bool)
+    both = np.concatenate([to_numpy(first), to_numpy(second)], 1)
+    np.testing.assert_allclose(both[real], to_numpy(whole)[real], atol=1e-5)
+    for a, b in zip(
+        keras.tree.flatten(state), keras.tree.flatten(expected), strict=True
+    ):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-5)
+
+
 def test_the_ltm_receives_what_leaves_the_stm(pair):
     """With an STM of one segment, the LTM after segments a, b, c holds
     what the model without an STM holds after a, b: segment a written,
