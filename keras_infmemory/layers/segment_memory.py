@@ -133,7 +133,9 @@ def step(
     return output, new_state
 
 
-def write_step(ltm, state, segment, segment_mask, starts_empty=False):
+def write_step(
+    ltm, state, segment, segment_mask, starts_empty=False, active=None
+):
     """`step` without its read, where only the state is wanted: what
     waits enters the memory and ``segment`` waits.
 
@@ -141,8 +143,8 @@ def write_step(ltm, state, segment, segment_mask, starts_empty=False):
     without sticky memories (whose histogram sums the reads' densities;
     ``ltm.sticky`` must be None). A model that absorbs text (its outputs
     unused) runs its last memory layer this way and stops there
-    (`keras_infmemory.models.hub.decoder_memory.MemoryRun`).
-    Returns the new state (stop-gradient).
+    (`keras_infmemory.models.hub.decoder_memory.MemoryRun`). ``active``:
+    as in `step`. Returns the new state (stop-gradient).
     """
     if ltm.sticky is not None:
         raise ValueError(
@@ -152,7 +154,8 @@ def write_step(ltm, state, segment, segment_mask, starts_empty=False):
     if not ltm.enabled:
         return state
     segment_mask = ops.cast(segment_mask, "bool")
-    active = ops.any(segment_mask, axis=1)
+    if active is None:
+        active = ops.any(segment_mask, axis=1)
     ltm_state = state["memory"]
     if not starts_empty:
         ltm_state = ltm.write(

@@ -7,6 +7,8 @@ concept per file:
 
 * ``families``: the supported families and where the memory plugs in;
 * ``decoder_memory``: the decoder layer with memory (taps) and one run;
+* ``short_term``: the short-term memory (``stm_length``): each decoder
+  layer attends exactly to the tokens before its segment;
 * ``backbone``: `InfMemoryBackbone`, the backbone with memory;
 * ``causal_lm``: `InfMemoryCausalLM`, calls with a memory state and
   generation;

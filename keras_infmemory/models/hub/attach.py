@@ -26,6 +26,7 @@ MODEL_ARGUMENTS = (
     "segment_length",
     "segment_loop",
     "normalize_memory",
+    "stm_length",
     "memory_options",
     "stateful",
     "batch_size",
@@ -64,7 +65,8 @@ def attach_memory(causal_lm, memory_layers=None, **memory_options):
             indices that get a memory.
         **memory_options: ``segment_length`` (default 512, capped at the
             model's ``max_sequence_length``), ``segment_loop``,
-            ``normalize_memory`` (see `InfMemoryBackbone`),
+            ``normalize_memory``, ``stm_length`` (the short-term memory,
+            default 0: none; see `InfMemoryBackbone`),
             ``stateful`` and ``batch_size`` (see `InfMemoryCausalLM`),
             ``memory_options`` (a dict) and any `ContinuousLTM` argument
             (``num_basis``, ``tau``, ``sticky``, …).
@@ -107,8 +109,9 @@ def attach_memory(causal_lm, memory_layers=None, **memory_options):
             "segment_length",
             "segment_loop",
             "normalize_memory",
+            "stm_length",
         ):
-            if model_args.get(name) is None:
+            if model_args.get(name) is None and name in memory:
                 model_args[name] = memory[name]
     _check_options(ltm_options)
     backbone = classes.backbone(
@@ -118,6 +121,7 @@ def attach_memory(causal_lm, memory_layers=None, **memory_options):
         memory_options=ltm_options,
         segment_loop=model_args.get("segment_loop") or "python",
         normalize_memory=model_args.get("normalize_memory", True),
+        stm_length=model_args.get("stm_length") or 0,
     )
     copy_weights(old, backbone)
     return classes.causal_lm(

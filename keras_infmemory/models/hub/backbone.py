@@ -11,6 +11,10 @@ batch of ``B·S`` segment rows, while each memory steps through the ``S``
 segments of every row in order, so segment ``s`` reads a memory of
 segments ``< s``. With an empty memory a segment's output is the family's,
 exactly.
+
+With a short-term memory (``stm_length > 0``, `short_term`) each decoder
+layer also attends exactly to the ``stm_length`` tokens before the segment,
+and the long-term memory receives tokens as they leave the STM.
 """
 
 import contextlib
@@ -21,7 +25,7 @@ from keras_infmemory import segments
 from keras_infmemory import validation as check
 from keras_infmemory.distribution import shard_rows
 from keras_infmemory.layers import segment_memory
-from keras_infmemory.models.hub import decoder_memory
+from keras_infmemory.models.hub import decoder_memory, short_term
 from keras_infmemory.models.memory_model import MemorySwitch
 from keras_infmemory.models.options import (
     check_memory_options,
@@ -62,6 +66,12 @@ class InfMemoryBackbone(MemorySwitch):
         segment_loop: ``"python"`` or ``"scan"``, how each memory steps
             through the segments of a call (see
             `keras_infmemory.segments.run`).
+        stm_length: int ≥ 0, the short-term memory ``S``: how many tokens
+            before a segment its decoder layers attend to exactly
+            (`keras_infmemory.models.hub.short_term`). 0 (the default)
+            gives segments that see earlier text only through the LTM.
+            With learned positions ``segment_length + stm_length`` must
+            fit in ``max_sequence_length``.
         normalize_memory: bool, whether each memory writes the decoder
             layer's input (the residual stream, before the layer's norm)
             and is read with the attention's queries divided by their root
@@ -88,10 +98,20 @@ class InfMemoryBackbone(MemorySwitch):
         memory_options=None,
         segment_loop="python",
         normalize_memory=True,
+        stm_length=0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         check.check_bool("normalize_memory", normalize_memory)
+        if (
+            isinstance(stm_length, bool)
+            or not isinstance(stm_length, int)
+            or stm_length < 0
+        ):
+            raise ValueError(
+                "`stm_length` must be an int ≥ 0 (0: no short-term "
+                f"memory). Received: stm_length={stm_length!r}"
+            )
         max_length = getattr(self, "max_sequence_length", None)
         if segment_length is None:
             segment_length = min(512, max_length or 512)
@@ -101,6 +121,27 @@ class InfMemoryBackbone(MemorySwitch):
                 "`segment_length` must be at most the model's "
                 f"max_sequence_length={max_length}. "
                 f"Received: segment_length={segment_length}"
+            )
+        if (
+            stm_length
+            and self.family.positions is not None
+            and max_length is not None
+            and segment_length + stm_length > max_length
+        ):
+            raise ValueError(
+                f"{self.family.name} learns its positions up to "
+                f"max_sequence_length={max_length}, and a segment sits "
+                "after its short-term memory: `segment_length + "
+                "stm_length` must be at most that. Received: "
+                f"stm_length={stm_length} with "
+                f"segment_length={segment_length}"
+            )
+        if stm_length and getattr(self, "vision_encoder", None) is not None:
+            raise ValueError(
+                "A short-term memory holds text tokens; a backbone with a "
+                "vision encoder interleaves image embeddings, which it "
+                "cannot place. Use the text-only model. Received: "
+                f"stm_length={stm_length} with a vision encoder"
             )
         num_layers = len(self.transformer_layers)
         if memory_layers is None:
@@ -125,6 +166,7 @@ class InfMemoryBackbone(MemorySwitch):
         self.memory_options = memory_options
         self.segment_loop = segments.check_loop(segment_loop)
         self.normalize_memory = bool(normalize_memory)
+        self.stm_length = int(stm_length)
         self.memory_run = None
         memories = []
         for i in self.memory_layers:
@@ -147,29 +189,53 @@ class InfMemoryBackbone(MemorySwitch):
                 )
             )
         self.memories = memories
-        for i in self.memory_layers:
+        for i in range(num_layers):
             decoder_memory.install(self, i, self.family)
+        if self.family.positions is not None:
+            decoder_memory.install_positions(self, self.family)
 
     # ------------------------------------------------------------------ #
     # State
     # ------------------------------------------------------------------ #
 
     def get_initial_state(self, batch_size):
-        """An empty memory: one state per memory layer (a list, in the
+        """An empty memory: one LTM state per memory layer (a list, in the
         order of ``memory_layers``; see
-        `keras_infmemory.layers.segment_memory`)."""
-        return [
+        `keras_infmemory.layers.segment_memory`). With a short-term
+        memory, a dict: ``{"stm": …, "ltm": that list}`` (``"stm"``: see
+        `keras_infmemory.models.hub.short_term`)."""
+        ltm = [
             segment_memory.initial_state(ltm, batch_size, self.segment_length)
             for ltm in self.memories
         ]
+        if not self.stm_length:
+            return ltm
+        stm = short_term.initial_state(
+            batch_size,
+            self.stm_length,
+            len(self.transformer_layers),
+            self.hidden_dim,
+            self.dtype_policy.compute_dtype,
+        )
+        return {"stm": stm, "ltm": ltm}
 
     def reset_rows(self, state, reset_mask):
         """``state`` with the rows where ``reset_mask`` ``(B,)`` is True
         emptied."""
-        return [
-            segment_memory.reset_rows(ltm, s, reset_mask)
-            for ltm, s in zip(self.memories, state, strict=True)
+        stm, ltm = self._split_state(state)
+        ltm = [
+            segment_memory.reset_rows(memory, s, reset_mask)
+            for memory, s in zip(self.memories, ltm, strict=True)
         ]
+        if stm is None:
+            return ltm
+        return {"stm": short_term.reset_rows(stm, reset_mask), "ltm": ltm}
+
+    def _split_state(self, state):
+        """``(stm state or None, LTM states)``."""
+        if self.stm_length:
+            return state["stm"], state["ltm"]
+        return None, state
 
     def _memories(self):
         """The LTMs (`MemorySwitch`: ``memory_enabled = False`` gives the
@@ -245,8 +311,14 @@ class InfMemoryBackbone(MemorySwitch):
         first = ops.arange(length)[None, :] == 0
         attention_mask = ops.logical_or(row_mask, ops.logical_and(empty, first))
         rows["padding_mask"] = ops.cast(attention_mask, mask_dtype)
+        stm, state = self._split_state(state)
+        layout = None
+        if stm is not None:
+            layout = short_term.Layout(stm, mask, length)
         with self.open_run(
             state,
+            stm=layout,
+            stm_inputs=None if stm is None else stm["inputs"],
             mask=segments.by_segment(mask, length),
             regularize=regularize,
             record=record,
@@ -257,6 +329,11 @@ class InfMemoryBackbone(MemorySwitch):
                 output = function(rows)  # (B·S, L, ...)
             except decoder_memory.Absorbed:
                 output = None
+        if layout is not None:
+            run.states = {
+                "stm": {"inputs": run.stm_inputs, "mask": layout.mask},
+                "ltm": run.states,
+            }
         run.states = shard_rows(run.states)
         if not outputs:
             return None, run
@@ -323,6 +400,7 @@ class InfMemoryBackbone(MemorySwitch):
                 "memory_options": serialize_memory_options(self.memory_options),
                 "segment_loop": self.segment_loop,
                 "normalize_memory": self.normalize_memory,
+                "stm_length": self.stm_length,
             }
         )
         return config
@@ -334,6 +412,8 @@ class InfMemoryBackbone(MemorySwitch):
         # that way.
         config = dict(config)
         config.setdefault("normalize_memory", False)
+        # One saved before the short-term memory existed has none.
+        config.setdefault("stm_length", 0)
         return super().from_config(config)
 
 
@@ -348,6 +428,7 @@ def memory_backbone_arguments(config):
             "memory_options",
             "segment_loop",
             "normalize_memory",
+            "stm_length",
         )
         if name in config
     }

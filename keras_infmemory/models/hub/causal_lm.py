@@ -53,7 +53,10 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
     absorbed segment by segment, then every new token reads the memory and
     each completed segment is written to it. ``memory_enabled = False``
     switches the memory off (same weights: the family's model on each
-    segment alone), for ablations.
+    segment alone), for ablations. With a short-term memory
+    (``stm_length > 0``, see `InfMemoryBackbone`) every teacher-forced call
+    (``call``, ``fit``, ``score``, `absorb`) carries it; cached decoding
+    does not yet and raises ``NotImplementedError``.
 
     Args:
         backbone: a `InfMemoryBackbone` of the family.
@@ -344,6 +347,7 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
         previous segment first enters the memory. Returns ``(logits,
         hidden_states, cache)``.
         """
+        self._check_decoding("call_with_cache")
         parent = super().call_with_cache
         if self.backbone.memory_run is not None:
             # The family's `_build_cache` seeding one segment (`_prefill`).
@@ -374,6 +378,7 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
         ``_build_cache`` seeds the cache with that segment's first tokens.
         ``starts_empty``: ``state`` is the initial one (`MemoryRun`).
         """
+        self._check_decoding("_prefill")
         size = self.backbone.segment_length
         batch, total = ops.shape(token_ids)[0], token_ids.shape[1]
         length = ops.cast(length, "int32")
@@ -429,6 +434,7 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
         prompt's token ids are checked on the host (with a preprocessor,
         its tokenizer's vocabulary too), and rows of ``state`` that hold
         NaN or inf are named in a ``RuntimeWarning`` (see `absorb`)."""
+        self._check_decoding("generate")
         if self.preprocessor is not None:
             self._check_tokenizer()
         if state is not None:
@@ -501,6 +507,20 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
                 token_ids, padding_mask, stop_token_ids
             ),
         }
+
+    def _check_decoding(self, name):
+        """Cached decoding does not carry a short-term memory yet: refuse
+        rather than decode without it (docs/causal_lms.md, "The short-term
+        memory")."""
+        if self.backbone.stm_length:
+            raise NotImplementedError(
+                f"`{name}` (cached decoding) does not support a short-term "
+                "memory yet: the teacher-forced calls (`model(...)`, "
+                "`score`, `absorb`, `fit`) do. Give the model "
+                "`stm_length=0` for generation (`attach_memory(model, "
+                "stm_length=0)` keeps the weights). Received: "
+                f"stm_length={self.backbone.stm_length}"
+            )
 
     def get_config(self):
         config = super().get_config()

@@ -6,7 +6,8 @@ sublayer. Instead, `install` taps three calls of one decoder layer, without
 changing its weights, their paths or its code:
 
 * the decoder layer's call: its input (the residual stream) is noted, the
-  memory's input;
+  memory's input; with a short-term memory (`short_term`), every decoder
+  layer runs on the segment after its STM;
 * the self-attention's query projection: its output, the queries
   ``(B, T, H, d)``, is noted;
 * the self-attention's output projection: the memory's output is added to
@@ -35,8 +36,31 @@ from keras_infmemory.layers import segment_memory
 
 
 def install(backbone, layer_index, family):
-    """Taps decoder layer ``layer_index`` of ``backbone`` (see module)."""
+    """Taps decoder layer ``layer_index`` of ``backbone`` (see module): its
+    call, and for a memory layer its query and output projections."""
     decoder = backbone.transformer_layers[layer_index]
+    first = next(iter(inspect.signature(decoder.call).parameters))
+    original = decoder.call
+
+    @functools.wraps(original)
+    def call(*args, **kwargs):
+        run = backbone.memory_run
+        if run is None:
+            return original(*args, **kwargs)
+        if args:
+            inputs, rest = args[0], args[1:]
+        else:
+            inputs, rest = kwargs.pop(first), ()
+        return run.decoder_call(
+            layer_index,
+            inputs,
+            kwargs,
+            lambda x, keywords: original(x, *rest, **keywords),
+        )
+
+    decoder.call = call
+    if layer_index not in backbone.memory_layers:
+        return
     attention = getattr(decoder, family.attention, None)
     query = getattr(attention, family.query, None)
     output = getattr(attention, family.output, None)
@@ -48,20 +72,15 @@ def install(backbone, layer_index, family):
             "keras-infmemory was tested with. Received: "
             f"{type(backbone).__name__}, layer {layer_index}"
         )
-    first = next(iter(inspect.signature(decoder.call).parameters))
-
-    def note_input(args, kwargs):
-        run = backbone.memory_run
-        if run is not None:
-            inputs = args[0] if args else kwargs[first]
-            inputs = memory_input(inputs, backbone.normalize_memory)
-            run.inputs[layer_index] = inputs
-            run.reached(layer_index, inputs)  # may stop the family's code
 
     def note_query(result):
         run = backbone.memory_run
         if run is not None:
-            query = memory_query(result, backbone.normalize_memory)
+            if run.stm is not None:
+                result_segment = run.stm.segment(result)  # (B·G, L, H, d)
+            else:
+                result_segment = result
+            query = memory_query(result_segment, backbone.normalize_memory)
             run.queries[layer_index] = query
         return result  # the family's attention gets its own queries
 
@@ -71,9 +90,34 @@ def install(backbone, layer_index, family):
             return result
         return run.add_output(layer_index, result)
 
-    _tap(decoder, before=note_input)
     _tap(query, after=note_query)
     _tap(output, after=add_memory)
+
+
+def install_positions(backbone, family):
+    """Taps a learned-position family's position embedding: inside a run
+    with a short-term memory, each segment's tokens take the positions
+    after their STM (`short_term.Layout.positions`)."""
+    layer = backbone
+    for name in family.positions.split("."):
+        layer = getattr(layer, name, None)
+    if layer is None:
+        raise ValueError(
+            f"{type(backbone).__name__} has no `{family.positions}`: this "
+            "KerasHub version lays out the positions of the "
+            f"{family.name} backbone differently from the one "
+            "keras-infmemory was tested with."
+        )
+    original = layer.call
+
+    @functools.wraps(original)
+    def call(*args, **kwargs):
+        run = backbone.memory_run
+        if run is not None and run.stm is not None:
+            kwargs["positions"] = run.stm.positions  # (B·G, L)
+        return original(*args, **kwargs)
+
+    layer.call = call
 
 
 def memory_input(hidden, normalize=True):
@@ -109,17 +153,14 @@ def rms_normalize(x, epsilon=1e-6):
     )
 
 
-def _tap(layer, before=None, after=None):
-    """Makes ``layer.call`` run ``before(args, kwargs)`` first and return
-    ``after(result)``; the signature Keras inspects stays the same."""
+def _tap(layer, after):
+    """Makes ``layer.call`` return ``after(result)``; the signature Keras
+    inspects stays the same."""
     original = layer.call
 
     @functools.wraps(original)
     def call(*args, **kwargs):
-        if before is not None:
-            before(args, kwargs)
-        result = original(*args, **kwargs)
-        return result if after is None else after(result)
+        return after(original(*args, **kwargs))
 
     layer.call = call
 
@@ -137,7 +178,9 @@ class MemoryRun:
     * **segments** (``mask`` given): the family's code runs on a batch of
       segments, one per row ``(B·S, L)``; each memory layer runs the
       write-then-read step over the ``S`` segments of every row in order
-      (`keras_infmemory.segments.run`).
+      (`keras_infmemory.segments.run`). With a short-term memory
+      (``stm``), every decoder layer runs on ``[STM; segment]`` and each
+      LTM writes what leaves the STM (`short_term`).
     * **decoding** (``position`` given): the family's cached step runs on
       ``C`` tokens at ``position`` of their segment; a segment starting
       there (``write``) first enters the memory.
@@ -162,9 +205,15 @@ class MemoryRun:
             layer's attention and read, the layers after it and the head
             would only make outputs. A last memory with sticky memories
             reads (its histogram sums the reads), so it runs in full.
+            With a short-term memory every layer's input is kept, so the
+            code stops at the last decoder layer instead.
+        stm: segments: a `short_term.Layout`, or None (no STM).
+        stm_inputs: with ``stm``, the STM state's per-layer inputs.
 
     Attributes:
         states: the states, updated by each memory layer as it runs.
+        stm_inputs: with ``stm``, the new STM's per-layer inputs, filled
+            as each decoder layer runs.
         densities: with ``record``, per memory layer a dict of the reads'
             ``"mu"`` and ``"variance"`` ``(S, B, H, L)`` and
             ``"has_memory"`` ``(S, B)``.
@@ -182,6 +231,8 @@ class MemoryRun:
         record=False,
         starts_empty=False,
         outputs=True,
+        stm=None,
+        stm_inputs=None,
     ):
         self.backbone = backbone
         self.regularize = regularize
@@ -193,44 +244,117 @@ class MemoryRun:
         self.position = position
         self.write = write
         self.inputs_mask = inputs_mask
-        self.inputs = {}  # decoder layer index -> its input
+        self.stm = stm
+        self._stm_inputs = stm_inputs
+        self.stm_inputs = [None] * len(backbone.transformer_layers)
+        # What each LTM writes: the segments' real tokens, or with an STM
+        # the real tokens leaving it.
+        self.write_mask = mask if stm is None else stm.leaving
+        self.inputs = {}  # decoder layer index -> the memory's input
         self.queries = {}  # decoder layer index -> its queries
         # Where the family's code may stop (`reached`): the last memory
         # layer, when nothing after its write is wanted (a backbone may
-        # have no memory layer at all: a baseline).
+        # have no memory layer at all: a baseline); with an STM, the last
+        # decoder layer, once its input is kept.
         self.stop_at = None
         if mask is not None and not outputs and not record:
-            if backbone.memories and backbone.memories[-1].sticky is None:
+            sticky = bool(backbone.memories) and (
+                backbone.memories[-1].sticky is not None
+            )
+            if stm is not None:
+                last = len(backbone.transformer_layers) - 1
+                if not (sticky and backbone.memory_layers[-1] == last):
+                    self.stop_at = last
+            elif backbone.memories and not sticky:
                 self.stop_at = backbone.memory_layers[-1]
 
-    def reached(self, layer_index, inputs):
-        """Decoder layer ``layer_index`` starts on ``inputs``. At
-        ``stop_at`` its memory writes the segments (no read) and `Absorbed`
-        stops the family's code."""
+    def decoder_call(self, layer_index, inputs, keywords, call):
+        """Decoder layer ``layer_index`` on ``inputs`` ``(B·S, L, D)``:
+        ``call(x, keywords)`` runs the family's layer. Notes the memory's
+        input; with an STM, runs the layer on ``[STM; segment]`` and keeps
+        the segment's outputs."""
+        backbone = self.backbone
+        has_memory = layer_index in backbone.memory_layers
+        if self.stm is None:
+            if has_memory:
+                self.inputs[layer_index] = memory_input(
+                    inputs, backbone.normalize_memory
+                )
+            self.reached(layer_index)  # may stop the family's code
+            return call(inputs, keywords)
+        stm, leaving, self.stm_inputs[layer_index] = self.stm.layer(
+            self._stm_inputs[layer_index], inputs
+        )
+        if has_memory:
+            self.inputs[layer_index] = memory_input(
+                leaving, backbone.normalize_memory
+            )
+        self.reached(layer_index)
+        keywords = dict(keywords)
+        for name in ("decoder_attention_mask", "vision_mask", "positions"):
+            if keywords.get(name) is not None:
+                raise ValueError(
+                    "A short-term memory lays each segment after its STM "
+                    f"and cannot place `{name}`. Received: stm_length="
+                    f"{backbone.stm_length} with {name} given"
+                )
+        names = [
+            n for n in ("decoder_padding_mask", "padding_mask") if n in keywords
+        ]
+        if not names or keywords[names[0]] is None:
+            raise ValueError(
+                "A short-term memory needs the decoder layer's padding mask "
+                "(its empty slots are masked): this KerasHub version calls "
+                f"{type(backbone).__name__}'s layers without one. Received: "
+                f"stm_length={backbone.stm_length}"
+            )
+        keywords[names[0]] = self.stm.extend_mask(keywords[names[0]])
+        output = call(self.stm.extend(stm, inputs), keywords)
+        return self.stm.segment(output)  # (B·S, L, D)
+
+    def reached(self, layer_index):
+        """Decoder layer ``layer_index`` starts (its memory's input noted).
+        At ``stop_at`` its memory, if any, writes the segments (no read)
+        and `Absorbed` stops the family's code."""
         if layer_index != self.stop_at:
             return
         backbone = self.backbone
-        slot = len(backbone.memories) - 1
-        ltm = backbone.memories[slot]
-        batch = ops.shape(self.mask)[1]
+        if layer_index in backbone.memory_layers:
+            slot = backbone.memory_layers.index(layer_index)
+            ltm = backbone.memories[slot]
+            batch = ops.shape(self.mask)[1]
 
-        def step(index, segment, state):
-            x, real = segment
-            starts_empty = segments.finds_empty(index, self.starts_empty)
-            state = segment_memory.write_step(ltm, state, x, real, starts_empty)
-            return ops.zeros((), "float32"), state
+            def step(index, segment, state):
+                x, written, real = segment
+                starts_empty = segments.finds_empty(index, self.starts_empty)
+                state = segment_memory.write_step(
+                    ltm,
+                    state,
+                    x,
+                    written,
+                    starts_empty,
+                    active=ops.any(real, axis=1),
+                )
+                return ops.zeros((), "float32"), state
 
-        _, self.states[slot] = segments.run(
-            step,
-            self.states[slot],
-            [segments.rows_to_segments(inputs, batch), self.mask],
-            layer=ltm,
-            loop=backbone.segment_loop,
-        )
+            _, self.states[slot] = segments.run(
+                step,
+                self.states[slot],
+                [
+                    segments.rows_to_segments(
+                        self.inputs.pop(layer_index), batch
+                    ),
+                    self.write_mask,
+                    self.mask,
+                ],
+                layer=ltm,
+                loop=backbone.segment_loop,
+            )
         raise Absorbed()
 
     def add_output(self, layer_index, attention_output):
-        """``attention_output`` + the memory's output for one layer."""
+        """``attention_output`` + the memory's output for one layer (with
+        an STM, placed at the segment's positions of the layer's rows)."""
         backbone = self.backbone
         slot = backbone.memory_layers.index(layer_index)
         ltm = backbone.memories[slot]
@@ -258,14 +382,15 @@ class MemoryRun:
             batch = ops.shape(self.mask)[1]
 
             def step(index, segment, state):
-                x, q, real = segment
+                x, q, written, real = segment
                 result = segment_memory.step(
                     ltm,
                     q,
                     state,
                     x,
-                    real,
+                    written,
                     query_mask=real,
+                    active=ops.any(real, axis=1),
                     regularize=self.regularize,
                     return_density=self.record,
                     starts_empty=segments.finds_empty(index, self.starts_empty),
@@ -281,6 +406,7 @@ class MemoryRun:
                 [
                     segments.rows_to_segments(inputs, batch),  # (S,B,L,D)
                     segments.rows_to_segments(query, batch),  # (S,B,L,H,d)
+                    self.write_mask,  # (S, B, L)
                     self.mask,
                 ],
                 layer=ltm,
@@ -289,4 +415,6 @@ class MemoryRun:
             if self.record:
                 output, self.densities[slot] = output
             output = segments.segments_to_rows(output)  # (B·S, L, D)
+            if self.stm is not None:
+                output = self.stm.place(output)  # (B·S, S_stm + L, D)
         return attention_output + ops.cast(output, attention_output.dtype)

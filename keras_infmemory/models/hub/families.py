@@ -31,6 +31,11 @@ class Family:
         query: the attention's attribute holding the query projection,
             whose output is ``(B, T, H, d)``.
         output: the attention's attribute holding the output projection.
+        positions: for learned positions, the backbone's
+            `keras_hub.layers.PositionEmbedding`, as a dotted attribute
+            path (a short-term memory places each segment's tokens after
+            it, `keras_infmemory.models.hub.short_term`); ``None`` for
+            rotary positions, which the attention applies itself.
     """
 
     name: str
@@ -38,14 +43,15 @@ class Family:
     attention: str
     query: str
     output: str
+    positions: str = None
 
     @property
     def causal_lm_class(self):
         return getattr(keras_hub.models, self.causal_lm)
 
 
-def _family(name, causal_lm, layout):
-    return Family(name, causal_lm, *layout)
+def _family(name, causal_lm, layout, positions=None):
+    return Family(name, causal_lm, *layout, positions=positions)
 
 
 # Attribute layouts shared by several families.
@@ -55,8 +61,13 @@ _GEMMA_DECODER = ("attention", "query_dense", "output_dense")
 FAMILIES = {
     family.name: family
     for family in (
-        _family("gpt2", "GPT2CausalLM", _HUB_DECODER),
-        _family("opt", "OPTCausalLM", _HUB_DECODER),
+        _family("gpt2", "GPT2CausalLM", _HUB_DECODER, "position_embedding"),
+        _family(
+            "opt",
+            "OPTCausalLM",
+            _HUB_DECODER,
+            "embeddings.position_embedding",
+        ),
         _family("llama", "LlamaCausalLM", _HUB_DECODER),
         _family("llama3", "Llama3CausalLM", _HUB_DECODER),
         _family("mistral", "MistralCausalLM", _HUB_DECODER),
