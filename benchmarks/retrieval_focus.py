@@ -10,12 +10,13 @@ exact match (every answer token right) and token accuracy. For the arms
 with an LTM it also records, on one held-out batch, each memory layer's
 reads at the answer tokens (`InfFormerLM.memory_densities`): the mean and
 quantiles of σ², how far μ lands from the needle's place on the memory's
-time axis (`keras_infmemory.memory_map.MemoryMap`), the share of the read
-on the needle's tokens against the share of the axis they hold
-(`read_weights`, `room`: 1 is a read that does not look at the needle more
-than anywhere else) and, on JAX, the gradient norm of each LTM weight
-(`experiments.language_model.diagnose`). Appends one entry (with its
-command and commit) to ``--output``::
+time axis (`keras_infmemory.memory_map.MemoryMap`; the heads' mean and the
+nearest head), the share of μ within 0.02 of 0 or 1 (saturated), the share
+of each head's read on the needle's tokens against the share of the axis
+they hold (`read_weights`, `room`: 1 is a read that looks at the needle no
+more than anywhere else; mean and best head) and, on JAX, the gradient
+norm of each LTM weight (`experiments.language_model.diagnose`). Appends
+one entry (with its command and commit) to ``--output``::
 
     KERAS_BACKEND=jax python benchmarks/retrieval_focus.py \\
         --arm full_attention --lengths 256 --steps 1500 --every 250 \\
@@ -121,19 +122,25 @@ def _needle_reads(model, recipe, task, length, depth):
     for density in densities:
         mu = keras.ops.convert_to_numpy(density["mu"])  # (B, H, T)
         var = keras.ops.convert_to_numpy(density["variance"])
-        offsets, ratios = [], []
+        offsets, ratios, nearest, best = [], [], [], []
         for row in range(x.shape[0]):
             positions = tracker.positions(row)[: x.shape[1]]
             start = details["needle_start"][row]
             needle = slice(start, start + needle_len)
             place = np.nanmean(positions[needle])
-            room = memory_map.room(positions)[needle].sum()
+            room = max(memory_map.room(positions)[needle].sum(), 1e-12)
             for q in answer:
                 offsets.append(float(np.mean(mu[row, :, q]) - place))
-                weights = memory_map.read_weights(
-                    mu[row, :, q], var[row, :, q], positions
-                )
-                ratios.append(float(weights[needle].sum() / max(room, 1e-12)))
+                nearest.append(float(np.min(np.abs(mu[row, :, q] - place))))
+                heads = [
+                    memory_map.read_weights(
+                        mu[row, h : h + 1, q], var[row, h : h + 1, q], positions
+                    )[needle].sum()
+                    / room
+                    for h in range(mu.shape[1])
+                ]  # (H,) each head's needle share ÷ the needle's room
+                ratios.append(float(np.mean(heads)))
+                best.append(float(np.max(heads)))
         v = var[:, :, answer]
         layers.append(
             {
@@ -146,6 +153,13 @@ def _needle_reads(model, recipe, task, length, depth):
                 "mu_minus_needle_mean": float(np.mean(offsets)),
                 "mu_minus_needle_abs": float(np.mean(np.abs(offsets))),
                 "needle_focus": float(np.mean(ratios)),
+                "needle_focus_best_head": float(np.mean(best)),
+                "mu_nearest_head_abs": float(np.mean(nearest)),
+                "mu_saturated": float(
+                    np.mean(
+                        (mu[:, :, answer] < 0.02) | (mu[:, :, answer] > 0.98)
+                    )
+                ),
             }
         )
     return layers
