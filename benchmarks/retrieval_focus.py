@@ -6,7 +6,8 @@ Trains one arm of `experiments.retrieval` (``--arm``) on one task at the
 learning rate, warm-up, batch, model and LTM options), in chunks of
 ``--every`` steps, and after each chunk evaluates a fixed held-out set
 (``--eval-batches`` batches per depth, `experiments.retrieval.EVAL_SEED`):
-exact match (every answer token right) and token accuracy. For the arms
+exact match (every answer token right) and token accuracy (at the end,
+for the arms with an LTM, also with the LTM off, same weights). For the arms
 with an LTM it also records, on one held-out batch, each memory layer's
 reads at the answer tokens (`InfFormerLM.memory_densities`): the mean and
 quantiles of σ², how far μ lands from the needle's place on the memory's
@@ -264,6 +265,12 @@ def main(argv=None):
         )
         entry["curve"].append(point)
         print(json.dumps(point), flush=True)
+    if args.arm in rt.LTM_ARMS:  # the same weights with the LTM off
+        model.memory_enabled = False
+        off = _evaluate(model, args.arm, recipe, args.task, False)
+        model.memory_enabled = True
+        entry["memory_off"] = off
+        print(json.dumps({"memory_off": off}), flush=True)
     records = []
     if os.path.exists(args.output):
         with open(args.output) as f:
