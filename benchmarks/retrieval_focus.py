@@ -55,6 +55,30 @@ class _Chunk(keras.utils.PyDataset):
         return self.dataset[self.start + index]
 
 
+def softmax_location(ltm, query, coefficients=None, summary=None):
+    """A PROTOTYPE read density, measured here before any layer option:
+    the Gaussian that matches the mean and variance of the mixture
+    ``Σ_n p_n ψ_n(t)``, ``p = softmax(K_h q / √d)`` over the basis scores
+    (docs/math.md §3.2): a content-chosen basis function pulls μ to its
+    centre, as a softmax attention picks a token. ``w_μ`` and ``w_σ`` are
+    unused. Training and whole-segment reads only (no decoding cache)."""
+    from keras import ops
+
+    if coefficients is None:
+        raise NotImplementedError("softmax_location: no decoding cache")
+    h, d, e = ltm.num_heads, ltm.key_dim, ltm.memory_dim
+    w_k = ops.reshape(ltm.key_kernel, (e, h, d))
+    keys = ops.einsum("bne,ehd->bhnd", coefficients, w_k)  # (B, H, N, d)
+    scores = ops.einsum("bqhd,bhnd->bhqn", query, keys)  # (B, H, Lq, N)
+    scores = scores * (ltm.density_scale / d**0.5)
+    p = ops.softmax(scores, axis=-1)
+    centers, widths = ltm._basis()  # (N,) each, the basis order
+    mu = ops.sum(p * centers, axis=-1)  # (B, H, Lq)
+    spread = ops.sum(p * (centers - mu[..., None]) ** 2, axis=-1)
+    variance = spread + ops.sum(p * widths**2, axis=-1)
+    return mu, ops.maximum(variance, ltm.min_variance)
+
+
 def _recipe(args):
     changes = {
         "tasks": (args.task,),
@@ -211,12 +235,23 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="{}", help="JSON, model changes")
     parser.add_argument("--ltm", default="{}", help="JSON, LTM changes")
+    parser.add_argument(
+        "--location",
+        default="authors",
+        choices=("authors", "softmax"),
+        help="the read density: the layer's, or `softmax_location`",
+    )
     parser.add_argument("--no-diagnose", action="store_true")
     parser.add_argument("--label", default="")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
 
     from experiments.console import set_random_seed
+
+    if args.location == "softmax":
+        from keras_infmemory.layers.continuous_ltm import ContinuousLTM
+
+        ContinuousLTM._density = softmax_location
 
     recipe = _recipe(args)
     set_random_seed(args.seed)
