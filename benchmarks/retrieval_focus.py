@@ -27,6 +27,7 @@ one entry (with its command and commit) to ``--output``::
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -276,7 +277,9 @@ def main(argv=None):
     entry = {
         "label": args.label or args.arm,
         "command": f"KERAS_BACKEND={keras.backend.backend()} python "
-        + " ".join(["benchmarks/retrieval_focus.py", *(argv or sys.argv[1:])]),
+        + shlex.join(
+            ["benchmarks/retrieval_focus.py", *(argv or sys.argv[1:])]
+        ),
         "commit": commit,
         "arm": args.arm,
         "task": args.task,
