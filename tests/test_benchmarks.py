@@ -280,3 +280,44 @@ def test_sticky_sorting_restores_into_the_other_sampler():
         "| uniform | 0.250 ± 0.000 | 0.250 ± 0.050 | "
         "0.250 / 0.200, 0.250 / 0.300 |"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.one_backend("jax")
+def test_retrieval_focus_records_reads_and_memory_off(tmp_path):
+    """`retrieval_focus.py` on a tiny ∞-former: one entry with its command,
+    the curve, each LTM layer's reads against the needle (finite, σ²
+    above the floor, the needle's share ÷ room positive), the gradient
+    norms (JAX) and the evaluation with the LTM off."""
+    import json
+
+    output = tmp_path / "focus.json"
+    tiny = '{"num_layers": 1, "hidden_dim": 16, "num_heads": 2, '
+    tiny += '"intermediate_dim": 32}'
+    result = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "retrieval_focus.py")]
+        + ["--arm", "inf_former", "--lengths", "128", "--steps", "2"]
+        + ["--every", "2", "--batch-size", "2", "--eval-batches", "1"]
+        + ["--model", tiny, "--ltm", '{"num_basis": 16, "num_samples": 16}']
+        + ["--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (entry,) = json.loads(output.read_text())
+    assert '--ltm \'{"num_basis": 16' in entry["command"]
+    (point,) = entry["curve"]
+    assert point["step"] == 2 and 0.0 <= point["exact_mean"] <= 1.0
+    (layer,) = point["reads"]["layers"]
+    assert layer["variance_mean"] > 1e-6
+    assert 0.0 <= layer["mu_saturated"] <= 1.0
+    assert np.isfinite(layer["mu_minus_needle_mean"])
+    assert layer["needle_focus"] > 0 and layer["needle_focus_best_head"] > 0
+    assert set(point["reads"]["gradient_norms"]) >= {
+        "mu_kernel",
+        "sigma_kernel",
+    }
+    assert set(entry["memory_off"]["cells"]) == set(point["cells"])
