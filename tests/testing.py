@@ -48,6 +48,17 @@ def assert_rows_equal(state, expected, rows):
         np.testing.assert_array_equal(value[rows], expected[path][rows])
 
 
+def assert_trees_close(actual, expected, atol):
+    """Two nested states (dicts, lists of tensors) of the same structure
+    hold the same values, leaf by leaf, within ``atol``."""
+    import keras
+
+    for a, b in zip(
+        keras.tree.flatten(actual), keras.tree.flatten(expected), strict=True
+    ):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=atol)
+
+
 def max_rel_error(actual, expected):
     """max |a − e| / max |e| (the golden README's 'relative to max-norm')."""
     actual, expected = to_numpy(actual), np.asarray(expected, np.float64)

@@ -18,8 +18,8 @@ from keras_infmemory.models.hub import (
     InfMemoryCausalLM,
     attach_memory,
 )
-from tests.models.hub.tiny import VOCAB, tiny_causal_lm
-from tests.testing import to_numpy
+from tests.models.hub.tiny import VOCAB, family_params, tiny_causal_lm
+from tests.testing import assert_trees_close, to_numpy
 
 L = 8  # segment length
 MEMORY = {"num_basis": 16, "num_samples": 16, "basis_widths": (0.05, 0.1)}
@@ -35,22 +35,7 @@ def segment(x, s):
     return {k: v[:, s * L : (s + 1) * L] for k, v in x.items()}
 
 
-# GPT-2 (the authors' family) and Llama 3 (grouped-query attention, RoPE)
-# run on every backend; the adapter and the memory they share are the same
-# code for every family, so each other family's layout is checked on one
-# backend, dealt in turn (tests/conftest.py): a third of the time.
-EVERY_BACKEND = ("gpt2", "llama3")
-
-
-def _family_param(name):
-    if name in EVERY_BACKEND:
-        return name
-    return pytest.param(name, marks=pytest.mark.one_backend(key=name))
-
-
-@pytest.fixture(
-    scope="module", params=[_family_param(name) for name in sorted(FAMILIES)]
-)
+@pytest.fixture(scope="module", params=family_params(FAMILIES))
 def family(request):
     base = tiny_causal_lm(request.param)
     keras.utils.set_random_seed(1)
@@ -130,8 +115,14 @@ def test_generate_matches_the_forward_pass(family):
 def test_padding_never_enters_the_memory(family):
     """A segment whose last 3 tokens are padding: other ids under the
     padding change neither the next segment's logits nor the state."""
-    name, _, model = family
-    first, second = tokens(L, seed=3), tokens(L, seed=4)
+    check_padding_enters_no_memory(family[2], next_length=L)
+
+
+def check_padding_enters_no_memory(model, next_length):
+    """A first call of one segment whose last 3 tokens are padding, then
+    ``next_length`` tokens: the ids under the padding change neither the
+    second call's logits nor the state."""
+    first, second = tokens(L, seed=3), tokens(next_length, seed=4)
     first["padding_mask"][:, -3:] = 0
     results = []
     for fill in (0, 7):
@@ -164,10 +155,7 @@ def test_absorbing_stops_once_the_last_memory_has_written(family, monkeypatch):
         monkeypatch.setattr(ltm, "read", counted)
     state = model.absorb(x)
     assert reads == {0: 2, 1: 0}, (name, reads)  # segments 2 and 3 read
-    for a, b in zip(
-        keras.tree.flatten(state), keras.tree.flatten(expected), strict=True
-    ):
-        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-6)
+    assert_trees_close(state, expected, atol=1e-6)
 
 
 def test_preset_round_trip(family, tmp_path):

@@ -23,9 +23,13 @@ from keras_infmemory.models.hub import (
     InfMemoryCausalLM,
     attach_memory,
 )
-from tests.models.hub.test_families import EVERY_BACKEND, MEMORY, tokens
-from tests.models.hub.tiny import tiny_causal_lm
-from tests.testing import to_numpy
+from tests.models.hub.test_families import (
+    MEMORY,
+    check_padding_enters_no_memory,
+    tokens,
+)
+from tests.models.hub.tiny import EVERY_BACKEND, family_params, tiny_causal_lm
+from tests.testing import assert_trees_close, to_numpy
 
 L = 8  # segment length
 
@@ -38,15 +42,22 @@ def relative_gap(actual, expected):
     return np.abs(actual - expected).max() / np.abs(expected).max()
 
 
-def _family_param(name):
-    if name in EVERY_BACKEND:
-        return name
-    return pytest.param(name, marks=pytest.mark.one_backend(key=name))
+def assert_segments_equal_one_call(model, x, whole, expected):
+    """``x`` fed in whole segments from an empty state gives one call's
+    logits ``whole`` on the real tokens and its final state ``expected``."""
+    state = model.get_initial_state(2)
+    pieces = []
+    for start in range(0, x["token_ids"].shape[1], L):
+        logits, state = model(segment(x, start, start + L), state=state)
+        pieces.append(to_numpy(logits))
+    real = x["padding_mask"].astype(bool)
+    np.testing.assert_allclose(
+        np.concatenate(pieces, 1)[real], to_numpy(whole)[real], atol=1e-5
+    )
+    assert_trees_close(state, expected, atol=1e-5)
 
 
-@pytest.fixture(
-    scope="module", params=[_family_param(name) for name in sorted(FAMILIES)]
-)
+@pytest.fixture(scope="module", params=family_params(FAMILIES))
 def family(request):
     base = tiny_causal_lm(request.param)
     keras.utils.set_random_seed(1)
@@ -78,37 +89,13 @@ def test_streaming_equals_one_call(family):
     x = tokens(3 * L - 3, seed=1)
     x["padding_mask"][1, -5:] = 0  # row 1 ends inside segment 1
     whole, expected = model(x, state=model.get_initial_state(2))
-    state = model.get_initial_state(2)
-    pieces = []
-    for s in range(3):
-        logits, state = model(segment(x, s * L, (s + 1) * L), state=state)
-        pieces.append(to_numpy(logits))
-    real = x["padding_mask"].astype(bool)
-    np.testing.assert_allclose(
-        np.concatenate(pieces, 1)[real], to_numpy(whole)[real], atol=1e-5
-    )
-    for a, b in zip(
-        keras.tree.flatten(state), keras.tree.flatten(expected), strict=True
-    ):
-        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-5)
+    assert_segments_equal_one_call(model, x, whole, expected)
 
 
 def test_padding_enters_neither_memory(family):
     """A first call whose last 3 tokens are padding: other ids under the
     padding change neither the next calls' logits nor the state."""
-    name, _, model = family
-    first, second = tokens(L, seed=3), tokens(2 * L, seed=4)
-    first["padding_mask"][:, -3:] = 0
-    results = []
-    for fill in (0, 7):
-        x = {k: v.copy() for k, v in first.items()}
-        x["token_ids"][:, -3:] = fill
-        _, state = model(x, state=model.get_initial_state(2))
-        logits, state = model(second, state=state)
-        results.append((to_numpy(logits), keras.tree.flatten(state)))
-    np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-6)
-    for a, b in zip(results[0][1], results[1][1], strict=True):
-        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-6)
+    check_padding_enters_no_memory(family[2], next_length=2 * L)
 
 
 def test_absorb_gives_a_calls_state(family):
@@ -119,10 +106,7 @@ def test_absorb_gives_a_calls_state(family):
     x["padding_mask"][1, -6:] = 0
     _, expected = model(x, state=model.get_initial_state(2))
     state = model.absorb(x)
-    for a, b in zip(
-        keras.tree.flatten(state), keras.tree.flatten(expected), strict=True
-    ):
-        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-5)
+    assert_trees_close(state, expected, atol=1e-5)
 
 
 def test_preset_round_trip(family, tmp_path):
@@ -173,19 +157,7 @@ def test_an_stm_shorter_or_longer_than_a_segment(pair):
         np.testing.assert_array_equal(kept.sum(1), np.minimum(seen, size))
         assert kept[:, -1].all()  # right-aligned
     # One call and calls of whole segments agree exactly.
-    state = model.get_initial_state(2)
-    pieces = []
-    for s in range(3):
-        logits, state = model(segment(x, s * L, (s + 1) * L), state=state)
-        pieces.append(to_numpy(logits))
-    real = x["padding_mask"].astype(bool)
-    np.testing.assert_allclose(
-        np.concatenate(pieces, 1)[real], to_numpy(whole)[real], atol=1e-5
-    )
-    for a, b in zip(
-        keras.tree.flatten(state), keras.tree.flatten(expected), strict=True
-    ):
-        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-5)
+    assert_segments_equal_one_call(model, x, whole, expected)
     if size > L:
         model.memory_enabled = False
         logits = to_numpy(model(segment(x, 0, 2 * L)))
@@ -207,10 +179,7 @@ def test_a_document_padded_to_segments_then_a_prompt(pair):
     real = x["padding_mask"].astype(bool)
     both = np.concatenate([to_numpy(first), to_numpy(second)], 1)
     np.testing.assert_allclose(both[real], to_numpy(whole)[real], atol=1e-5)
-    for a, b in zip(
-        keras.tree.flatten(state), keras.tree.flatten(expected), strict=True
-    ):
-        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-5)
+    assert_trees_close(state, expected, atol=1e-5)
 
 
 def test_the_ltm_receives_what_leaves_the_stm(pair):

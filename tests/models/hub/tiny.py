@@ -7,6 +7,7 @@ where the family has it; they build in well under a second.
 
 import keras
 import keras_hub
+import pytest
 
 VOCAB = 48
 
@@ -55,3 +56,21 @@ def tiny_causal_lm(family, seed=0, **overrides):
     backbone = tiny_backbone(family, seed=seed, **overrides)
     cls = getattr(keras_hub.models, CAUSAL_LMS[family])
     return cls(backbone=backbone, preprocessor=None)
+
+
+# GPT-2 (the authors' family) and Llama 3 (grouped-query attention, RoPE)
+# run on every backend; the adapter and the memory they share are the same
+# code for every family, so each other family's layout is checked on one
+# backend, dealt in turn (tests/conftest.py): a third of the time.
+EVERY_BACKEND = ("gpt2", "llama3")
+
+
+def family_params(families):
+    """``families``, sorted, as parameters: the `EVERY_BACKEND` ones run on
+    every backend, the others each on one (``one_backend(key=family)``)."""
+    return [
+        name
+        if name in EVERY_BACKEND
+        else pytest.param(name, marks=pytest.mark.one_backend(key=name))
+        for name in sorted(families)
+    ]
