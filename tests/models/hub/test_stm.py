@@ -122,10 +122,18 @@ def test_preset_round_trip(family, tmp_path):
 
 
 # What follows is the same code for every family: GPT-2 (learned
-# positions) and Llama 3 (rotary positions, grouped-query attention).
+# positions) and Llama 3 (rotary positions, grouped-query attention). The
+# STM's path itself runs on every backend above (GPT-2 and Llama 3); these
+# checks of its options are dealt, each family's to one backend.
 
 
-@pytest.fixture(scope="module", params=EVERY_BACKEND)
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(name, marks=pytest.mark.one_backend(key=f"stm-{name}"))
+        for name in EVERY_BACKEND
+    ],
+)
 def pair(request):
     """A family's tiny model with an LTM (no STM), and the same weights
     with an STM of one segment."""
