@@ -103,15 +103,7 @@ class InfMemoryBackbone(MemorySwitch):
     ):
         super().__init__(*args, **kwargs)
         check.check_bool("normalize_memory", normalize_memory)
-        if (
-            isinstance(stm_length, bool)
-            or not isinstance(stm_length, int)
-            or stm_length < 0
-        ):
-            raise ValueError(
-                "`stm_length` must be an int ≥ 0 (0: no short-term "
-                f"memory). Received: stm_length={stm_length!r}"
-            )
+        stm_length = check.check_int("stm_length", stm_length, minimum=0)
         max_length = getattr(self, "max_sequence_length", None)
         if segment_length is None:
             segment_length = min(512, max_length or 512)
