@@ -175,7 +175,16 @@ def _waits(state, ltm_state, segment, segment_mask, active):
     return _stop_gradient(where_rows(active, new_state, state))
 
 
-def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
+def decode_step(
+    ltm,
+    query,
+    state,
+    inputs,
+    position,
+    write,
+    inputs_mask=None,
+    query_mask=None,
+):
     """Cached decoding: ``C`` tokens at ``position`` inside a segment.
 
     At a segment start (``write`` True) the previous segment, complete in
@@ -200,8 +209,12 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
         write: bool tensor or Python bool, whether a segment starts here.
             Python values (`keras_infmemory.state.known_value`, eager
             execution) branch and index in Python.
-        inputs_mask: optional ``(B, C)`` bool, the real tokens (the others
-            are neither read for the KL/histogram nor marked as waiting).
+        inputs_mask: optional ``(B, C)`` bool, the real ``inputs`` (the
+            others are not marked as waiting).
+        query_mask: optional ``(B, C)`` bool, the real queries (the others
+            are not read for the histogram). Defaults to ``inputs_mask``;
+            they differ where the inputs are another token's (the one
+            leaving a short-term memory as the query's token arrives).
 
     Returns:
         ``(output, state)`` as `step`; the state holds ``"read"``.
@@ -246,7 +259,7 @@ def decode_step(ltm, query, state, inputs, position, write, inputs_mask=None):
     output, ltm_state = ltm.read(
         query,
         ltm_state,
-        query_mask=inputs_mask,
+        query_mask=inputs_mask if query_mask is None else query_mask,
         return_state=True,
         regularize=False,
         cache=cached,

@@ -234,11 +234,18 @@ class InfMemoryBackbone(MemorySwitch):
         family's model on each segment alone, same weights)."""
         return self.memories
 
-    @contextlib.contextmanager
     def open_run(self, states, **kind):
         """Opens a `decoder_memory.MemoryRun` for one call of the family's
         code; yields it (its ``states`` are the new states after)."""
-        run = decoder_memory.MemoryRun(self, states, **kind)
+        return self._running(decoder_memory.MemoryRun(self, states, **kind))
+
+    def open_refill(self, stm_inputs):
+        """Opens a `decoder_memory.Refill` for one cached step of the
+        family's code that writes the STM's keys and values."""
+        return self._running(decoder_memory.Refill(stm_inputs))
+
+    @contextlib.contextmanager
+    def _running(self, run):
         previous, self.memory_run = self.memory_run, run
         try:
             yield run

@@ -16,6 +16,7 @@ from keras import ops
 
 from keras_infmemory import segments
 from keras_infmemory import validation as check
+from keras_infmemory.models.hub import short_term
 from keras_infmemory.models.memory_model import (
     StatefulMemory,
     TokenDataChecks,
@@ -53,10 +54,12 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
     absorbed segment by segment, then every new token reads the memory and
     each completed segment is written to it. ``memory_enabled = False``
     switches the memory off (same weights: the family's model on each
-    segment alone), for ablations. With a short-term memory
-    (``stm_length > 0``, see `InfMemoryBackbone`) every teacher-forced call
-    (``call``, ``fit``, ``score``, `absorb`) carries it; cached decoding
-    does not yet and raises ``NotImplementedError``.
+    segment alone), for ablations. A short-term memory (``stm_length >
+    0``, see `InfMemoryBackbone`) rides in every call and in the decoding
+    cache alike: greedy ``generate`` gives the tokens the teacher-forced
+    call's logits pick. ``generate(..., return_state=True)`` and
+    ``score(..., return_state=True)`` also return the memory after the
+    text, for the next turn of a conversation.
 
     Args:
         backbone: a `InfMemoryBackbone` of the family.
@@ -194,12 +197,16 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
         layer_intercept_fn=None,
         target_ids=None,
         state=None,
+        return_state=False,
     ):
         """The family's ``score`` over segments, the memory carried (from
         empty, or from ``state``, e.g. an absorbed document: see `absorb`).
         ``layer_intercept_fn`` sees the activations of segment rows
         ``(B·S, L, D)``. Warns (``RuntimeWarning``) naming the rows whose
-        memory holds NaN or inf after the text (see `absorb`)."""
+        memory holds NaN or inf after the text (see `absorb`).
+        ``return_state=True`` returns ``(scores, new_state)``, the memory
+        after the text (as `generate`'s)."""
+        check.check_bool("return_state", return_state)
         parent = getattr(super(), "score", None)
         if parent is None:
             raise ValueError(
@@ -233,7 +240,7 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
             starts_empty=starts_empty,
         )
         warn_if_not_finite(run.states, "after `score`")
-        return scores
+        return (scores, run.states) if return_state else scores
 
     def absorb(self, inputs, state=None):
         """Writes a long text into the memory, segment by segment.
@@ -342,16 +349,19 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
         """One decoding step (KerasHub's signature).
 
         ``cache`` is ``(key_value_cache, memory_state)``: the family's cache
-        of one segment and the memory state. ``token_ids`` ``(B, C)`` sit at
-        ``cache_update_index`` of the whole text; at a segment start the
-        previous segment first enters the memory. Returns ``(logits,
+        of one segment (with a short-term memory, of the STM and one
+        segment: `short_term`, "Cached decoding") and the memory state.
+        ``token_ids`` ``(B, C)`` sit at ``cache_update_index`` of the whole
+        text; at a segment start the previous segment first enters the
+        memory (with an STM: the STM, whose oldest tokens enter the LTM as
+        the new segment's tokens arrive). Returns ``(logits,
         hidden_states, cache)``.
         """
-        self._check_decoding("call_with_cache")
-        parent = super().call_with_cache
         if self.backbone.memory_run is not None:
-            # The family's `_build_cache` seeding one segment (`_prefill`).
-            return parent(token_ids, cache, cache_update_index, **kwargs)
+            # The family's `_build_cache` seeding a cache (`_prefill`).
+            return super().call_with_cache(
+                token_ids, cache, cache_update_index, **kwargs
+            )
         key_value, state = cache
         index = ops.cast(cache_update_index, "int32")
         position = ops.mod(index, self.backbone.segment_length)
@@ -365,20 +375,89 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
             write = known == 0
         else:
             write = ops.equal(position, 0)
-        with self.backbone.open_run(state, position=known, write=write) as run:
-            logits, hidden, key_value = parent(
-                token_ids, key_value, position, **kwargs
+        return self._decode(token_ids, key_value, state, known, write, **kwargs)
+
+    def _decode(
+        self,
+        token_ids,
+        key_value,
+        state,
+        position,
+        write,
+        inputs_mask=None,
+        advance=True,
+        **kwargs,
+    ):
+        """The family's cached step on ``token_ids`` ``(B, C)`` at
+        ``position`` of their segment, inside a decoding `MemoryRun`;
+        ``write``: a segment starts there. With a short-term memory the
+        state is `short_term.decoding_state`'s and, when a segment starts
+        (and ``advance``), the finished segment first enters the STM and
+        the cache's STM slots are rewritten. Returns ``(logits, hidden,
+        (key_value, state))``."""
+        parent = super().call_with_cache
+        stm, ltm = self.backbone._split_state(state)
+        if stm is None:
+            with self.backbone.open_run(
+                ltm, position=position, write=write, inputs_mask=inputs_mask
+            ) as run:
+                logits, hidden, key_value = parent(
+                    token_ids, key_value, position, **kwargs
+                )
+            return logits, hidden, (key_value, run.states)
+        if advance:
+            # `apply_if`: compiled, the cache is carried, not copied.
+            key_value, stm = segments.apply_if(
+                write,
+                lambda carry: self._advance(*carry),
+                (key_value, stm),
+                layer=self.backbone,
             )
-        return logits, hidden, (key_value, run.states)
+        decoding = short_term.Decoding(
+            stm, position, token_ids.shape[1], inputs_mask
+        )
+        with self.backbone.open_run(
+            ltm,
+            position=position,
+            write=write,
+            inputs_mask=inputs_mask,
+            stm=decoding,
+        ) as run:
+            logits, hidden, key_value = parent(
+                token_ids,
+                key_value,
+                self.backbone.stm_length + position,
+                **kwargs,
+            )
+        state = {"stm": decoding.new_state(), "ltm": run.states}
+        return logits, hidden, (key_value, state)
+
+    def _advance(self, key_value, stm):
+        """A segment boundary while decoding: the finished segment enters
+        the STM (`short_term.advance`) and the cache's slots ``[0, S)`` are
+        rewritten from the new STM."""
+        stm = short_term.advance(stm)
+        return self._refill(key_value, stm), stm
+
+    def _refill(self, key_value, stm):
+        """``key_value`` with slots ``[0, S)`` holding the keys and values
+        of the STM ``stm`` (the family's own step, `decoder_memory.Refill`;
+        its outputs are not used)."""
+        batch = ops.shape(stm["mask"])[0]
+        placeholder = ops.zeros((batch, self.backbone.stm_length), "int32")
+        with self.backbone.open_refill(stm["inputs"]):
+            _, _, key_value = super().call_with_cache(placeholder, key_value, 0)
+        return key_value
 
     def _prefill(self, token_ids, length, state, starts_empty=False):
         """The cache after ``token_ids[:, :length]`` (``length``: an int
         tensor): the segments before the one holding token ``length`` run
         through the backbone (their outputs unused), then the family's
-        ``_build_cache`` seeds the cache with that segment's first tokens.
+        ``_build_cache`` seeds the cache with that segment's first tokens
+        (with a short-term memory: a cache of ``S + L`` slots, the STM's
+        written first, then the segment's first tokens as one step).
         ``starts_empty``: ``state`` is the initial one (`MemoryRun`).
         """
-        self._check_decoding("_prefill")
         size = self.backbone.segment_length
         batch, total = ops.shape(token_ids)[0], token_ids.shape[1]
         length = ops.cast(length, "int32")
@@ -386,12 +465,15 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
         # ``length < total``, so the segments before ``start`` lie within
         # the first ``before`` tokens: the last segment of ``token_ids``
         # (and any wholly after it) is never absorbed here; with every
-        # memory off, nothing is. ``start`` is known only when the code
-        # runs, so each of those segments is absorbed under `apply_if`:
-        # the ones from ``start`` on (the room left for new tokens) are
-        # skipped, not run on padding.
+        # memory off and no STM, nothing is. ``start`` is known only when
+        # the code runs, so each of those segments is absorbed under
+        # `apply_if`: the ones from ``start`` on (the room left for new
+        # tokens) are skipped, not run on padding.
         before = ((total - 1) // size) * size
-        if not any(m.enabled for m in self.backbone.memories):
+        stm_length = self.backbone.stm_length
+        if not stm_length and not any(
+            m.enabled for m in self.backbone.memories
+        ):
             before = 0
         for first in range(0, before, size):
 
@@ -413,37 +495,82 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
             )
         padded = ops.pad(token_ids, ((0, 0), (0, size)))
         segment = ops.slice(padded, [0, start], [batch, size])  # (B, L)
-        real = ops.arange(size)[None, :] < length - start
-        with self.backbone.open_run(
-            state,
-            position=ops.zeros((), "int32"),
-            write=ops.ones((), "bool"),
-            inputs_mask=ops.broadcast_to(real, (batch, size)),
-        ) as run:
-            extra = len(inspect.signature(super()._build_cache).parameters)
+        real = ops.broadcast_to(
+            ops.arange(size)[None, :] < length - start, (batch, size)
+        )
+        position = ops.zeros((), "int32")
+        write = ops.ones((), "bool")
+        extra = len(inspect.signature(super()._build_cache).parameters) - 1
+        if not stm_length:
+            with self.backbone.open_run(
+                state, position=position, write=write, inputs_mask=real
+            ) as run:
+                _, key_value = super()._build_cache(segment, *[None] * extra)
+            return key_value, run.states
+        stm, ltm = self.backbone._split_state(state)
+        stm = short_term.decoding_state(stm, size)
+        # The family's cache of ``S + L`` slots, the STM's written.
+        with self.backbone.open_refill(stm["inputs"]):
             _, key_value = super()._build_cache(
-                segment, *([None] * (extra - 1))
+                ops.zeros((batch, stm_length + size), "int32"),
+                *[None] * extra,
             )
-        return key_value, run.states
+        _, _, cache = self._decode(
+            segment,
+            key_value,
+            {"stm": stm, "ltm": ltm},
+            position,
+            write,
+            inputs_mask=real,
+            advance=False,
+        )
+        return cache
 
-    def generate(self, inputs, *args, state=None, **kwargs):
+    def generate(self, inputs, *args, state=None, return_state=False, **kwargs):
         """The family's ``generate`` (same arguments), optionally from a
-        memory ``state`` (e.g. an absorbed document, see `absorb`) instead
-        of an empty one: the prompt starts a new segment after it. With a
-        state, ``inputs`` is one batch of as many rows as the state. The
-        prompt's token ids are checked on the host (with a preprocessor,
-        its tokenizer's vocabulary too), and rows of ``state`` that hold
-        NaN or inf are named in a ``RuntimeWarning`` (see `absorb`)."""
-        self._check_decoding("generate")
+        memory ``state`` (e.g. an absorbed document, see `absorb`, or a
+        previous turn's) instead of an empty one: the prompt starts a new
+        segment after it. With a state, ``inputs`` is one batch of as many
+        rows as the state. The prompt's token ids are checked on the host
+        (with a preprocessor, its tokenizer's vocabulary too), and rows of
+        ``state`` that hold NaN or inf are named in a ``RuntimeWarning``
+        (see `absorb`).
+
+        ``return_state=True`` returns ``(outputs, new_state)``: the memory
+        after the prompt and what was generated (up to and including a
+        stop token), ready for the next turn's ``generate`` or ``score``,
+        so a conversation goes on over one memory that holds it all
+        (docs/documents.md, "A conversation over one memory"). It is the
+        state a call over the same text would leave (the text is absorbed
+        once more after generating: the sampler keeps no state of its
+        own); ``inputs`` must then be one batch.
+        """
+        check.check_bool("return_state", return_state)
         if self.preprocessor is not None:
             self._check_tokenizer()
         if state is not None:
             warn_if_not_finite(state, "given to `generate`")
         self._generation.state = state
+        self._generation.outputs = [] if return_state else None
         try:
-            return super().generate(inputs, *args, **kwargs)
+            outputs = super().generate(inputs, *args, **kwargs)
+            generated = self._generation.outputs
         finally:
             self._generation.state = None
+            self._generation.outputs = None
+        if not return_state:
+            return outputs
+        if len(generated) != 1:
+            raise ValueError(
+                "`return_state=True` needs the prompts in one batch (the "
+                "state has one row per prompt). Received: "
+                f"{len(generated)} batches"
+            )
+        text = {
+            "token_ids": generated[0]["token_ids"],
+            "padding_mask": ops.cast(generated[0]["padding_mask"], "int32"),
+        }
+        return outputs, self.absorb(text, state=state)
 
     def make_generate_function(self):
         """The family's compiled generation function, fed the state given
@@ -463,7 +590,10 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
             state = self._generation.state
             if state is not None:
                 inputs = dict(inputs, state=state)
-            return compiled(inputs, stop_token_ids)
+            outputs = compiled(inputs, stop_token_ids)
+            if self._generation.outputs is not None:
+                self._generation.outputs.append(outputs)
+            return outputs
 
         self.generate_function = generate_function
         return generate_function
@@ -508,20 +638,6 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
             ),
         }
 
-    def _check_decoding(self, name):
-        """Cached decoding does not carry a short-term memory yet: refuse
-        rather than decode without it (docs/causal_lms.md, "The short-term
-        memory")."""
-        if self.backbone.stm_length:
-            raise NotImplementedError(
-                f"`{name}` (cached decoding) does not support a short-term "
-                "memory yet: the teacher-forced calls (`model(...)`, "
-                "`score`, `absorb`, `fit`) do. Give the model "
-                "`stm_length=0` for generation (`attach_memory(model, "
-                "stm_length=0)` keeps the weights). Received: "
-                f"stm_length={self.backbone.stm_length}"
-            )
-
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -531,9 +647,11 @@ class InfMemoryCausalLM(TokenDataChecks, StatefulMemory):
 
 
 class _GenerationState:
-    """Where `generate` leaves its state for the generation function."""
+    """Where `generate` leaves its state for the generation function, and
+    where that function leaves its outputs for ``return_state``."""
 
     state = None
+    outputs = None
 
 
 def _generated_mask(token_ids, prompt_mask, stop_token_ids):

@@ -39,7 +39,17 @@ def install(backbone, layer_index, family):
     """Taps decoder layer ``layer_index`` of ``backbone`` (see module): its
     call, and for a memory layer its query and output projections."""
     decoder = backbone.transformer_layers[layer_index]
-    first = next(iter(inspect.signature(decoder.call).parameters))
+    parameters = inspect.signature(decoder.call).parameters
+    first = next(iter(parameters))
+    # The layer's padding mask argument (a key mask, `MemoryRun`).
+    mask_name = next(
+        (
+            n
+            for n in ("decoder_padding_mask", "padding_mask")
+            if n in parameters
+        ),
+        None,
+    )
     original = decoder.call
 
     @functools.wraps(original)
@@ -56,6 +66,7 @@ def install(backbone, layer_index, family):
             inputs,
             kwargs,
             lambda x, keywords: original(x, *rest, **keywords),
+            mask_name,
         )
 
     decoder.call = call
@@ -76,12 +87,7 @@ def install(backbone, layer_index, family):
     def note_query(result):
         run = backbone.memory_run
         if run is not None:
-            if run.stm is not None:
-                result_segment = run.stm.segment(result)  # (B·G, L, H, d)
-            else:
-                result_segment = result
-            query = memory_query(result_segment, backbone.normalize_memory)
-            run.queries[layer_index] = query
+            run.note_query(layer_index, result)
         return result  # the family's attention gets its own queries
 
     def add_memory(result):
@@ -113,8 +119,8 @@ def install_positions(backbone, family):
     @functools.wraps(original)
     def call(*args, **kwargs):
         run = backbone.memory_run
-        if run is not None and run.stm is not None:
-            kwargs["positions"] = run.stm.positions  # (B·G, L)
+        if run is not None and run.positions is not None:
+            kwargs["positions"] = run.positions  # (rows, tokens)
         return original(*args, **kwargs)
 
     layer.call = call
@@ -170,6 +176,36 @@ class Absorbed(Exception):
     its last memory layer has written (`MemoryRun`, ``outputs=False``)."""
 
 
+class Refill:
+    """A run of the family's cached step that only writes the keys and
+    values of a short-term memory into cache slots ``[0, S)`` (cached
+    decoding, `short_term`): each decoder layer's input is replaced, on
+    its first ``S`` tokens, by the layer's STM inputs ``(B, S, D)``; the
+    memories neither read nor write, and the outputs are not used.
+
+    Args:
+        stm_inputs: per decoder layer, the STM's inputs ``(B, S, D)``.
+    """
+
+    positions = None  # the layers' inputs are given: no embedding counts
+
+    def __init__(self, stm_inputs):
+        self.stm_inputs = stm_inputs
+
+    def decoder_call(self, layer_index, inputs, keywords, call, mask_name):
+        stm = ops.cast(self.stm_inputs[layer_index], inputs.dtype)
+        size = stm.shape[1]
+        if inputs.shape[1] != size:
+            stm = ops.concatenate([stm, inputs[:, size:]], axis=1)
+        return call(stm, keywords)
+
+    def note_query(self, layer_index, query):
+        pass
+
+    def add_output(self, layer_index, attention_output):
+        return attention_output
+
+
 class MemoryRun:
     """The memory's part of one call of a KerasHub model with memory.
 
@@ -183,7 +219,11 @@ class MemoryRun:
       LTM writes what leaves the STM (`short_term`).
     * **decoding** (``position`` given): the family's cached step runs on
       ``C`` tokens at ``position`` of their segment; a segment starting
-      there (``write``) first enters the memory.
+      there (``write``) first enters the memory. With a short-term memory
+      (``stm``, a `short_term.Decoding`), the cache holds the STM before
+      the segment: each layer's input is kept for the STM, each token
+      attends to the real STM slots (a key mask) and each LTM is given
+      the tokens leaving the STM.
 
     Args:
         backbone: the backbone with memory.
@@ -207,8 +247,10 @@ class MemoryRun:
             reads (its histogram sums the reads), so it runs in full.
             With a short-term memory every layer's input is kept, so the
             code stops at the last decoder layer instead.
-        stm: segments: a `short_term.Layout`, or None (no STM).
-        stm_inputs: with ``stm``, the STM state's per-layer inputs.
+        stm: a `short_term.Layout` (segments) or `short_term.Decoding`
+            (decoding), or None (no STM).
+        stm_inputs: segments with ``stm``: the STM state's per-layer
+            inputs.
 
     Attributes:
         states: the states, updated by each memory layer as it runs.
@@ -249,7 +291,12 @@ class MemoryRun:
         self.stm_inputs = [None] * len(backbone.transformer_layers)
         # What each LTM writes: the segments' real tokens, or with an STM
         # the real tokens leaving it.
-        self.write_mask = mask if stm is None else stm.leaving
+        if stm is None:
+            self.write_mask = mask if mask is not None else inputs_mask
+        elif mask is not None:
+            self.write_mask = stm.leaving
+        else:
+            self.write_mask = stm.leaving_mask
         self.inputs = {}  # decoder layer index -> the memory's input
         self.queries = {}  # decoder layer index -> its queries
         # Where the family's code may stop (`reached`): the last memory
@@ -268,11 +315,28 @@ class MemoryRun:
             elif backbone.memories and not sticky:
                 self.stop_at = backbone.memory_layers[-1]
 
-    def decoder_call(self, layer_index, inputs, keywords, call):
-        """Decoder layer ``layer_index`` on ``inputs`` ``(B·S, L, D)``:
-        ``call(x, keywords)`` runs the family's layer. Notes the memory's
-        input; with an STM, runs the layer on ``[STM; segment]`` and keeps
-        the segment's outputs."""
+    @property
+    def positions(self):
+        """The tokens' positions for a learned position embedding with an
+        STM (after the STM's real tokens), else None (the family's)."""
+        return None if self.stm is None else self.stm.positions
+
+    def note_query(self, layer_index, query):
+        """Notes a memory layer's queries ``(rows, tokens, H, d)`` (with an
+        STM's segment layout, those of the segment)."""
+        if self.stm is not None and self.mask is not None:
+            query = self.stm.segment(query)  # (B·G, L, H, d)
+        self.queries[layer_index] = memory_query(
+            query, self.backbone.normalize_memory
+        )
+
+    def decoder_call(self, layer_index, inputs, keywords, call, mask_name):
+        """Decoder layer ``layer_index`` on ``inputs`` ``(B·S, L, D)``, or
+        ``(B, C, D)`` decoding: ``call(x, keywords)`` runs the family's
+        layer, ``mask_name`` is its padding mask argument. Notes the
+        memory's input; with an STM, runs the layer on ``[STM; segment]``
+        and keeps the segment's outputs (decoding: the STM is in the
+        cache, masked where empty)."""
         backbone = self.backbone
         has_memory = layer_index in backbone.memory_layers
         if self.stm is None:
@@ -282,6 +346,16 @@ class MemoryRun:
                 )
             self.reached(layer_index)  # may stop the family's code
             return call(inputs, keywords)
+        if self.mask is None:  # decoding
+            leaving = self.stm.layer(layer_index, inputs)  # (B, C, D)
+            if has_memory:
+                self.inputs[layer_index] = memory_input(
+                    leaving, backbone.normalize_memory
+                )
+            self._check_stm_keywords(keywords, mask_name, decoding=True)
+            keywords = dict(keywords)
+            keywords[mask_name] = self.stm.key_mask  # (B, S + L)
+            return call(inputs, keywords)
         stm, leaving, self.stm_inputs[layer_index] = self.stm.layer(
             self._stm_inputs[layer_index], inputs
         )
@@ -290,7 +364,17 @@ class MemoryRun:
                 leaving, backbone.normalize_memory
             )
         self.reached(layer_index)
+        self._check_stm_keywords(keywords, mask_name, decoding=False)
         keywords = dict(keywords)
+        keywords[mask_name] = self.stm.extend_mask(keywords[mask_name])
+        output = call(self.stm.extend(stm, inputs), keywords)
+        return self.stm.segment(output)  # (B·S, L, D)
+
+    def _check_stm_keywords(self, keywords, mask_name, decoding):
+        """A decoder layer's arguments that a short-term memory can lay
+        out: a padding mask (given, except when decoding, where the run
+        makes one) and no attention mask or positions of the family's."""
+        backbone = self.backbone
         for name in ("decoder_attention_mask", "vision_mask", "positions"):
             if keywords.get(name) is not None:
                 raise ValueError(
@@ -298,19 +382,15 @@ class MemoryRun:
                     f"and cannot place `{name}`. Received: stm_length="
                     f"{backbone.stm_length} with {name} given"
                 )
-        names = [
-            n for n in ("decoder_padding_mask", "padding_mask") if n in keywords
-        ]
-        if not names or keywords[names[0]] is None:
+        if mask_name is None or (
+            not decoding and keywords.get(mask_name) is None
+        ):
             raise ValueError(
                 "A short-term memory needs the decoder layer's padding mask "
                 "(its empty slots are masked): this KerasHub version calls "
                 f"{type(backbone).__name__}'s layers without one. Received: "
                 f"stm_length={backbone.stm_length}"
             )
-        keywords[names[0]] = self.stm.extend_mask(keywords[names[0]])
-        output = call(self.stm.extend(stm, inputs), keywords)
-        return self.stm.segment(output)  # (B·S, L, D)
 
     def reached(self, layer_index):
         """Decoder layer ``layer_index`` starts (its memory's input noted).
@@ -369,6 +449,10 @@ class MemoryRun:
                 f"{type(backbone).__name__}"
             )
         if self.position is not None:
+            query_mask = self.inputs_mask
+            if query_mask is None and self.stm is not None:
+                # Every token is real, not every one leaving the STM.
+                query_mask = ops.ones_like(self.write_mask)
             output, self.states[slot] = segment_memory.decode_step(
                 ltm,
                 query,
@@ -376,7 +460,8 @@ class MemoryRun:
                 inputs,
                 self.position,
                 self.write,
-                self.inputs_mask,
+                inputs_mask=self.write_mask,
+                query_mask=query_mask,
             )  # (B, C, D)
         else:
             batch = ops.shape(self.mask)[1]

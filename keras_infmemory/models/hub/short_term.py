@@ -141,19 +141,34 @@ class Layout:
             one call equals the same text fed segment by segment.
         """
         depth = ops.shape(rows)[-1]
-        flat = ops.reshape(rows, (self.batch, -1, depth))
-        extended = ops.concatenate(
-            [ops.cast(stm_inputs, rows.dtype), flat], axis=1
-        )  # (B, S + G·L, D)
-        text = _take_rows(ops.stop_gradient(extended), self.order)
+        text = self._text(stm_inputs, rows)
         stm = ops.reshape(
             _gather(text, self.stm_index), (-1, self.size, depth)
         )  # (B·G, S, D)
         leaving = ops.reshape(
             _gather(text, self.leaving_index), (-1, self.length, depth)
         )  # (B·G, L, D)
-        new_stm = ops.cast(_gather(text, self.last_index), stm_inputs.dtype)
-        return stm, leaving, new_stm
+        return stm, leaving, self._last(text, stm_inputs.dtype)
+
+    def shift(self, stm_inputs, rows):
+        """`layer`'s third output alone: the new state's ``(B, S, D)``,
+        the last ``S`` real tokens of the STM and the segments."""
+        return self._last(self._text(stm_inputs, rows), stm_inputs.dtype)
+
+    def _last(self, text, dtype):
+        """The new state's tokens: the last ``S`` of the compacted
+        ``text``."""
+        return ops.cast(_gather(text, self.last_index), dtype)
+
+    def _text(self, stm_inputs, rows):
+        """The STM's and the segments' tokens, real ones first in order
+        (the compacted axis), ``(B, S + G·L, D)``, stop-gradient."""
+        depth = ops.shape(rows)[-1]
+        flat = ops.reshape(rows, (self.batch, -1, depth))
+        extended = ops.concatenate(
+            [ops.cast(stm_inputs, rows.dtype), flat], axis=1
+        )  # (B, S + G·L, D)
+        return _take_rows(ops.stop_gradient(extended), self.order)
 
     # In a layer, a row is ``[m STM tokens; L segment; S − m empty]``:
     # the STM slots ``[S − m, S)`` rolled to the front.
@@ -194,6 +209,132 @@ class Layout:
             ops.arange(width, dtype="int32")[None, :] - shift[:, None], width
         )  # (R, N)
         return _take_rows(x, index)
+
+
+# --------------------------------------------------------------------- #
+# Cached decoding
+# --------------------------------------------------------------------- #
+#
+# KerasHub's decoding cache holds ``S + L`` slots per layer: ``[0, S)`` the
+# STM's keys and values, right-aligned as in the state (its empty slots
+# masked), ``[S, S + L)`` the current segment's, written token by token at
+# cache index ``S + p``. A token at ``p`` and an STM token in slot ``j``
+# are ``S + p − j`` apart, as on the text (``m`` real STM tokens sit in
+# slots ``[S − m, S)``): rotary positions and sliding windows, which see
+# only distances, match the teacher-forced layout; learned positions are
+# given per row (`Decoding.positions`). At a segment boundary the finished
+# segment enters the STM (`advance`) and the family's own step rewrites
+# slots ``[0, S)`` from the new STM's layer inputs (``refill`` runs,
+# `keras_infmemory.models.hub.decoder_memory.Refill`).
+
+
+def decoding_state(state, segment_length):
+    """``state`` (an STM state) plus the current segment's layer inputs,
+    as they are decoded: ``"segment"``, per decoder layer ``(B, L, D)``,
+    and ``"segment_mask"`` ``(B, L)`` (none yet)."""
+    batch = ops.shape(state["mask"])[0]
+    return {
+        **state,
+        "segment": [
+            ops.zeros((batch, segment_length, ops.shape(x)[-1]), x.dtype)
+            for x in state["inputs"]
+        ],
+        "segment_mask": ops.zeros((batch, segment_length), "bool"),
+    }
+
+
+def advance(state):
+    """A decoding state (`decoding_state`) at a segment boundary: the
+    segment's real tokens enter the STM (`Layout` of one segment), and
+    the next segment starts empty."""
+    segment_mask = state["segment_mask"]
+    layout = Layout(state, segment_mask, ops.shape(segment_mask)[1])
+    return {
+        "inputs": [
+            layout.shift(stm, rows)
+            for stm, rows in zip(state["inputs"], state["segment"], strict=True)
+        ],
+        "mask": layout.mask,
+        "segment": [ops.zeros_like(x) for x in state["segment"]],
+        "segment_mask": ops.zeros_like(segment_mask),
+    }
+
+
+class Decoding:
+    """The STM's part of one cached decoding step: ``C`` tokens at
+    ``position`` of their segment (see the cache layout above).
+
+    Args:
+        state: the decoding state (`decoding_state`).
+        position: int tensor or Python int, ``p``.
+        count: ``C``.
+        inputs_mask: optional ``(B, C)`` bool, the real tokens (a prompt's
+            last segment, seeded at once).
+
+    Attributes:
+        positions: ``(B, C)`` int32, the tokens' positions ``m + p + i``
+            after the ``m`` real STM tokens (learned position embeddings).
+        key_mask: ``(B, S + L)`` bool, the cache slots a token may attend
+            to (with the causal mask): the real STM slots and the segment.
+        leaving_mask: ``(B, C)`` bool, whether a real token leaves the STM
+            as each token arrives (`layer`).
+    """
+
+    def __init__(self, state, position, count, inputs_mask=None):
+        self.state = state
+        self.position = position
+        self.count = count
+        mask = state["mask"]
+        batch = ops.shape(mask)[0]
+        length = ops.shape(state["segment_mask"])[1]
+        if inputs_mask is None:
+            real = ops.ones((batch, count), "bool")
+        else:
+            real = ops.cast(inputs_mask, "bool")
+        stm_count = ops.sum(ops.cast(mask, "int32"), axis=1)  # (B,)
+        self.positions = (
+            stm_count[:, None]
+            + position
+            + ops.arange(count, dtype="int32")[None, :]
+        )
+        self.key_mask = ops.concatenate(
+            [mask, ops.ones((batch, length), "bool")], axis=1
+        )
+        self.segment_mask = ops.slice_update(
+            state["segment_mask"], [0, position], real
+        )
+        # As the segment's token ``p`` arrives, slot ``p`` of ``[STM;
+        # segment]`` leaves the STM: every token leaves once, ``S`` after
+        # it arrived (`Layout.leaving`).
+        text_mask = ops.concatenate([mask, self.segment_mask], axis=1)
+        self.leaving_mask = ops.logical_and(
+            ops.slice(text_mask, [0, position], [batch, count]), real
+        )
+        self.segment = list(state["segment"])
+
+    def layer(self, index, inputs):
+        """Decoder layer ``index``'s input ``(B, C, D)`` is placed in the
+        segment; returns the inputs of the tokens leaving the STM as they
+        arrive ``(B, C, D)`` (real where ``leaving_mask``)."""
+        segment = ops.slice_update(
+            self.segment[index],
+            [0, self.position, 0],
+            ops.cast(ops.stop_gradient(inputs), self.segment[index].dtype),
+        )
+        self.segment[index] = segment
+        text = ops.concatenate([self.state["inputs"][index], segment], axis=1)
+        batch, depth = ops.shape(inputs)[0], ops.shape(inputs)[-1]
+        return ops.slice(
+            text, [0, self.position, 0], [batch, self.count, depth]
+        )
+
+    def new_state(self):
+        """The decoding state after the step."""
+        return {
+            **self.state,
+            "segment": self.segment,
+            "segment_mask": self.segment_mask,
+        }
 
 
 def _gather(x, index):

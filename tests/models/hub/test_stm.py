@@ -5,9 +5,11 @@ LTM off the second segment is the family's model on the first two
 segments; with it on, the first segment is the family's and the LTM
 receives only what left the STM; one call equals the same text fed
 segment by segment; padding enters neither memory; `absorb` gives a call's
-state; a preset round trip keeps the STM. Then the options: ``S = 0``
-keeps the old configuration and state, a config saved before the STM
-loads without one, bad values and cached decoding are refused.
+state; cached decoding and greedy generation (two turns, the second from
+the first's returned state) are the teacher-forced call; a preset round
+trip keeps the STM. Then the options: ``S = 0`` keeps the old
+configuration and state, a config saved before the STM loads without one,
+bad values are refused.
 """
 
 import re
@@ -36,6 +38,41 @@ L = 8  # segment length
 
 def segment(x, start, stop):
     return {k: v[:, start:stop] for k, v in x.items()}
+
+
+def prompt(length, width, seed):
+    """``length`` real tokens right-padded to ``width``."""
+    x = tokens(width, seed=seed)
+    x["token_ids"][:, length:] = 0
+    x["padding_mask"][:, length:] = 0
+    return x
+
+
+def document(seed):
+    """A document of 11 tokens in row 0 and 3 in row 1: after it, row 1's
+    STM is not full (with ``S > 3``)."""
+    x = tokens(11, seed=seed)
+    x["padding_mask"][1, 3:] = 0
+    return x
+
+
+def check_decoding_is_the_call(model, seed, prefill=5, length=3 * L + 1):
+    """Cached decoding from an absorbed document (`document`): the prompt's
+    first ``prefill`` tokens seed the cache, then token by token across
+    three segment boundaries, the logits are the teacher-forced call's
+    from the same state."""
+    state = model.absorb(document(seed))
+    x = tokens(length, seed=seed + 1)
+    whole, _ = model(x, state=state)
+    ids = keras.ops.convert_to_tensor(x["token_ids"])
+    cache = model._prefill(ids, prefill, state)
+    steps = []
+    for t in range(prefill, length):
+        logits, _, cache = model.call_with_cache(ids[:, t : t + 1], cache, t)
+        steps.append(to_numpy(logits))
+    np.testing.assert_allclose(
+        np.concatenate(steps, 1), to_numpy(whole)[:, prefill:], atol=1e-4
+    )
 
 
 def relative_gap(actual, expected):
@@ -90,6 +127,37 @@ def test_streaming_equals_one_call(family):
     x["padding_mask"][1, -5:] = 0  # row 1 ends inside segment 1
     whole, expected = model(x, state=model.get_initial_state(2))
     assert_segments_equal_one_call(model, x, whole, expected)
+
+
+def test_conversation_turns_are_the_call_on_their_text(family):
+    """Two turns of greedy generation from an absorbed document, each
+    across three segment boundaries, the second from the first's returned
+    state: every generated token is the argmax of one teacher-forced call
+    over the document and both turns, and the state is that call's."""
+    name, _, model = family
+    model.compile(sampler="greedy")
+    state = model.absorb(document(15))
+    texts = []
+    for turn, length in enumerate((3, 2)):
+        out, state = model.generate(
+            prompt(length, 4 * L, seed=16 + turn),
+            stop_token_ids=None,
+            state=state,
+            return_state=True,
+        )
+        texts.append(to_numpy(out["token_ids"]).astype("int32"))
+    text = np.concatenate(texts, 1)  # (B, 8L)
+    logits, expected = model(
+        {"token_ids": text, "padding_mask": np.ones_like(text)},
+        state=model.absorb(document(15)),
+    )
+    picks = to_numpy(logits).argmax(-1)
+    for turn, length in enumerate((3, 2)):
+        start, stop = turn * 4 * L + length, (turn + 1) * 4 * L
+        np.testing.assert_array_equal(
+            picks[:, start - 1 : stop - 1], text[:, start:stop], err_msg=name
+        )
+    assert_trees_close(state, expected, atol=1e-5)
 
 
 def test_padding_enters_neither_memory(family):
@@ -166,6 +234,7 @@ def test_an_stm_shorter_or_longer_than_a_segment(pair):
         assert kept[:, -1].all()  # right-aligned
     # One call and calls of whole segments agree exactly.
     assert_segments_equal_one_call(model, x, whole, expected)
+    check_decoding_is_the_call(model, seed=21)
     if size > L:
         model.memory_enabled = False
         logits = to_numpy(model(segment(x, 0, 2 * L)))
@@ -252,10 +321,27 @@ def _loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def test_generation_with_an_stm_is_refused(pair):
+def test_two_generations_are_one_over_both_turns(pair):
+    """`generate` with ``return_state``, then `generate` on the returned
+    state, gives the tokens of one generation over the first turn's text
+    and the second prompt (the first turn fills whole segments: a call
+    starts a new segment)."""
     name, _, _, model = pair
-    with pytest.raises(NotImplementedError, match="stm_length=8"):
-        model.generate(tokens(L, seed=12))
+    model.compile(sampler="greedy")
+    first, second = prompt(3, 2 * L, seed=12), prompt(2, 2 * L, seed=13)
+    out, state = model.generate(first, stop_token_ids=None, return_state=True)
+    turn = to_numpy(out["token_ids"]).astype("int32")
+    reply = model.generate(second, stop_token_ids=None, state=state)
+    joint = {
+        k: np.concatenate(
+            [np.ones_like(turn) if k == "padding_mask" else turn, second[k]], 1
+        )
+        for k in ("token_ids", "padding_mask")
+    }
+    once = model.generate(joint, stop_token_ids=None)["token_ids"]
+    np.testing.assert_array_equal(
+        to_numpy(once)[:, 2 * L :], to_numpy(reply["token_ids"])
+    )
 
 
 # --------------------------------------------------------------------- #
