@@ -118,6 +118,18 @@ def test_a_wrong_state_names_what_was_expected(model):
         model.preprocessor = preprocessor
 
 
+def test_return_state_must_be_a_bool(model):
+    """Checked before anything runs (``generate``: before compiling)."""
+    ids = tokens()
+    prompt = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    for call in (
+        lambda: model.score(ids, return_state="yes"),
+        lambda: model.generate(prompt, stop_token_ids=None, return_state="yes"),
+    ):
+        with pytest.raises(ValueError, match="Received: return_state='yes'"):
+            call()
+
+
 # Token ids outside the vocabulary (a tokenizer of another model): compiled
 # calls (JAX, TensorFlow) cannot read their inputs, so before the host
 # checks JAX embedded the id as NaN (fit: loss nan; generate: the prompt

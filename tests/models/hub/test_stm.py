@@ -310,11 +310,15 @@ def test_score_is_the_forward_pass(pair):
     name, _, _, model = pair
     x = tokens(3 * L - 2, seed=13)
     x["padding_mask"][1, -4:] = 0
-    scores = model.score(x["token_ids"], padding_mask=x["padding_mask"])
+    scores, state = model.score(
+        x["token_ids"], padding_mask=x["padding_mask"], return_state=True
+    )
+    logits, expected = model(x, state=model.get_initial_state(2))
     real = x["padding_mask"].astype(bool)
     np.testing.assert_allclose(
-        to_numpy(scores)[real], to_numpy(model(x))[real], atol=1e-5
+        to_numpy(scores)[real], to_numpy(logits)[real], atol=1e-5
     )
+    assert_trees_close(state, expected, atol=1e-5)
 
 
 def _loss():
