@@ -79,6 +79,8 @@ OPTIONS = {  # group: [(flag, add_argument keywords, help)]
             " memory is sampled at each write (M)"),
         ("--memory-layers", dict(type=int, nargs="+"), "decoder layers"
             " given a memory (default: all)"),
+        ("--stm-length", dict(type=int, default=0), "short-term memory:"
+            " tokens before a segment attended exactly (0: none)"),
         ("--sticky", dict(action=argparse.BooleanOptionalAction,
             default=False), "sticky memories: writes sample where reads look"),
     ],
@@ -207,7 +209,13 @@ def main(argv=None):
             )
             print(f"Seed {seed}: fine-tuning without memory (baseline)")
             fine_tune(base, data["train"], args)
-            seed_run = [finetune.evaluate(base, "without memory", seed, data)]
+            arms = ["without memory"] + ["sliding window"] * bool(
+                args.stm_length  # no memory, a context of S + L tokens
+            )
+            seed_run = [
+                finetune.evaluate(base, arm, seed, data, args.stm_length)
+                for arm in arms
+            ]
             del base
         print(f"Seed {seed}: fine-tuning with memory")
         losses = fine_tune(lm, data["train"], args)

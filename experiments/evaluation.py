@@ -177,6 +177,59 @@ def token_losses(model, data, max_steps=None, use_memory=True, chunk=1):
     return losses.reshape(-1, length) * weights, weights
 
 
+def window_losses(model, data, context, max_steps=None):
+    """Cross-entropy of every held-out target for a model without memory
+    read through a sliding window: each segment after the ``context``
+    real tokens before it in its document, the window recomputed for every
+    segment (no state; the usual strided evaluation of a model with a
+    fixed context).
+
+    ``model`` is a stateless causal LM taking ``token_ids`` and a right
+    ``padding_mask`` of ``context + L`` tokens in one segment; ``data`` a
+    `keras_infmemory.documents.DocumentBlocks`. A window at a document's
+    start holds fewer tokens (the segment then sits at position 0).
+
+    Returns:
+        ``(losses, weights)`` as `token_losses`.
+    """
+    x, y, w = data.arrays()
+    steps = min(data.num_steps, max_steps or data.num_steps)
+    rows, length = data.batch_size, data.segment_length
+    by_step = lambda a: a.reshape(-1, rows, *a.shape[1:])[:steps]  # noqa
+    tokens, mask = by_step(x["token_ids"]), by_step(x["padding_mask"])
+    targets, resets = by_step(y), by_step(x["reset_mask"])
+    history = [np.zeros(0, "int32") for _ in range(rows)]
+    losses = np.zeros((steps, rows, length), "float64")
+    width = context + length
+    for k in range(steps):
+        ids = np.zeros((rows, width), "int32")
+        window_mask = np.zeros((rows, width), "int32")
+        first = np.zeros(rows, "int64")  # where each row's segment starts
+        for b in range(rows):
+            if resets[k, b]:
+                history[b] = history[b][:0]
+            before = history[b][
+                len(history[b]) - min(context, len(history[b])) :
+            ]
+            real = tokens[k, b][mask[k, b].astype(bool)]
+            first[b] = len(before)
+            ids[b, : len(before)] = before
+            ids[b, len(before) : len(before) + length] = tokens[k, b]
+            window_mask[b, : len(before) + len(real)] = 1
+            text = np.concatenate([history[b], real])
+            history[b] = text[len(text) - min(context, len(text)) :]
+        logits = model.predict_on_batch(
+            {"token_ids": ids, "padding_mask": window_mask}
+        )  # (B, context + L, V)
+        index = first[:, None] + np.arange(length)[None, :]
+        segment = np.take_along_axis(
+            np.asarray(logits), index[:, :, None], axis=1
+        )
+        losses[k] = token_cross_entropy(segment, targets[k])
+    weights = w[: steps * rows].astype("float64")
+    return losses.reshape(-1, length) * weights, weights
+
+
 def _rows(blocks, count):
     """``(n, B, L)`` consecutive blocks → ``(B, count·L)`` rows, padded
     with zeros (padding) to ``count`` blocks."""

@@ -62,6 +62,7 @@ with native_notices_held_back():
         position_table,
         summarize_runs,
         token_losses,
+        window_losses,
     )
     from experiments.plots import plot_language_model, plot_training
     from experiments.records import (
@@ -73,16 +74,21 @@ with native_notices_held_back():
     from keras_infmemory import StickyMemorySampler
     from keras_infmemory.distribution import data_parallel
     from keras_infmemory.documents import DocumentBlocks
-    from keras_infmemory.models.hub import family_of
+    from keras_infmemory.models.hub import attach_memory, family_of
     from keras_infmemory.plotting import plot_memory_attention
 
-ARMS = ("with memory", "memory off", "without memory")
-"""The held-out evaluations, in the record's order."""
+ARMS = ("with memory", "memory off", "without memory", "sliding window")
+"""The held-out evaluations, in the record's order. With a short-term
+memory (``--stm-length S``) "memory off" is the STM alone (same weights)
+and "sliding window" is the model fine-tuned without memory read through
+windows of ``S + L`` tokens (`experiments.evaluation.window_losses`)."""
 
 # What the verdict calls each arm it holds the memory against.
 _RIVALS = {
     "memory off": "the same weights with the memory off",
     "without memory": "the model fine-tuned without memory",
+    "sliding window": "the model fine-tuned without memory, read through "
+    "a sliding window",
 }
 
 # ----------------------------------------------------------------------- #
@@ -173,11 +179,12 @@ def settings(args):
             raise ValueError(
                 f"{flag} must be >= 1. Received: {flag} {getattr(args, name)}"
             )
-    if args.pretrain_steps < 0:
-        raise ValueError(
-            "--pretrain-steps must be >= 0. Received: --pretrain-steps "
-            f"{args.pretrain_steps}"
-        )
+    for name in ("pretrain_steps", "stm_length"):
+        if getattr(args, name) < 0:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"{flag} must be >= 0. Received: {flag} {getattr(args, name)}"
+            )
     if len(set(args.seeds)) != len(args.seeds):
         seeds = " ".join(str(seed) for seed in args.seeds)
         raise ValueError(f"--seeds must differ. Received: --seeds {seeds}")
@@ -215,11 +222,13 @@ def output_paths(args):
 
 def memory_options(args):
     """`InfMemoryCausalLM.from_preset` keywords of the memory: which
-    layers get one, N, M, and sticky memories if asked."""
+    layers get one, N, M, the short-term memory, and sticky memories if
+    asked."""
     options = dict(
         memory_layers=args.memory_layers,
         num_basis=args.num_basis,
         num_samples=args.num_samples,
+        stm_length=args.stm_length,
     )
     if args.sticky:
         options["sticky"] = StickyMemorySampler()
@@ -384,7 +393,8 @@ def tiny_backbone_arguments(family, vocabulary_size, args):
     }
     if family in ("gpt2", "opt"):
         arguments["num_heads"] = heads
-        arguments["max_sequence_length"] = args.segment_length
+        # The context every arm sees: a segment after its STM.
+        arguments["max_sequence_length"] = context_length(args)
         return arguments
     arguments["num_query_heads"] = heads
     arguments["num_key_value_heads"] = max(1, heads // 2)
@@ -414,7 +424,7 @@ def tiny_preset(args, train_texts, folder, seed=None, tokenizer=None):
         )
     )
     preprocessor = preprocessor_cls(
-        tokenizer, sequence_length=args.segment_length
+        tokenizer, sequence_length=context_length(args)
     )
     model = causal_lm_cls(backbone=backbone, preprocessor=preprocessor)
     print(
@@ -427,13 +437,21 @@ def tiny_preset(args, train_texts, folder, seed=None, tokenizer=None):
     return folder
 
 
+def context_length(args):
+    """The tokens a segment's layers see at most: the segment and its
+    short-term memory (``--stm-length``). The tiny model is pretrained on
+    blocks of that length, so that the sliding-window arm reads windows
+    it was trained on."""
+    return args.segment_length + args.stm_length
+
+
 def pretrain(model, train_ids, args, seed):
     """``args.pretrain_steps`` steps without memory on segments drawn in
     random order (``seed``; AdamW, cosine decay)."""
     tokenizer = model.preprocessor.tokenizer
     data = DocumentBlocks(
         train_ids,
-        args.segment_length,
+        context_length(args),
         1,
         document_start_id(tokenizer),
         pad_id=tokenizer.pad_token_id,
@@ -458,7 +476,8 @@ def pretrain(model, train_ids, args, seed):
     )
     print(
         f"Pretraining without memory: {args.pretrain_steps} steps of "
-        f"{args.batch_size} shuffled segments of {args.segment_length} tokens"
+        f"{args.batch_size} shuffled segments of {context_length(args)} "
+        "tokens"
     )
     model.fit(
         {name: x[name][rows] for name in ("token_ids", "padding_mask")},
@@ -477,24 +496,44 @@ def pretrain(model, train_ids, args, seed):
 # ----------------------------------------------------------------------- #
 
 
-def evaluate(lm, arm, seed, data):
+def evaluate(lm, arm, seed, data, window=0):
     """Held-out loss of every target, documents in order, the memory
     carried (``arm`` ``"memory off"``: switched off, same weights;
     `experiments.evaluation.token_losses`), over the first
-    ``data["max_steps"]`` batches (`held_out_data`).
+    ``data["max_steps"]`` batches (`held_out_data`). ``arm`` ``"sliding
+    window"``: ``lm`` (without memory) reads each segment after the
+    ``window`` tokens before it (`experiments.evaluation.window_losses`).
 
     Returns:
         The run: ``{"arm", "perplexity", "tokens", "loss_by_position",
-        "tokens_by_position", "seed"}`` (the buckets of
-        ``data["starts"]``, the loss in nats/token).
+        "tokens_by_position", "loss_by_segment_position",
+        "tokens_by_segment_position", "seed"}`` (the buckets of
+        ``data["starts"]`` in the document and of `segment_starts` in the
+        segment, the loss in nats/token).
     """
-    use_memory = arm != "memory off"
-    losses, weights = token_losses(
-        lm, data["test"], data["max_steps"], use_memory
-    )
+    if arm == "sliding window":
+        length = data["test"].segment_length
+        reader = attach_memory(
+            lm, stateful=False, segment_length=window + length
+        )
+        losses, weights = window_losses(
+            reader, data["test"], window, data["max_steps"]
+        )
+    else:
+        use_memory = arm != "memory off"
+        losses, weights = token_losses(
+            lm, data["test"], data["max_steps"], use_memory
+        )
     total = weights.sum()
     loss, tokens = bucket_losses(
         losses, weights, data["positions"], data["starts"]
+    )
+    length = losses.shape[1]
+    in_segment, in_segment_tokens = bucket_losses(
+        losses,
+        weights,
+        np.broadcast_to(np.arange(length), losses.shape),
+        segment_starts(length),
     )
     return {
         "arm": arm,
@@ -502,8 +541,27 @@ def evaluate(lm, arm, seed, data):
         "tokens": int(total),
         "loss_by_position": loss,
         "tokens_by_position": tokens,
+        "loss_by_segment_position": in_segment,
+        "tokens_by_segment_position": in_segment_tokens,
         "seed": seed,
     }
+
+
+def segment_starts(segment_length):
+    """The buckets of a position inside the segment: 0, 1, 2–3, 4–7, …
+    (the first tokens after a segment boundary alone).
+
+    Example:
+
+    >>> from experiments.finetune import segment_starts
+    >>> segment_starts(16)
+    [0, 1, 2, 4, 8]
+    """
+    starts, start = [0], 1
+    while start < segment_length:
+        starts.append(start)
+        start *= 2
+    return starts
 
 
 def seed_info(seed, losses, seconds):
@@ -614,9 +672,33 @@ def build_record(args, texts, data, runs, seed_runs, first, paths):
             f"{arm} − {ARMS[0]}": paired_gaps(runs, arm, ARMS[0])
             for arm in arms[1:]
         },
+        "segment_bucket_starts": segment_starts(args.segment_length),
+        **in_segment_summary(runs, arms, args.segment_length),
         "prompt": args.prompt,
         "generated": first["generated"],
         "outputs": paths,
+    }
+
+
+def in_segment_summary(runs, arms, segment_length):
+    """``{"segment_summary", "segment_gaps"}``: `build_record`'s summary
+    and paired gaps by position inside the segment (`segment_starts`)."""
+    inside = [
+        {
+            **run,
+            "loss_by_position": run["loss_by_segment_position"],
+            "tokens_by_position": run["tokens_by_segment_position"],
+        }
+        for run in runs
+    ]
+    return {
+        "segment_summary": summarize_runs(
+            inside, arms, segment_starts(segment_length)
+        ),
+        "segment_gaps": {
+            f"{arm} − {ARMS[0]}": paired_gaps(inside, arm, ARMS[0])
+            for arm in arms[1:]
+        },
     }
 
 
@@ -669,6 +751,16 @@ def tables(record):
         },
         perplexity=True,
     )
+    in_segment = position_table(
+        {
+            **record,
+            "summary": record["segment_summary"],
+            "gaps": record["segment_gaps"],
+            "bucket_starts": record["segment_bucket_starts"],
+            "segment_length": 1,  # columns: the bucket's first position
+            "tokens": record["runs"][0]["tokens_by_segment_position"],
+        }
+    )
     return "\n".join(
         [
             perplexity_table(record),
@@ -680,6 +772,13 @@ def tables(record):
             "seed (positive: the arm is worse than with memory).",
             "",
             *by_position,
+            "",
+            "Loss (nats/token, mean ± std over seeds) by position inside "
+            "the segment; columns: the first position of each bucket "
+            "(1: a segment's first token; buckets double in length). Gap "
+            "rows as above.",
+            "",
+            *in_segment,
         ]
     )
 

@@ -74,11 +74,12 @@ def run_example(*argv, **env):
 @pytest.fixture(scope="module")
 def example(tmp_path_factory):
     """The quick run, offline, with one option given over ``--quick``'s
-    (``--steps 3``)."""
+    (``--steps 3``) and a short-term memory of one segment (every arm)."""
     folder = tmp_path_factory.mktemp("finetune")
     output = folder / "output"
     result = run_example(
         "--offline", "--quick", "--family", "gpt2", "--steps", "3",
+        "--stm-length", "8",
         "--data", write_corpus(folder / "data"),
         "--held-out-fraction", "0.25", "--output", str(output),
     )  # fmt: skip
@@ -102,8 +103,8 @@ def test_example_ends_with_table_verdict_and_paths(example):
     verdict = lines[wrote - 2]
     assert verdict == finetune.verdict(record)
     assert verdict.startswith("Held-out perplexity with memory ")
-    assert verdict.count("(one seed: no spread)") == 3  # one seed, 2 rivals
-    table = lines[wrote - 8 : wrote - 3]
+    assert verdict.count("(one seed: no spread)") == 4  # one seed, 3 rivals
+    table = lines[wrote - 9 : wrote - 3]
     assert table == finetune.perplexity_table(record).split("\n")
     assert table[0].startswith("| held out (32 tokens) | perplexity |")
     assert [row.split(" | ")[0] for row in table[2:]] == [
@@ -186,7 +187,24 @@ def test_record(example):
     np.testing.assert_allclose(
         on["loss_by_position"][0], off["loss_by_position"][0], rtol=1e-4
     )
-    gaps = record["gaps"]
+    # A document's first segment has no tokens before it: its window is
+    # the segment alone, the baseline's own reading.
+    base, window = runs["without memory"], runs["sliding window"]
+    np.testing.assert_allclose(
+        window["loss_by_position"][0], base["loss_by_position"][0], rtol=1e-5
+    )
+    assert window["perplexity"] != base["perplexity"]  # later: the window
+    # By position inside the segment: buckets 1, 2, 3–4, 5–8 adding up.
+    assert record["segment_bucket_starts"] == [0, 1, 2, 4]
+    for r in runs.values():
+        assert r["tokens_by_segment_position"] == [4, 4, 8, 16]
+        mean = np.dot(
+            r["loss_by_segment_position"], r["tokens_by_segment_position"]
+        )
+        np.testing.assert_allclose(
+            np.exp(mean / r["tokens"]), r["perplexity"], rtol=1e-6
+        )
+    assert list(record["segment_gaps"]) == list(gaps := record["gaps"])
     assert list(gaps) == [f"{a} − with memory" for a in ARMS[1:]]
     for arm in ARMS[1:]:
         np.testing.assert_allclose(
@@ -196,6 +214,7 @@ def test_record(example):
     tables = open(record["outputs"]["tables"], encoding="utf-8").read()
     assert tables.startswith(finetune.perplexity_table(record))
     assert "| memory off − with memory |" in tables
+    assert "by position inside the segment" in tables
 
 
 @pytest.mark.slow
@@ -258,7 +277,7 @@ def test_help_lists_every_option_with_a_default():
             entries[current] += " " + line.strip()  # help on the next line
         else:
             current = None  # a group title or a blank line
-    assert len(entries) == 30  # every option but -h, --help
+    assert len(entries) == 31  # every option but -h, --help
     for entry in entries.values():
         assert re.search(r"\(default: [^)]+\)", entry), entry
         assert "(default: None)" not in entry, entry
@@ -282,7 +301,7 @@ def options(**given):
         held_out_fraction=0.1, max_eval_steps=None, memory_layers=None,
         num_basis=512, num_samples=512, sticky=False, vocabulary_size=2048,
         num_layers=4, hidden_dim=128, num_heads=4,
-        pretrain_learning_rate=1e-3,
+        pretrain_learning_rate=1e-3, stm_length=0,
     )  # fmt: skip
     values.update({name: None for name in finetune.MODE_DEFAULTS["offline"]})
     values.update(given)
@@ -315,6 +334,7 @@ def test_settings_take_the_modes_defaults():
         ({"preset": "gpt2_base_en"}, "needs --data"),
         ({"offline": True, "steps": 0}, "Received: --steps 0"),
         ({"offline": True, "pretrain_steps": -1}, "--pretrain-steps -1"),
+        ({"offline": True, "stm_length": -2}, "Received: --stm-length -2"),
         ({"offline": True, "seeds": [1, 1]}, "Received: --seeds 1 1"),
     ],
 )
@@ -441,7 +461,7 @@ def test_tiny_backbone_arguments():
 TINY = dict(
     segment_length=8, batch_size=2, steps=2, num_basis=16, num_samples=16,
     max_eval_steps=4, vocabulary_size=400, num_layers=1, hidden_dim=16,
-    num_heads=2, pretrain_steps=0, held_out_fraction=0.25,
+    num_heads=2, pretrain_steps=0, held_out_fraction=0.25, stm_length=0,
 )  # fmt: skip
 
 
