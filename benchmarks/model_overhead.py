@@ -102,13 +102,13 @@ SIZES = {
 TINY_MEMORY = {"num_basis": 32, "num_samples": 32}
 
 
-def model_specs(size, families):
+def model_specs(size, families, stm_length=0):
     """[(name, builder, segment, train, generate, memory options)]."""
     s = SIZES[size]
     specs = [
         (
             "gpt2 " + _describe_gpt2(s),
-            lambda: _gpt2(s),
+            lambda: _gpt2(s, stm_length),
             s["segment"],
             s["train"],
             s["generate"],
@@ -138,11 +138,13 @@ def _describe_gpt2(s):
     )
 
 
-def _gpt2(s):
+def _gpt2(s, stm_length=0):
     import keras_hub
 
     backbone = keras_hub.models.GPT2Backbone(
-        max_sequence_length=s["segment"], dropout=0.0, **s["gpt2"]
+        max_sequence_length=s["segment"] + stm_length,  # a segment, its STM
+        dropout=0.0,
+        **s["gpt2"],
     )
     return keras_hub.models.GPT2CausalLM(backbone, None)
 
@@ -183,12 +185,14 @@ def check_sizes(size, families):
     return lines
 
 
-def _arms(build, segment, memory_options, train_rows):
+def _arms(build, segment, memory_options, train_rows, stm_length=0):
     """The model with memory, the same model with its memory off and, for
     the training step, the model with memory made stateful ("carried"):
     each step starts from the memory the last one left, so every segment
     reads a full memory (a plain call starts from an empty one, whose
-    first segment the memory skips)."""
+    first segment the memory skips). With ``stm_length``, the models with
+    memory also carry a short-term memory of that length, and one more
+    arm, "stm only", is the STM with the LTM off (same weights)."""
     import keras
 
     from keras_infmemory.models import attach_memory
@@ -197,12 +201,15 @@ def _arms(build, segment, memory_options, train_rows):
     base = build()
     jit = keras.backend.backend() != "torch"
     arms = {}
-    for arm in ("with", "without", "carried"):
+    names = ("with", "without", "carried") + ("stm only",) * bool(stm_length)
+    for arm in names:
         options = dict(memory_options)
         if arm == "carried":
             options.update(stateful=True, batch_size=train_rows)
+        if arm != "without":
+            options["stm_length"] = stm_length
         lm = attach_memory(base, segment_length=segment, **options)
-        lm.memory_enabled = arm != "without"
+        lm.memory_enabled = arm not in ("without", "stm only")
         lm.compile(
             optimizer=keras.optimizers.AdamW(learning_rate=1e-5),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -305,7 +312,7 @@ def generation_repeats(repeats):
     return max(3, repeats // 2)
 
 
-def worker(size, families, repeats, out):
+def worker(size, families, repeats, out, stm_length=0):
     import keras
     import numpy as np
 
@@ -314,9 +321,9 @@ def worker(size, families, repeats, out):
     peak = _PeakMemory()
     results = {"backend": backend, "device": peak.device, "models": []}
     for name, build, segment, train, generate, memory in model_specs(
-        size, families
+        size, families, stm_length
     ):
-        arms = _arms(build, segment, memory, train[0])
+        arms = _arms(build, segment, memory, train[0], stm_length)
         vocab = arms["with"].backbone.vocabulary_size
         rows, length = train[0], train[1] * segment
         ids = rng.integers(1, vocab, size=(rows, length)).astype("int32")
@@ -354,7 +361,9 @@ def worker(size, families, repeats, out):
         # resettable peak, so the later arm can only be over-counted
         # (against the memory). Each arm's first step compiles it.
         memory_bytes = {}
-        for arm in ("without", "with", "carried"):
+        for arm in ("without", "with", "carried", "stm only"):
+            if arm not in steps:
+                continue
             steps[arm]()
             transient = max(peak.transient(steps[arm]) for _ in range(2))
             variables = _variable_bytes(arms.get(arm, carried))
@@ -367,14 +376,20 @@ def worker(size, families, repeats, out):
         for key, arm in (
             ("memory_ratio", "with"),
             ("carried_memory_ratio", "carried"),
+            ("stm_memory_ratio", "stm only"),
         ):
-            row[key] = (
-                memory_bytes[arm]["total"] / memory_bytes["without"]["total"]
-            )
+            if arm in memory_bytes:
+                row[key] = (
+                    memory_bytes[arm]["total"]
+                    / memory_bytes["without"]["total"]
+                )
         times = common.measure_interleaved(steps, repeats=repeats, warmup=1)
         row["train_s"] = times
         row["train_ratio"] = times["with"] / times["without"]
         row["carried_train_ratio"] = times["carried"] / times["without"]
+        if stm_length:
+            row["stm_length"] = stm_length
+            row["stm_train_ratio"] = times["stm only"] / times["without"]
         del carried
         # The whole call and the prompt alone, all four timed in turns, so
         # that a change of load hits the difference (decoding) alike.
@@ -394,6 +409,10 @@ def worker(size, families, repeats, out):
         row["generate_ratio"] = (
             row["tokens_per_s"]["with"] / row["tokens_per_s"]["without"]
         )
+        if stm_length:
+            row["stm_generate_ratio"] = (
+                row["tokens_per_s"]["stm only"] / row["tokens_per_s"]["without"]
+            )
         row["prompt_s"] = absorb
         decoding = {arm: times[arm] - absorb[arm] for arm in times}
         # Below the timer's noise (tiny sizes) the difference means nothing.
@@ -436,6 +455,17 @@ def report(results, size, repeats, load, command, out_dir):
         ("generation tokens/s with ÷ without", "generate_ratio", "≥ 0.85×"),
         ("decoding alone (prompt excluded)", "decode_ratio", "(≥ 0.85×)"),
     )
+    stm_length = _stm_length(results)
+    if stm_length:
+        measures += (
+            ("train step, the STM alone ÷ without", "stm_train_ratio", "(-)"),
+            ("peak memory, the STM alone ÷ without", "stm_memory_ratio", "(-)"),
+            (
+                "generation, the STM alone ÷ without",
+                "stm_generate_ratio",
+                "(-)",
+            ),
+        )
     for name in names:
         for label, key, target in measures:
             row = [name, label, target]
@@ -468,15 +498,26 @@ def report(results, size, repeats, load, command, out_dir):
     times_table = common.markdown_table(times_header, times)
     print(table)
     print(times_table)
+    record = "model_overhead_stm" if stm_length else "model_overhead"
     common.write_record(
-        out_dir, "model_overhead", command, load, size=size, results=results
+        out_dir, record, command, load, size=size, results=results
     )
-    png, link = common.figure_path(out_dir, "model_overhead")
+    png, link = common.figure_path(out_dir, record)
     _plot(results, measures, png)
     first = results[backends[0]]["models"][0]
-    with open(os.path.join(out_dir, "model_overhead.md"), "w") as f:
+    stm_text = (
+        f" With = an LTM in every decoder layer *and* a short-term memory "
+        f"of {stm_length} tokens (`stm_length`; the ∞-former proper); "
+        "the STM alone = the same model with every LTM off; without = "
+        "neither (no STM, memory off)."
+        if stm_length
+        else ""
+    )
+    with open(os.path.join(out_dir, record + ".md"), "w") as f:
         f.write(
-            "# Whole-model overhead of the memory\n\n"
+            "# Whole-model overhead of the memory"
+            + (" with a short-term memory" if stm_length else "")
+            + "\n\n"
             f"Command: `{command}` on {common.machine()}, float32, medians "
             f"of {repeats} interleaved repeats (generation: "
             f"{generation_repeats(repeats)}, the whole call and the prompt "
@@ -504,12 +545,22 @@ def report(results, size, repeats, load, command, out_dir):
             "decoding alone: the same call minus the call with one new "
             "token (the prompt's absorption), per decoded token. "
             "Step memory = variables (weights and optimizer slots) + the "
-            "step's transient peak (CPU: resident set; GPU: allocator).\n\n"
+            "step's transient peak (CPU: resident set; GPU: allocator)."
+            + stm_text
+            + "\n\n"
             + table
             + "\n\n"
             + times_table
             + f"\n\n![model overhead]({link})\n"
         )
+
+
+def _stm_length(results):
+    """The short-term memory the results were measured with (0: none)."""
+    lengths = {
+        m.get("stm_length", 0) for r in results.values() for m in r["models"]
+    }
+    return max(lengths)
 
 
 def _ratio(value, unit="×"):
@@ -554,7 +605,8 @@ def _plot(results, measures, path):
                 width,
                 label=b,
             )
-        ax.axhline(float(target.strip("()≤≥ ×")), color="k", ls="--", lw=1)
+        if target.strip("()") != "-":
+            ax.axhline(float(target.strip("()≤≥ ×")), color="k", ls="--", lw=1)
         ax.axhline(1.0, color="k", lw=0.5)
         ax.set_title(label, fontsize=8)
         ax.set_xticks(
@@ -613,6 +665,14 @@ def main(argv=None):
         help="write the record from these finished worker files or "
         "records (one backend or more each) instead of running",
     )
+    parser.add_argument(
+        "--stm-length",
+        type=int,
+        default=0,
+        help="give the models with memory a short-term memory of this "
+        "many tokens, and measure the STM alone too (record: "
+        "model_overhead_stm)",
+    )
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
@@ -625,8 +685,10 @@ def main(argv=None):
         for line in check_sizes(size, families):
             print(line)
         return
+    if args.stm_length < 0:
+        parser.error(f"--stm-length must be >= 0. Received: {args.stm_length}")
     if args.worker:
-        worker(size, families, repeats, args.out)
+        worker(size, families, repeats, args.out, args.stm_length)
         return
     if args.merge:
         merge(args.merge, size, repeats)
@@ -640,6 +702,7 @@ def main(argv=None):
         ",".join(families) or "none",
     ]
     extra += ["--quick"] if args.quick else ["--size", size]
+    extra += ["--stm-length", str(args.stm_length)]
     results = common.run_workers(
         os.path.abspath(__file__),
         extra,
