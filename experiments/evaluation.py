@@ -146,12 +146,8 @@ def token_losses(model, data, max_steps=None, use_memory=True, chunk=1):
         ``(losses, weights)``, each ``(steps·B, L)`` float64 in the layout
         of ``data.arrays()`` (weight 0 and loss 0: padding).
     """
-    x, y, w = data.arrays()
-    steps = min(data.num_steps, max_steps or data.num_steps)
-    rows, length = data.batch_size, data.segment_length
-    by_step = lambda a: a.reshape(-1, rows, *a.shape[1:])[:steps]  # noqa
-    tokens, mask = by_step(x["token_ids"]), by_step(x["padding_mask"])
-    targets, resets = by_step(y), by_step(x["reset_mask"])
+    tokens, mask, targets, resets, weights = _by_step(data, max_steps)
+    steps, rows, length = tokens.shape
     if resets[[k % chunk != 0 for k in range(steps)]].any():
         chunk = 1
     previous = model.memory_enabled
@@ -173,7 +169,6 @@ def token_losses(model, data, max_steps=None, use_memory=True, chunk=1):
     finally:
         model.memory_enabled = previous
         model.reset_state()
-    weights = w[: steps * rows].astype("float64")
     return losses.reshape(-1, length) * weights, weights
 
 
@@ -192,12 +187,8 @@ def window_losses(model, data, context, max_steps=None):
     Returns:
         ``(losses, weights)`` as `token_losses`.
     """
-    x, y, w = data.arrays()
-    steps = min(data.num_steps, max_steps or data.num_steps)
-    rows, length = data.batch_size, data.segment_length
-    by_step = lambda a: a.reshape(-1, rows, *a.shape[1:])[:steps]  # noqa
-    tokens, mask = by_step(x["token_ids"]), by_step(x["padding_mask"])
-    targets, resets = by_step(y), by_step(x["reset_mask"])
+    tokens, mask, targets, resets, weights = _by_step(data, max_steps)
+    steps, rows, length = tokens.shape
     history = [np.zeros(0, "int32") for _ in range(rows)]
     losses = np.zeros((steps, rows, length), "float64")
     width = context + length
@@ -226,8 +217,28 @@ def window_losses(model, data, context, max_steps=None):
             np.asarray(logits), index[:, :, None], axis=1
         )
         losses[k] = token_cross_entropy(segment, targets[k])
-    weights = w[: steps * rows].astype("float64")
     return losses.reshape(-1, length) * weights, weights
+
+
+def _by_step(data, max_steps):
+    """The first ``max_steps`` batches of a `DocumentBlocks` (all by
+    default): ``token_ids``, ``padding_mask``, targets and ``reset_mask``
+    by step, ``(steps, B, L)`` (``(steps, B)``), and the target weights
+    ``(steps·B, L)`` float64, in the layout of ``data.arrays()``."""
+    x, y, w = data.arrays()
+    steps = min(data.num_steps, max_steps or data.num_steps)
+    rows = data.batch_size
+
+    def by_step(a):
+        return a.reshape(-1, rows, *a.shape[1:])[:steps]
+
+    return (
+        by_step(x["token_ids"]),
+        by_step(x["padding_mask"]),
+        by_step(y),
+        by_step(x["reset_mask"]),
+        w[: steps * rows].astype("float64"),
+    )
 
 
 def _rows(blocks, count):

@@ -26,9 +26,9 @@ import keras_hub
 import numpy as np
 import pytest
 
-from experiments import console, finetune
+from experiments import console, evaluation, finetune
 from experiments.tokenizers import family_classes
-from keras_infmemory.models.hub import InfMemoryCausalLM
+from keras_infmemory.models.hub import InfMemoryCausalLM, attach_memory
 from tests.experiments.test_tokenizers import corpus
 from tests.testing import to_numpy
 
@@ -554,6 +554,40 @@ def test_held_out_loss_matches_keras_evaluate(llama):
     on, off = (results[a]["loss_by_position"] for a in results)
     np.testing.assert_allclose(on[0], off[0], rtol=1e-5)  # empty memory
     assert on[1:] != off[1:]
+
+
+def test_sliding_window_losses(llama):
+    """`experiments.evaluation.window_losses`: with no context each
+    segment is read alone (`token_losses` of the model without memory);
+    with a context of one segment it is the model with a short-term
+    memory of one segment and no LTM, whose one decoder layer keeps its
+    input (the embeddings) for the STM: the same windows, the same
+    losses. A document's later segments differ from reading alone."""
+    args, _, preset, data = llama
+    stream = dict(
+        stateful=True,
+        batch_size=2,
+        segment_length=8,
+        preprocessor=None,
+        memory_layers=[],
+    )
+    base = InfMemoryCausalLM.from_preset(preset, **stream)
+    test, steps = data["test"], args.max_eval_steps
+    alone, weights = evaluation.token_losses(base, test, steps)
+
+    def window(context):
+        reader = attach_memory(base, stateful=False, segment_length=8 + context)
+        losses, given = evaluation.window_losses(reader, test, context, steps)
+        np.testing.assert_array_equal(given, weights)
+        return losses
+
+    np.testing.assert_allclose(window(0), alone, atol=1e-5)
+    stm = InfMemoryCausalLM.from_preset(preset, stm_length=8, **stream)
+    recurrent, _ = evaluation.token_losses(stm, test, steps)
+    windowed = window(8)
+    np.testing.assert_allclose(windowed, recurrent, atol=1e-4)
+    later = (data["positions"][: len(weights)] >= 8) & (weights > 0)
+    assert np.abs(windowed[later] - alone[later]).max() > 1e-3
 
 
 def test_baseline_model(llama):
