@@ -38,7 +38,7 @@ pytestmark = pytest.mark.one_backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 STORED_RECORD = os.path.join(
-    ROOT, "benchmarks", "results", "gpt2_shakespeare.json"
+    ROOT, "benchmarks", "results", "gpt2_shakespeare_stm.json"
 )
 ARMS = list(finetune.ARMS)
 
@@ -126,7 +126,7 @@ def test_example_console_is_quiet(example):
 
 @pytest.mark.slow
 def test_record_keeps_the_stored_records_keys(example):
-    """`benchmarks/results/gpt2_shakespeare.json` came from this example:
+    """`benchmarks/results/gpt2_shakespeare_stm.json` came from this example:
     a run writes the same keys, nested ones included (plus ``quick``)."""
 
     def keys(value, prefix=""):
