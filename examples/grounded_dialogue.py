@@ -84,8 +84,10 @@ OPTIONS = [
     ("--sizes", dict(type=int, nargs=3, default=[1500, 100, 100],
         metavar=("TRAIN", "VALID", "TEST")), "offline task: conversations"
         " per split"),
-    ("--closing-turn", dict(action="store_true"), "offline task: a closing"
-        " turn after the answer, so the answer's place varies"),
+    ("--closing-turn", dict(action=argparse.BooleanOptionalAction,
+        default=True), "offline task: a closing turn after the answer, so"
+        " only its content identifies it (--no-closing-turn: the answer"
+        " always ends the conversation, its position gives it away)"),
     ("--hidden-dim", dict(type=int, default=64), "small model: hidden size"),
     ("--num-layers", dict(type=int, default=2), "small model: layers"),
     ("--output", dict(default="grounded_dialogue_output"), "folder for the"

@@ -49,7 +49,7 @@ def options(**given):
         sticky=True, sticky_mode="quantile", kl_weight=1e-5, epochs=None,
         batch_size=None, learning_rate=None, memory_learning_rate=None,
         max_new_tokens=None, max_eval=None, sizes=[1500, 100, 100],
-        closing_turn=False, hidden_dim=64, num_layers=2,
+        closing_turn=True, hidden_dim=64, num_layers=2,
         output="grounded_dialogue_output", figures_only=False,
     )  # fmt: skip
     values.update(given)
@@ -311,6 +311,7 @@ def test_help_documents_every_option():
     assert "A quick try: --offline --quick" in text
     flags = [w for w in text.split() if w.startswith("--")]
     assert "--sticky-mode" in flags and "--figures-only" in flags
+    assert "--closing-turn," in flags and "--no-closing-turn" in flags
     assert text.count("(default:") >= 22  # every option but --help
 
 
