@@ -360,7 +360,9 @@ def initial_diagnosis(model, feed, batch):
         logits, _ = model.stateless_call(values, others, inputs, training=True)
         return loss(y[:, -1], logits[:, -1])
 
-    grads = jax.grad(query_loss)(trainable)
+    # Compiled as one program: op by op, the gradient compiles each
+    # operation on its own (16 s against 6 s for the probe's tiny Llama 3).
+    grads = jax.jit(jax.grad(query_loss))(trainable)
     for variable, grad in zip(model.trainable_variables, grads, strict=True):
         memory, _, weight = variable.path.rpartition("/")
         memory = memory.rpartition("/")[2]
