@@ -19,6 +19,13 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
         + ["--xla_backend_optimization_level=0"]
     )
 
+# NumPy's BLAS on one thread: on two cores shared by two pytest workers
+# (and the compiler's threads), OpenBLAS's threads wait on each other; one
+# test's NumPy bound (512 × 512 eigenvalues, tests/test_long_streams.py)
+# took 32.8 s on two threads and 0.5 s on one. Set before NumPy loads; the
+# Makefile sets it too.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 # Compiled programs are kept on disk between runs (JAX's persistent
 # compilation cache, every program however small, at most 1 GiB, oldest
 # dropped first): the JAX tests compile over a thousand small programs per
