@@ -6,6 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 BACKENDS := jax torch tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 3
+# NumPy's BLAS on one thread: two pytest workers share two cores
+# (tests/conftest.py says more).
+export OPENBLAS_NUM_THREADS ?= 1
 # A few hypothesis examples per property (tests/conftest.py has the profiles).
 export HYPOTHESIS_PROFILE ?= ci
 

@@ -90,6 +90,11 @@ def test_read_and_histogram_weights():
         mm.read_weights([0.5, 0.1], [1e-4], positions)
 
 
+# What the tracker adds is NumPy bookkeeping over the model's writes (the
+# sticky write itself is checked on every backend, tests/layers and
+# tests/test_cross_backend.py): run once (tests/conftest.py), on torch,
+# where it takes 1.5 s (TensorFlow 1.7 s, JAX 32 s: eager compilation).
+@pytest.mark.one_backend
 def test_tracker_follows_the_model():
     """The tracker replays the model's writes (absorb 3 segments, one row
     partly padded, then read), recording the positions each sticky write
