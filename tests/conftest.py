@@ -26,30 +26,6 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 # Makefile sets it too.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-# Compiled programs are kept on disk between runs (JAX's persistent
-# compilation cache, every program however small, at most 1 GiB, oldest
-# dropped first): the JAX tests compile over a thousand small programs per
-# test file and a rerun finds them (tests/layers/test_inf_former_block.py
-# 98 s cold, 42 s warm; tests/models/test_inf_former_lm.py 145 s → 68 s).
-# A first run costs about the same as without the cache. The processes the
-# tests start inherit it. ``JAX_ENABLE_COMPILATION_CACHE=false`` turns it
-# off.
-_CACHE = os.path.join(
-    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-    "keras-infmemory",
-    "jax",
-)
-for _variable, _value in (
-    ("JAX_COMPILATION_CACHE_DIR", _CACHE),
-    ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
-    ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0"),
-    # A size limit also makes the processes sharing the cache take a file
-    # lock around each read and write (pytest-xdist's workers, the
-    # processes the tests start).
-    ("JAX_COMPILATION_CACHE_MAX_SIZE", str(2**30)),
-):
-    os.environ.setdefault(_variable, _value)
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
