@@ -134,9 +134,11 @@ def once(script, expected):
         # in-process test above covers every backend's modes.
         once(["backends.py", "--backends", "jax", "--modes", "jit"], "÷ JAX"),
         once(["overheads.py", "--backends", "jax"], "block with LTM ÷"),
+        # With a short-term memory: every arm, the STM alone included.
         once(
-            ["model_overhead.py", "--backends", "jax", "--families", "none"],
-            "… with a carried memory",
+            ["model_overhead.py", "--backends", "jax", "--families", "none"]
+            + ["--stm-length", "8"],
+            "generation, the STM alone ÷ without",
         ),
         # The probe runs on the backend it is given, JAX in its records
         # (its --diagnose takes JAX gradients).
