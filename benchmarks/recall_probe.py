@@ -334,11 +334,20 @@ def _recording(layers, calls):
         segment_memory.step = original
 
 
-def _rms(x):
+def _rms(tensors):
+    """The root mean square of the recorded tensors, together."""
     import numpy as np
 
-    x = np.asarray(x, "float64")
+    x = np.stack([_numpy(t) for t in tensors]).astype("float64")
     return float(np.sqrt(np.mean(x * x)))
+
+
+def _numpy(x):
+    """A recorded tensor as NumPy (torch's record the weights' gradient
+    path: cut first)."""
+    import keras
+
+    return keras.ops.convert_to_numpy(keras.ops.stop_gradient(x))
 
 
 def read_diagnosis(model, inputs):
@@ -350,16 +359,16 @@ def read_diagnosis(model, inputs):
     for name, calls in sorted(_record_steps(model, inputs).items()):
         ltm, query, state, _ = calls[-1]
         mu, variance, histogram = _last_reads(ltm, query, state)
-        mu = np.asarray(mu)[:, :, -1]
-        sigma = np.sqrt(np.asarray(variance)[:, :, -1])
+        mu = _numpy(mu)[:, :, -1]
+        sigma = np.sqrt(_numpy(variance)[:, :, -1])
         entry = {
-            "written_rms": _rms(np.stack([c[3] for c in calls])),
-            "query_rms": _rms(np.stack([c[1] for c in calls])),
+            "written_rms": _rms([c[3] for c in calls]),
+            "query_rms": _rms([c[1] for c in calls]),
             "query_mu": float(mu.mean()),
             "query_sigma": float(sigma.mean()),
         }
         if histogram is not None:
-            histogram = np.asarray(histogram)
+            histogram = _numpy(histogram)
             tenth = histogram.shape[1] // 10
             total = histogram.sum(1)
             if np.all(total > 0):  # every row's reads found a memory
@@ -408,8 +417,8 @@ def initial_diagnosis(model, feed, batch):
     out = {}
     for name, calls in sorted(_record_steps(model, inputs).items()):
         out[name] = {
-            "written_rms": _rms(np.stack([c[3] for c in calls])),
-            "query_rms": _rms(np.stack([c[1] for c in calls])),
+            "written_rms": _rms([c[3] for c in calls]),
+            "query_rms": _rms([c[1] for c in calls]),
         }
     if keras.backend.backend() != "jax":
         return out
