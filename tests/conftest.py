@@ -9,15 +9,22 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# The tests compile hundreds of small XLA programs (JAX) and run each a few
-# times: XLA's CPU back end compiles them about twice as fast without its
-# LLVM optimisations (the same test, 100 s → 51 s of CPU). The processes
-# the tests start inherit the flag (`tests.testing.xla_flags`).
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = " ".join(
-        os.environ.get("XLA_FLAGS", "").split()
-        + ["--xla_backend_optimization_level=0"]
-    )
+# The tests compile hundreds of small XLA programs (JAX; eager JAX compiles
+# each operation anew for each new shape) and run each a few times: XLA's
+# CPU back end compiles them faster without its LLVM optimisations (the
+# same test, 100 s → 51 s of CPU) and with its older, simpler fusion
+# emitters (a tiny Llama 3's first eager call: 13.3 s → 8.2 s; a small
+# op's compilation: 64 → 36 ms of CPU). The processes the tests start
+# inherit the flags (`tests.testing.xla_flags`).
+_FAST_COMPILE = {
+    "xla_backend_optimization_level": "0",
+    "xla_cpu_use_fusion_emitters": "false",
+}
+_flags = os.environ.get("XLA_FLAGS", "").split()
+for _name, _value in _FAST_COMPILE.items():
+    if not any(flag.startswith(f"--{_name}=") for flag in _flags):
+        _flags.append(f"--{_name}={_value}")
+os.environ["XLA_FLAGS"] = " ".join(_flags)
 
 # NumPy's BLAS on one thread: on two cores shared by two pytest workers
 # (and the compiler's threads), OpenBLAS's threads wait on each other; one
@@ -98,6 +105,12 @@ def _reset_keras_state():
 # ``INFMEMORY_ALL_BACKENDS=1`` runs them all on the current backend.
 BACKENDS = ("jax", "torch", "tensorflow")
 ONCE_ON = "torch"
+# The keyed tests are dealt starting from TensorFlow, the shortest of the
+# three processes, and ending with JAX, the longest: eager JAX compiles
+# every operation anew for each shape (a tiny Gemma's tests: 156 s on JAX,
+# about 40 s on torch or TensorFlow), so the fourth key, not the first,
+# lands on JAX.
+DEAL_ORDER = ("tensorflow", "torch", "jax")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -109,7 +122,7 @@ def pytest_collection_modifyitems(config, items):
 def _run_once(items):
     marked = [item for item in items if item.get_closest_marker("one_backend")]
     keys = sorted({_key(item) for item in marked if _key(item)})
-    dealt = {key: BACKENDS[i % len(BACKENDS)] for i, key in enumerate(keys)}
+    dealt = {key: DEAL_ORDER[i % len(DEAL_ORDER)] for i, key in enumerate(keys)}
     backend = keras.backend.backend()
     for item in marked:
         chosen = _named(item) or dealt.get(_key(item), ONCE_ON)

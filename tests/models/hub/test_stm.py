@@ -28,6 +28,7 @@ from keras_infmemory.models.hub import (
 from tests.models.hub.test_families import (
     MEMORY,
     check_padding_enters_no_memory,
+    decode_steps,
     tokens,
 )
 from tests.models.hub.tiny import EVERY_BACKEND, family_params, tiny_causal_lm
@@ -66,13 +67,8 @@ def check_decoding_is_the_call(model, seed, prefill=5, length=3 * L + 1):
     whole, _ = model(x, state=state)
     ids = keras.ops.convert_to_tensor(x["token_ids"])
     cache = model._prefill(ids, prefill, state)
-    steps = []
-    for t in range(prefill, length):
-        logits, _, cache = model.call_with_cache(ids[:, t : t + 1], cache, t)
-        steps.append(to_numpy(logits))
-    np.testing.assert_allclose(
-        np.concatenate(steps, 1), to_numpy(whole)[:, prefill:], atol=1e-4
-    )
+    steps = decode_steps(model, ids, cache, prefill)
+    np.testing.assert_allclose(steps, to_numpy(whole)[:, prefill:], atol=1e-4)
 
 
 def relative_gap(actual, expected):
