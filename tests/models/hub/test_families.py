@@ -98,16 +98,15 @@ def decode_steps(model, ids, cache, start):
     operation anew for each position: 34 s of the Llama 3 check against
     a few for one compiled step); torch and TensorFlow run it eagerly, the
     memory's Python path for a known position."""
-    step = model.call_with_cache
+    step, index = model.call_with_cache, int
     if keras.backend.backend() == "jax":
         import jax
 
-        step = jax.jit(step)
+        step, index = jax.jit(step), np.int32
     ids = keras.ops.convert_to_tensor(ids)
     steps = []
     for t in range(start, ids.shape[1]):
-        index = t if keras.backend.backend() != "jax" else np.int32(t)
-        logits, _, cache = step(ids[:, t : t + 1], cache, index)
+        logits, _, cache = step(ids[:, t : t + 1], cache, index(t))
         steps.append(to_numpy(logits))
     return np.concatenate(steps, 1)
 
